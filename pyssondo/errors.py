@@ -1,0 +1,9 @@
+"""The exception types of pyssondo. Both are ValueErrors so callers may catch either."""
+
+
+class ParameterError(ValueError):
+    """A setting or argument is outside its valid range; the message names it and the range."""
+
+
+class AudioError(ValueError):
+    """An audio file cannot be used; the message names the file and the problem."""

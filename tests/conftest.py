@@ -1,0 +1,22 @@
+"""Shared fixtures: the real audio in ../shared/data and a CREPE tiny teacher file."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """../shared/data relative to the project root, or $SSONDO_DATA."""
+    path = Path(os.environ.get("SSONDO_DATA", ROOT.parent / "shared" / "data")).resolve()
+    if not (path / "fsdd").is_dir():
+        pytest.fail(f"test audio not found at {path} (set SSONDO_DATA to the shared/data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return data_dir()
