@@ -15,6 +15,7 @@ from typing import List, Optional
 
 # Order is the order shown by --help: the main job first, then its steps, then the rest.
 COMMANDS = [
+    "demo",
     "distill",
     "export",
     "embed",
