@@ -91,6 +91,32 @@ def test_fused_is_cpu_default_and_can_be_forced():
             L.rkd_angle_loss(s, t).item(), rel=1e-10)
 
 
+def test_fused_result_does_not_depend_on_thread_count():
+    import pyssondo
+
+    s, t = pair("clip", 37, 6, 5, dtype=torch.float32)
+    before = pyssondo.get_num_threads()
+    try:
+        results = []
+        for n in (1, 3):
+            pyssondo.set_num_threads(n)
+            results.append([value_and_grad(fn, s, t) for _, _, fn, level in RELATIONAL
+                            if level == "clip"])
+    finally:
+        pyssondo.set_num_threads(before)
+    for (la, ga), (lb, gb) in zip(*results):
+        assert la.item() == lb.item() and torch.equal(ga, gb)
+
+
+def test_half_precision_teacher_is_cast():
+    s, t = pair("clip", 6, 5, 5, dtype=torch.float32)
+    for name in L.list_losses():
+        if name == "iusp":
+            continue
+        want = L.make_loss(name)(s, t.half().float())
+        assert L.make_loss(name)(s, t.half()).item() == pytest.approx(want.item(), rel=1e-6)
+
+
 def test_teacher_gets_no_gradient_and_may_require_grad():
     s, t = pair("clip", 6, 4, 3)
     s.requires_grad_(True)
