@@ -21,6 +21,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from .errors import ParameterError
 
@@ -45,6 +46,7 @@ class _GramLoss(torch.autograd.Function):
         return torch.tensor(loss, dtype=xs.dtype)
 
     @staticmethod
+    @once_differentiable  # S is a constant here: no second derivatives
     def backward(ctx, grad_out: torch.Tensor):
         s, xs = ctx.saved_tensors
         return torch.matmul(s, xs) * grad_out, None, None
