@@ -74,18 +74,22 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_bytes(fn) -> float:
-    """Rise of the resident high-water mark during fn() (NaN where /proc is missing)."""
+def timed_peak(fn):
+    """(seconds, rise of the resident high-water mark in bytes) of one fn() call; the peak is
+    NaN where /proc is missing."""
     gc.collect()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS
         before = _status_kb("VmRSS")
     except OSError:
-        fn()
-        return float("nan")
+        before = None
+    t0 = time.perf_counter()
     fn()
-    return max(0, _status_kb("VmHWM") - before) * 1024.0
+    seconds = time.perf_counter() - t0
+    if before is None:
+        return seconds, float("nan")
+    return seconds, max(0, _status_kb("VmHWM") - before) * 1024.0
 
 
 def fwd_bwd(fn, s, t):
@@ -93,9 +97,8 @@ def fwd_bwd(fn, s, t):
     fn(s, t).backward()
 
 
-def best_time(fn, s, t, budget_s=1.0, max_runs=10, warm_up=True) -> float:
-    if warm_up:
-        fwd_bwd(fn, s, t)
+def best_time(fn, s, t, budget_s=1.0, max_runs=10) -> float:
+    fwd_bwd(fn, s, t)  # warm-up
     times = []
     start = time.perf_counter()
     while len(times) < max_runs and (not times or time.perf_counter() - start < budget_s):
@@ -126,8 +129,10 @@ def main(argv=None) -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     dims = [int(x) for x in args.dims.split(",")]
     print(f"torch {torch.__version__}, threads: torch {torch.get_num_threads()}, "
-          f"core {pyssondo.get_num_threads()}, cpus {os.cpu_count()}, float32, "
-          f"forward + backward (student grad), best of <= 10 runs; "
+          f"core {pyssondo.get_num_threads()}, cpus {os.cpu_count()}, load average "
+          f"{os.getloadavg()[0]:.1f}, float32, "
+          f"forward + backward (student grad), best of <= 10 runs (references over 1 GB: "
+          f"one cold run); "
           f"peak memory: {'RSS high-water' if mapped else 'RSS high-water (no mallopt: floors)'}")
     print(f"iusp: B utterances, teacher {FRAMES} frames, student {2 * FRAMES} frames")
     header = (f"{'loss':16s} {'B':>5s} {'D':>5s} {'fused ms':>10s} {'ref ms':>10s} "
@@ -140,16 +145,18 @@ def main(argv=None) -> int:
             for b in sizes:
                 s, t = make_pair(level, b, d)
                 tf = best_time(fused, s, t)
-                mf = peak_bytes(lambda: fwd_bwd(fused, s, t))
+                mf = timed_peak(lambda: fwd_bwd(fused, s, t))[1]
                 need = ref_elems(b, d) * 4
                 line = f"{name:16s} {b:5d} {d:5d} {tf * 1e3:10.2f} "
                 if need > 0.5 * available_bytes():
                     line += (f"{'-':>10s} {'-':>9s} {mf / 2**20:9.1f}   reference cannot run "
                              f"(needs ~{need / 2**30:.1f} GB)")
                 else:
-                    small = need < (1 << 30)  # else a single run, no warm-up
-                    tr = best_time(ref, s, t, budget_s=1.0 if small else 0.0, warm_up=small)
-                    mr = peak_bytes(lambda: fwd_bwd(ref, s, t))
+                    if need < (1 << 30):
+                        tr = best_time(ref, s, t)
+                        mr = timed_peak(lambda: fwd_bwd(ref, s, t))[1]
+                    else:  # one cold run measures both
+                        tr, mr = timed_peak(lambda: fwd_bwd(ref, s, t))
                     mem_ratio = (f"{mr / mf:8.1f}x" if min(mr, mf) >= 2**20
                                  else f"{'n/a':>9s}")
                     line += (f"{tr * 1e3:10.2f} {tr / tf:8.1f}x {mf / 2**20:9.1f} "
