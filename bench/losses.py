@@ -2,7 +2,8 @@
 
 For each loss and size: forward + backward wall time (best of a few runs) and peak memory,
 both paths in this one process at the same thread count (torch's and the core's), and the
-ratios reference / fused.
+ratios reference / fused: of wall time ("speed-up"), of process CPU time ("cpu-time": less
+sensitive to other load on the machine), and of peak memory.
 
 Peak memory is the rise of the process's resident-set high-water mark (Linux: VmHWM after
 resetting it through /proc/self/clear_refs) over the resident set before the call, so it
@@ -75,8 +76,8 @@ def _status_kb(field: str) -> int:
 
 
 def timed_peak(fn):
-    """(seconds, rise of the resident high-water mark in bytes) of one fn() call; the peak is
-    NaN where /proc is missing."""
+    """(wall s, process CPU s, rise of the resident high-water mark in bytes) of one fn()
+    call; the peak is NaN where /proc is missing."""
     gc.collect()
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -84,12 +85,12 @@ def timed_peak(fn):
         before = _status_kb("VmRSS")
     except OSError:
         before = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    seconds = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if before is None:
-        return seconds, float("nan")
-    return seconds, max(0, _status_kb("VmHWM") - before) * 1024.0
+        return wall, cpu, float("nan")
+    return wall, cpu, max(0, _status_kb("VmHWM") - before) * 1024.0
 
 
 def fwd_bwd(fn, s, t):
@@ -97,14 +98,15 @@ def fwd_bwd(fn, s, t):
     fn(s, t).backward()
 
 
-def best_time(fn, s, t, budget_s=1.0, max_runs=10) -> float:
+def best_time(fn, s, t, budget_s=1.0, max_runs=10):
+    """(wall s, process CPU s) of the fastest of up to max_runs runs after a warm-up."""
     fwd_bwd(fn, s, t)  # warm-up
     times = []
     start = time.perf_counter()
     while len(times) < max_runs and (not times or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fwd_bwd(fn, s, t)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
     return min(times)
 
 
@@ -136,7 +138,8 @@ def main(argv=None) -> int:
           f"peak memory: {'RSS high-water' if mapped else 'RSS high-water (no mallopt: floors)'}")
     print(f"iusp: B utterances, teacher {FRAMES} frames, student {2 * FRAMES} frames")
     header = (f"{'loss':16s} {'B':>5s} {'D':>5s} {'fused ms':>10s} {'ref ms':>10s} "
-              f"{'speed-up':>9s} {'fused MB':>9s} {'ref MB':>9s} {'mem ratio':>9s}")
+              f"{'speed-up':>9s} {'cpu-time':>9s} {'fused MB':>9s} {'ref MB':>9s} "
+              f"{'mem ratio':>9s}")
     print(header)
     print("-" * len(header))
     for name in args.losses.split(","):
@@ -144,23 +147,24 @@ def main(argv=None) -> int:
         for d in dims:
             for b in sizes:
                 s, t = make_pair(level, b, d)
-                tf = best_time(fused, s, t)
-                mf = timed_peak(lambda: fwd_bwd(fused, s, t))[1]
+                tf, cf = best_time(fused, s, t)
+                mf = timed_peak(lambda: fwd_bwd(fused, s, t))[2]
                 need = ref_elems(b, d) * 4
                 line = f"{name:16s} {b:5d} {d:5d} {tf * 1e3:10.2f} "
                 if need > 0.5 * available_bytes():
-                    line += (f"{'-':>10s} {'-':>9s} {mf / 2**20:9.1f}   reference cannot run "
+                    line += (f"{'-':>10s} {'-':>9s} {'-':>9s} {mf / 2**20:9.1f}   "
+                             f"reference cannot run "
                              f"(needs ~{need / 2**30:.1f} GB)")
                 else:
                     if need < (1 << 30):
-                        tr = best_time(ref, s, t)
-                        mr = timed_peak(lambda: fwd_bwd(ref, s, t))[1]
+                        tr, cr = best_time(ref, s, t)
+                        mr = timed_peak(lambda: fwd_bwd(ref, s, t))[2]
                     else:  # one cold run measures both
-                        tr, mr = timed_peak(lambda: fwd_bwd(ref, s, t))
+                        tr, cr, mr = timed_peak(lambda: fwd_bwd(ref, s, t))
                     mem_ratio = (f"{mr / mf:8.1f}x" if min(mr, mf) >= 2**20
                                  else f"{'n/a':>9s}")
-                    line += (f"{tr * 1e3:10.2f} {tr / tf:8.1f}x {mf / 2**20:9.1f} "
-                             f"{mr / 2**20:9.1f} {mem_ratio}")
+                    line += (f"{tr * 1e3:10.2f} {tr / tf:8.1f}x {cr / max(cf, 1e-9):8.1f}x "
+                             f"{mf / 2**20:9.1f} {mr / 2**20:9.1f} {mem_ratio}")
                 print(line, flush=True)
                 del s, t
     return 0
