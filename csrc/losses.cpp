@@ -45,7 +45,9 @@ double smooth_l1(double d) {
 double clamp1(double d) { return std::min(1.0, std::max(-1.0, d)); }
 
 // Sum of per-row partial results, in a fixed order (deterministic for any thread count).
-double total(const std::vector<double>& rows) { return std::accumulate(rows.begin(), rows.end(), 0.0); }
+double total(const std::vector<double>& rows) {
+  return std::accumulate(rows.begin(), rows.end(), 0.0);
+}
 
 // grad = (m + m^T) * scale for a b x b matrix m.
 template <typename T>
@@ -321,7 +323,8 @@ double rkd_distance_loss(const T* gs, const T* gt, std::size_t b, T* grad) {
       for (std::size_t j = 0; j < b; ++j) {
         if (i == j) continue;
         const std::size_t lo = std::min(i, j), hi = std::max(i, j);
-        const double d2 = double(g[lo * b + lo]) + double(g[hi * b + hi]) - 2.0 * double(g[lo * b + hi]);
+        const double d2 =
+            double(g[lo * b + lo]) + double(g[hi * b + hi]) - 2.0 * double(g[lo * b + hi]);
         live[i * b + j] = d2 > kEps;
         d[i * b + j] = std::sqrt(std::max(d2, kEps));
       }

@@ -276,7 +276,7 @@ class _Tempered(DistillLoss):
 
 
 class KLLoss(_Tempered):
-    """KL divergence over embedding dims with temperature ``tau`` (default 1). See :func:`kl_loss`."""
+    """KL divergence over embedding dims, temperature ``tau`` (default 1). See :func:`kl_loss`."""
 
     name, summary = "kl", "tau^2 KL(softmax(t/tau) || softmax(s/tau)) over embedding dims (tau=1)"
 
