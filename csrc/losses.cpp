@@ -32,9 +32,10 @@ void check_rows(const char* fn, const void* gs, const void* gt, std::size_t b) {
                                        " is outside [1, " + std::to_string(kMaxRows) + "]");
 }
 
-// Rows per parallel chunk so that each chunk does at least ~64k elementary steps.
+// Rows per parallel chunk so that each chunk does at least ~256k elementary steps (a few
+// hundred microseconds): below that, starting and joining a thread costs more than it saves.
 std::size_t min_rows(std::size_t work_per_row) {
-  return std::max<std::size_t>(1, (std::size_t(1) << 16) / std::max<std::size_t>(1, work_per_row));
+  return std::max<std::size_t>(1, (std::size_t(1) << 18) / std::max<std::size_t>(1, work_per_row));
 }
 
 double smooth_l1(double d) {
