@@ -316,17 +316,17 @@ double rkd_distance_loss(const T* gs, const T* gt, std::size_t b, T* grad) {
     return 0.0;
   }
   // Park's pdist: d_ij = sqrt(clamp(G_ii + G_jj - 2 G_ij, min=eps)) for i != j, d_ii = 0.
-  // `live` marks entries above the clamp (the only ones with a gradient).
-  auto distances = [&](const T* g, std::vector<double>& d, std::vector<char>& live) {
+  // `live` (if given) marks entries above the clamp (the only ones with a gradient).
+  auto distances = [&](const T* g, std::vector<double>& d, std::vector<char>* live) {
     d.assign(bb, 0.0);
-    live.assign(bb, 0);
+    if (live != nullptr) live->assign(bb, 0);
     for (std::size_t i = 0; i < b; ++i) {
       for (std::size_t j = 0; j < b; ++j) {
         if (i == j) continue;
         const std::size_t lo = std::min(i, j), hi = std::max(i, j);
         const double d2 =
             double(g[lo * b + lo]) + double(g[hi * b + hi]) - 2.0 * double(g[lo * b + hi]);
-        live[i * b + j] = d2 > kEps;
+        if (live != nullptr) (*live)[i * b + j] = d2 > kEps;
         d[i * b + j] = std::sqrt(std::max(d2, kEps));
       }
     }
@@ -344,20 +344,19 @@ double rkd_distance_loss(const T* gs, const T* gt, std::size_t b, T* grad) {
     return sum / double(count);
   };
   std::vector<double> dS, dT;
-  std::vector<char> liveS, liveT;
-  distances(gs, dS, liveS);
-  distances(gt, dT, liveT);
+  std::vector<char> liveS;
+  distances(gs, dS, grad != nullptr ? &liveS : nullptr);
+  distances(gt, dT, nullptr);
   std::size_t countS = 0, countT = 0;
   const double muS = mean_positive(dS, countS);
   const double muT = mean_positive(dT, countT);
   const double inv = 1.0 / double(bb);
+  // h1_ij = smoothL1'(diff_ij) / B^2 = dL/d(d_ij / mu)
+  auto h1 = [&](std::size_t e) { return clamp1(dS[e] / muS - dT[e] / muT) * inv; };
   double loss = 0.0, k_sum = 0.0;
-  std::vector<double> h1(bb);
   for (std::size_t e = 0; e < bb; ++e) {
-    const double diff = dS[e] / muS - dT[e] / muT;
-    loss += smooth_l1(diff);
-    h1[e] = clamp1(diff) * inv;
-    k_sum += h1[e] * dS[e];
+    loss += smooth_l1(dS[e] / muS - dT[e] / muT);
+    if (grad != nullptr) k_sum += h1(e) * dS[e];
   }
   if (grad != nullptr) {
     // dL/dd_ij = h1_ij / mu - [d_ij > 0] sum_kl h1_kl d_kl / (count mu^2);
@@ -369,7 +368,7 @@ double rkd_distance_loss(const T* gs, const T* gt, std::size_t b, T* grad) {
       for (std::size_t j = 0; j < b; ++j) {
         const std::size_t e = i * b + j;
         if (i == j || !liveS[e]) continue;
-        const double dd = h1[e] / muS - mean_term;
+        const double dd = h1(e) / muS - mean_term;
         const double v = dd * 0.5 / dS[e];
         dg[e] = static_cast<T>(-2.0 * v);
         diag[i] += v;
