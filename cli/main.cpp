@@ -113,12 +113,19 @@ Student load_student(const std::string& path) {
   return s;
 }
 
-// Mono float32 samples at `sample_rate`, read and resampled with the ssondo core.
+// Mono float32 samples at `sample_rate`, read, mixed down and resampled with the ssondo core.
 std::vector<float> read_mono(const std::string& path, int sample_rate) {
-  const ssondo::WavAudio wav = ssondo::read_wav_file(path);  // throws with the file's name
-  std::vector<float> mono = ssondo::mix_to_mono(wav);
+  const ssondo::WavAudio wav = ssondo::read_wav(path);  // throws naming the file and the problem
+  std::vector<float> mono(static_cast<std::size_t>(wav.frames), 0.0f);
+  for (std::int64_t c = 0; c < wav.channels; ++c) {
+    const float* channel = wav.samples.data() + c * wav.frames;
+    for (std::int64_t t = 0; t < wav.frames; ++t) mono[t] += channel[t] / wav.channels;
+  }
   if (wav.sample_rate == sample_rate) return mono;
-  return ssondo::resample(mono.data(), 1, mono.size(), wav.sample_rate, sample_rate);
+  const ssondo::Resampler resampler(wav.sample_rate, sample_rate);
+  std::vector<float> out(static_cast<std::size_t>(resampler.output_length(wav.frames)));
+  resampler.process(mono.data(), 1, wav.frames, out.data());
+  return out;
 }
 
 void write_npy_atomically(const std::string& path, const std::vector<std::vector<float>>& rows) {
