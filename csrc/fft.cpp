@@ -18,6 +18,7 @@ bool is_pow2(std::size_t n) { return n > 0 && (n & (n - 1)) == 0; }
 // Stockham autosort FFT of a power-of-two size n on lanes: radix-4 stages, then one radix-2
 // stage when log2(n) is odd. Reads (xr, xi), ping-pongs with (yr, yi); returns true when the
 // result ends in (yr, yi), false when it ends in (xr, xi).
+SSONDO_MULTIVERSION
 bool stockham(std::size_t n, const float* tw, float* xr, float* xi, float* yr, float* yi) {
   static_assert(L == 8, "the FFT kernels work on V8 lane groups");
   std::size_t nn = n, s = 1;
@@ -70,6 +71,23 @@ bool stockham(std::size_t n, const float* tw, float* xr, float* xi, float* yr, f
     in_y = !in_y;
   }
   return in_y;
+}
+
+// Splits the size-c complex FFT (zr, zi) of the packed even/odd samples into the c + 1 bins
+// of the size-2c real FFT: X[k] = E[k] + w^k O[k] (see RealFFT::forward).
+SSONDO_MULTIVERSION
+void real_post(std::size_t c, const float* zr, const float* zi, const float* post_re,
+               const float* post_im, float* out_re, float* out_im) {
+  for (std::size_t k = 0; k <= c; ++k) {
+    const std::size_t ip = (k % c) * L, iq = ((c - k) % c) * L;
+    const V8 pr = v8_load(zr + ip), pi = v8_load(zi + ip);
+    const V8 qr = v8_load(zr + iq), qi = v8_load(zi + iq);
+    const float wr = post_re[k], wi = post_im[k];
+    const V8 er = 0.5f * (pr + qr), ei = 0.5f * (pi - qi);
+    const V8 orr = 0.5f * (pi + qi), oi = 0.5f * (qr - pr);
+    v8_store(out_re + k * L, er + wr * orr - wi * oi);
+    v8_store(out_im + k * L, ei + wr * oi + wi * orr);
+  }
 }
 
 void check_size(std::size_t n, const char* what) {
@@ -138,12 +156,19 @@ std::size_t ComplexFFT::workspace_floats() const {
 }
 
 void ComplexFFT::forward(float* re, float* im, float* work) const {
+  const Split r = transform(re, im, work);
+  if (r.re != re) {
+    std::memcpy(re, r.re, n_ * L * sizeof(float));
+    std::memcpy(im, r.im, n_ * L * sizeof(float));
+  }
+}
+
+ComplexFFT::Split ComplexFFT::transform(float* re, float* im, float* work) const {
   if (m_ == 0) {
     if (stockham(n_, twiddles_.data(), re, im, work, work + n_ * L)) {
-      std::memcpy(re, work, n_ * L * sizeof(float));
-      std::memcpy(im, work + n_ * L, n_ * L * sizeof(float));
+      return {work, work + n_ * L};
     }
-    return;
+    return {re, im};
   }
   const std::size_t n = n_, m = m_;
   float* ar = work;
@@ -192,6 +217,7 @@ void ComplexFFT::forward(float* re, float* im, float* work) const {
       im[k * L + l] = zr * ci + zi * cr;
     }
   }
+  return {re, im};
 }
 
 RealFFT::RealFFT(std::size_t n) : n_(n), inner_(n % 2 == 0 ? n / 2 : n) {
@@ -230,17 +256,8 @@ void RealFFT::forward(const float* x, float* out_re, float* out_im, float* work)
     std::memcpy(zr + j * L, x + 2 * j * L, L * sizeof(float));
     std::memcpy(zi + j * L, x + (2 * j + 1) * L, L * sizeof(float));
   }
-  inner_.forward(zr, zi, inner_work);
-  for (std::size_t k = 0; k <= c; ++k) {
-    const std::size_t ip = (k % c) * L, iq = ((c - k) % c) * L;
-    const V8 pr = v8_load(zr + ip), pi = v8_load(zi + ip);
-    const V8 qr = v8_load(zr + iq), qi = v8_load(zi + iq);
-    const float wr = post_re_[k], wi = post_im_[k];
-    const V8 er = 0.5f * (pr + qr), ei = 0.5f * (pi - qi);
-    const V8 orr = 0.5f * (pi + qi), oi = 0.5f * (qr - pr);
-    v8_store(out_re + k * L, er + wr * orr - wi * oi);
-    v8_store(out_im + k * L, ei + wr * oi + wi * orr);
-  }
+  const ComplexFFT::Split z = inner_.transform(zr, zi, inner_work);
+  real_post(c, z.re, z.im, post_re_.data(), post_im_.data(), out_re, out_im);
 }
 
 }  // namespace ssondo

@@ -7,6 +7,14 @@
 
 #include <cstring>
 
+// Marks a hot kernel to be compiled twice, for AVX2 and for the baseline, with the variant
+// chosen at load time (GCC/Clang function multi-versioning on x86-64 ELF). No -march flags.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__ELF__)
+#define SSONDO_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define SSONDO_MULTIVERSION
+#endif
+
 namespace ssondo {
 
 #if defined(__GNUC__)
@@ -17,6 +25,8 @@ inline V8 v8_splat(float x) { return V8{x, x, x, x, x, x, x, x}; }
 #else
 struct V8 {
   float v[8];
+  float& operator[](int i) { return v[i]; }
+  float operator[](int i) const { return v[i]; }
 };
 inline V8 v8_splat(float x) { return V8{{x, x, x, x, x, x, x, x}}; }
 #define SSONDO_V8_OP(op)                                                   \
