@@ -101,10 +101,13 @@ def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         if not isinstance(rate, (int, np.integer)) or rate <= 0:
             raise ParameterError(f"resample: {name}={rate!r} must be a positive integer (Hz)")
     x = np.asarray(wav)
+    if x.ndim < 1 or x.dtype.kind not in "fiu":
+        raise ParameterError(f"resample: wav must be a real array [..., T], got shape "
+                             f"{x.shape} dtype {x.dtype}")
     if sr_in == sr_out:
         return np.array(x, dtype=np.float32, copy=True)
     lead = x.shape[:-1]
-    flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    flat = np.ascontiguousarray(x.reshape(int(np.prod(lead)), x.shape[-1]), dtype=np.float32)
     out = _core.resample(flat, int(sr_in), int(sr_out))
     return out.reshape(*lead, out.shape[-1])
 
