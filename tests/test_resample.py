@@ -129,3 +129,24 @@ def test_core_rejects_bad_arrays_and_rates():
         _core.resample(np.zeros((1, 10)), 1, 2)
     with pytest.raises(ParameterError):
         resample(np.zeros(10), 16000, None)
+
+
+def test_fuzz_random_rates_and_shapes_give_value_error_or_resample_poly():
+    rng = np.random.default_rng(99)
+    for _ in range(40):
+        sr_in, sr_out = (int(v) for v in rng.integers(-5, 3000, 2))
+        batch, length = int(rng.integers(0, 3)), int(rng.integers(0, 300))
+        x = rng.standard_normal((batch, length)).astype(np.float32)
+        try:
+            ours = _core.resample(x, sr_in, sr_out)
+        except ValueError:
+            assert sr_in < 1 or sr_out < 1
+            continue
+        up, down = factors(sr_in, sr_out)
+        assert ours.shape == (batch, -(-length * up // down))
+        if up != down and batch and length:
+            ref = scipy.signal.resample_poly(x.astype(np.float64), up, down, axis=-1,
+                                             window=reference_filter(up, down))
+            np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=0)
+        elif up == down:
+            np.testing.assert_array_equal(ours, x)
