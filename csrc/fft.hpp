@@ -19,7 +19,7 @@ namespace ssondo {
 
 constexpr std::size_t kFftLanes = 8;
 // Largest transform size a plan accepts (larger sizes throw std::invalid_argument).
-constexpr std::size_t kMaxFftSize = std::size_t(1) << 24;
+constexpr std::size_t kMaxFftSize = std::size_t(1) << 20;
 
 // Forward complex DFT X[k] = sum_j x[j] exp(-2 pi i j k / n), n >= 1, on kFftLanes signals.
 class ComplexFFT {
