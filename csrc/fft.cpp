@@ -133,18 +133,12 @@ ComplexFFT::ComplexFFT(std::size_t n) : n_(n) {
       bim[idx * L] = -chirp_im_[j];
     }
   }
-  float* spec_re = bre.data();
-  float* spec_im = bim.data();
-  if (stockham(m_, inner_->twiddles_.data(), bre.data(), bim.data(), work.data(),
-               work.data() + m_ * L)) {
-    spec_re = work.data();
-    spec_im = work.data() + m_ * L;
-  }
+  const Split spec = inner_->transform(bre.data(), bim.data(), work.data());
   kernel_re_.resize(m_);
   kernel_im_.resize(m_);
   for (std::size_t k = 0; k < m_; ++k) {
-    kernel_re_[k] = static_cast<float>(spec_re[k * L] * scale);
-    kernel_im_[k] = static_cast<float>(spec_im[k * L] * scale);
+    kernel_re_[k] = static_cast<float>(spec.re[k * L] * scale);
+    kernel_im_[k] = static_cast<float>(spec.im[k * L] * scale);
   }
 }
 
