@@ -1,5 +1,6 @@
 """The log-mel front end: our FFT vs numpy, the filterbank/window vs librosa/scipy, and the C++
 log-mel vs LogMel (eager and scripted) vs an independent numpy reference vs librosa."""
+import io
 import json
 
 import librosa
@@ -192,6 +193,13 @@ def test_logmel_module_interface():
     assert MelConfig.from_json(m.cfg_json) == cfg
     assert json.loads(torch.jit.script(m).cfg_json) == cfg.to_dict()
     assert set(dict(m.named_buffers())) == {"window", "filterbank"}
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(m), buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    x = torch.randn(2, 5000)
+    assert loaded.cfg_json == m.cfg_json
+    torch.testing.assert_close(loaded(x), m(x))
     with pytest.raises(Exception, match=r"\[B, T\]"):
         m(torch.zeros(100))
     with pytest.raises(Exception, match=r"\[B, T\]"):
