@@ -81,7 +81,7 @@ def scripted():
 
 # --------------------------------------------------------------------------------- FFT
 
-@pytest.mark.parametrize("n", [*range(1, 34), 64, 97, 100, 101, 128, 257, 400, 401, 512, 1000,
+@pytest.mark.parametrize("n", [*range(1, 34), 49, 64, 97, 100, 101, 128, 210, 257, 400, 401, 441, 512, 1000,
                                1009, 1024, 1536, 2048, 4096, 4099, 16384])
 def test_rfft_matches_numpy(n):
     x = np.random.default_rng(n).standard_normal((11, n)).astype(np.float32)
