@@ -7,9 +7,10 @@
 //
 // Sizes: products of 2, 3, 5 and 7 use Stockham autosort stages (radix 4, then direct odd
 // radices 3, 5, 7, then at most one radix 2); sizes with a larger prime factor use Bluestein's
-// algorithm on a power-of-two transform. Plans are immutable after
-// construction and may be shared by threads; every call takes its scratch memory from the
-// caller, so nothing is allocated per transform.
+// algorithm on a power-of-two transform. The stage kernels are compiled for AVX2 and for the
+// baseline, chosen at load time (vec8.hpp). Plans are immutable after construction and may be
+// shared by threads; every call takes its scratch memory from the caller, so nothing is
+// allocated per transform.
 #pragma once
 
 #include <cstddef>
