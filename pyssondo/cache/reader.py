@@ -174,7 +174,8 @@ class EmbeddingCache:
         shape = f"[{m['frames']}, {m['dim']}] frames" if m["frames"] else f"[{m['dim']}]"
         lines = [
             f"cache        {self.path}",
-            f"teacher      {t['name']} ({t['source']}), sha256 {t['fingerprint'][:16]}",
+            f"teacher      {t['meta'].get('name', t['name'])} ({t['source']}), "
+            f"sha256 {t['fingerprint'][:16]}",
             f"rate         {m['teacher_sample_rate']} Hz; window {m['window_s']:g} s, "
             f"hop {m['hop_s']:g} s",
             f"audio        {self.audio_root}",
