@@ -130,6 +130,7 @@ class _Builder:
         self.sr = teacher.sample_rate
         self.window_t = seconds_to_samples(window_s, self.sr)
         self.manifest = layout.read_json(folder / layout.MANIFEST) or layout.empty_manifest()
+        self._saved = layout.dump_json(self.manifest) if (folder / layout.MANIFEST).exists() else ""
         self.meta = layout.read_json(folder / layout.META)
         self.skipped: Dict[str, str] = {}
         self.upsampled: List[Tuple[str, int]] = []
@@ -179,7 +180,7 @@ class _Builder:
         dead = [name for name in self.manifest["shards"] if name not in live]
         for name in dead:
             del self.manifest["shards"][name]
-        layout.write_json(self.folder / layout.MANIFEST, self.manifest)
+        self._save_manifest()
         for name in dead:
             (self.folder / name).unlink(missing_ok=True)
 
@@ -194,7 +195,7 @@ class _Builder:
         if todo:
             self._compute(todo, total_segments)
         self.manifest["skipped"] = dict(sorted(self.skipped.items()))
-        layout.write_json(self.folder / layout.MANIFEST, self.manifest)
+        self._save_manifest()
         if self.upsampled:
             key, rate = self.upsampled[0]
             warnings.warn(f"{len(self.upsampled)} files were upsampled to the teacher's "
@@ -400,4 +401,11 @@ class _Builder:
         m["shards"][name] = record
         m["files"].update(entries)
         m["next_shard"] = max(int(m["next_shard"]), int(name[6:12]) + 1)
-        layout.write_json(self.folder / layout.MANIFEST, m)
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        """Writes the manifest atomically, unless it is unchanged on disk."""
+        text = layout.dump_json(self.manifest)
+        if text != self._saved:
+            layout.write_text(self.folder / layout.MANIFEST, text)
+            self._saved = text

@@ -64,8 +64,17 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
     return obj
 
 
+def dump_json(obj: Dict[str, Any]) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)
+
+
 def write_json(path: Path, obj: Dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+    write_text(path, dump_json(obj))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic write (temporary name, fsync, rename)."""
+    atomic_write_text(path, text)
 
 
 def write_shard(path: Path, rows: np.ndarray) -> Dict[str, Any]:
