@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from pyssondo.cache import EmbeddingCache, build_cache
+from pyssondo.cache import EmbeddingCache, build_cache, layout
 from pyssondo.teachers.crepe import load_crepe
 from tests import test_cache_helpers as helpers
 
@@ -164,6 +164,18 @@ def test_changed_touched_deleted_and_new_files(copy, shared_data):
     assert referenced == set(manifest["shards"]) == {p.name for p in folder.glob("shard-*")}
 
 
+def test_torn_journal_line_is_ignored(copy):
+    audio, root, folder = copy
+    n = len(EmbeddingCache(folder))
+    with open(folder / layout.JOURNAL, "ab") as f:  # a kill in the middle of an append
+        f.write(b'{"files": {"x.flac": {"row": 0, "sha')
+    assert len(EmbeddingCache(folder)) == n
+    _count_reset()
+    build_cache(COUNTING, audio, root, **OPTS)
+    assert helpers.CALLS["n"] == 0 and not (folder / layout.JOURNAL).exists()
+    assert len(EmbeddingCache(folder, verify=True)) == n
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_torn_shard_is_detected_and_recomputed(copy, damage):
     audio, root, folder = copy
@@ -209,9 +221,8 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted_run(tmp_path, shared_da
         proc.wait()
     assert proc.returncode == -signal.SIGKILL  # it was killed mid-run, not finished
     folder = next((tmp_path / "killed").iterdir())
-    partial = json.loads((folder / "manifest.json").read_text()) \
-        if (folder / "manifest.json").exists() else {"files": {}}
-    assert len(partial["files"]) < 9
+    partial = layout.read_manifest(folder)
+    assert partial is not None and 0 < len(partial["files"]) < 9
     monkeypatch.delenv("SSONDO_TEST_SLEEP", raising=False)
     opts = dict(OPTS, batch_size=2, shard_rows=2)
     resumed = EmbeddingCache(build_cache(spec, audio, tmp_path / "killed", **opts))

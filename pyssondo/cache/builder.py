@@ -3,7 +3,7 @@
 Pipeline: a pool of reader threads decodes, hashes, resamples and segments files ahead of the
 teacher (bounded prefetch, results taken in file order); the calling thread batches segments
 across files and runs the teacher; one writer thread writes each full shard atomically and
-then the manifest that names it, while the teacher works on the next rows.
+then a journal line that announces it (:mod:`.layout`), while the teacher works on.
 """
 from __future__ import annotations
 
@@ -129,8 +129,9 @@ class _Builder:
         self.device, self.progress = device, progress
         self.sr = teacher.sample_rate
         self.window_t = seconds_to_samples(window_s, self.sr)
-        self.manifest = layout.read_json(folder / layout.MANIFEST) or layout.empty_manifest()
-        self._saved = layout.dump_json(self.manifest) if (folder / layout.MANIFEST).exists() else ""
+        base = layout.read_json(folder / layout.MANIFEST)
+        self._saved = layout.dump_json(base) if base is not None else ""
+        self.manifest = layout.read_manifest(folder) or layout.empty_manifest()
         self.meta = layout.read_json(folder / layout.META)
         self.skipped: Dict[str, str] = {}
         self.upsampled: List[Tuple[str, int]] = []
@@ -186,6 +187,7 @@ class _Builder:
 
     # -- running -------------------------------------------------------------------------
     def run(self, files: List[Tuple[str, Path]]) -> None:
+        self._save_manifest()  # folds a killed run's journal in before anything changes
         self._clean_and_verify()
         todo = self._plan(files)
         self._drop_dead_shards()
@@ -210,18 +212,20 @@ class _Builder:
                              f"be read")
 
     def _count_segments(self, todo) -> int:
+        """Segments to compute, from the files' headers (read in parallel), for the ETA."""
         import soundfile as sf
 
-        total = 0
-        for _, path, _ in todo:
+        def count(path: Path) -> int:
             try:
                 info = sf.info(str(path))
-                total += len(plan_segments(int(info.frames),
-                                           seconds_to_samples(self.window_s, info.samplerate),
-                                           seconds_to_samples(self.hop_s, info.samplerate)))
             except Exception:
-                pass  # reported as skipped when the reader fails on it
-        return total
+                return 0  # reported as skipped when the reader fails on it
+            return len(plan_segments(int(info.frames),
+                                     seconds_to_samples(self.window_s, info.samplerate),
+                                     seconds_to_samples(self.hop_s, info.samplerate)))
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return sum(pool.map(count, [path for _, path, _ in todo]))
 
     def _compute(self, todo, total_segments: int) -> None:
         readers = ThreadPoolExecutor(self.workers, thread_name_prefix="ssondo-cache-read")
@@ -354,6 +358,7 @@ class _Builder:
                 "version": layout.FORMAT_VERSION,
                 "teacher": {"fingerprint": t.fingerprint, "name": t.name, "source": t.source,
                             "sample_rate": t.sample_rate, "meta": t.meta},
+                "teacher_fingerprint": t.fingerprint,
                 "teacher_sample_rate": self.sr, "window_s": self.window_s,
                 "hop_s": self.hop_s, "window_samples": self.window_t, "dtype": self.dtype,
                 "level": level, "dim": dim, "frames": frames,
@@ -395,17 +400,19 @@ class _Builder:
         self._writing = writer.submit(self._commit, name, rows, entries)
 
     def _commit(self, name: str, rows: np.ndarray, entries) -> None:
-        """Writer-thread job: the shard, durable, then the manifest that names it."""
+        """Writer-thread job: the shard, durable, then the journal line that announces it."""
         record = layout.write_shard(self.folder / name, rows)
+        layout.append_journal(self.folder, name, record, dict(entries))
         m = self.manifest
         m["shards"][name] = record
         m["files"].update(entries)
         m["next_shard"] = max(int(m["next_shard"]), int(name[6:12]) + 1)
-        self._save_manifest()
 
     def _save_manifest(self) -> None:
-        """Writes the manifest atomically, unless it is unchanged on disk."""
+        """Writes the manifest atomically unless unchanged on disk, then drops the journal
+        (whose lines the manifest now holds; replaying them again would change nothing)."""
         text = layout.dump_json(self.manifest)
         if text != self._saved:
             layout.write_text(self.folder / layout.MANIFEST, text)
             self._saved = text
+        (self.folder / layout.JOURNAL).unlink(missing_ok=True)
