@@ -125,6 +125,23 @@ def test_cache_contents_match_teacher_on_hand_cut_segments(built, capsys):
     assert "segments     15" in out and "files        9" in out and "float16" in out
 
 
+def test_clip_level_teacher_float32(tmp_path, shared_data):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name in NOTES:
+        shutil.copy2(shared_data / "notes" / name, audio / name)
+    folder = build_cache("tests.test_cache_helpers:clip_crepe", audio, tmp_path / "c",
+                         **dict(OPTS, dtype="float32"))
+    assert folder.name.endswith("-float32")
+    cache = EmbeddingCache(folder)
+    emb = cache.embeddings()
+    assert cache.meta["level"] == "clip" and cache.frames is None
+    assert isinstance(emb, np.memmap) and emb.shape == (3, 256) and emb.dtype == np.float32
+    assert cache.embeddings(pool=None).shape == (3, 256)
+    ref = _reference_rows(audio / NOTES[1], [0]).mean(axis=1)
+    np.testing.assert_allclose(cache[(NOTES[1], 0)], ref[0], rtol=1e-5, atol=1e-5)
+
+
 def test_rerun_computes_nothing(copy):
     audio, root, folder = copy
     before = _snapshot(folder)

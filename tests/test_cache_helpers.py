@@ -33,6 +33,8 @@ class _Wrap(nn.Module):
         out = self.inner(wav)
         if self.mode == "nan":
             out[-1, 0, 0] = float("nan")
+        if self.mode == "clip":
+            out = out.mean(dim=1)
         if self.mode == "shape":
             out = out[:, 0, 0]
         if self.mode == "raise":
@@ -47,6 +49,11 @@ def counting_crepe() -> nn.Module:
 def slow_crepe() -> nn.Module:
     """Sleeps $SSONDO_TEST_SLEEP seconds per batch (so a test can kill it mid-run)."""
     return _Wrap("slow")
+
+
+def clip_crepe() -> nn.Module:
+    """A clip-level teacher [B, 256]: CREPE tiny frames averaged."""
+    return _Wrap("clip")
 
 
 def nan_crepe() -> nn.Module:

@@ -119,6 +119,13 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
     return folder
 
 
+def _hash_or_none(path: Path) -> Optional[str]:
+    try:
+        return content_hash(path)
+    except OSError:
+        return None  # unreadable: recomputed, and skipped with a warning by the reader
+
+
 class _Builder:
     def __init__(self, teacher, folder: Path, audio_root: Path, window_s: float, hop_s: float,
                  dtype: str, batch_size: int, workers: int, shard_rows: Optional[int],
@@ -166,7 +173,7 @@ class _Builder:
             entry = m["files"].get(key)
             if entry and (entry["size"], entry["mtime_ns"]) == tuple(stat):
                 continue
-            if entry and entry["hash"] == content_hash(path):
+            if entry and entry["hash"] == _hash_or_none(path):
                 entry["size"], entry["mtime_ns"] = stat.size, stat.mtime_ns
                 continue
             m["files"].pop(key, None)
@@ -191,6 +198,9 @@ class _Builder:
         self._clean_and_verify()
         todo = self._plan(files)
         self._drop_dead_shards()
+        if self.meta is not None and self.meta["audio_root"] != str(self.audio_root):
+            self.meta["audio_root"] = str(self.audio_root)  # the audio (and cache) moved
+            layout.write_json(self.folder / layout.META, self.meta)
         total_segments = self._count_segments(todo)
         log.info("cache %s: %d files cached, %d to compute", self.folder,
                  len(self.manifest["files"]), len(todo))
@@ -370,9 +380,6 @@ class _Builder:
                              f"{names}, but {self.folder} holds rows of level "
                              f"{self.meta['level']}, dim {self.meta['dim']}, frames "
                              f"{self.meta['frames']}")
-        elif self.meta["audio_root"] != str(self.audio_root):
-            self.meta["audio_root"] = str(self.audio_root)
-            layout.write_json(self.folder / layout.META, self.meta)
 
     def _rows_per_shard(self, y: np.ndarray) -> int:
         if self.shard_rows:
