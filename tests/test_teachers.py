@@ -99,11 +99,9 @@ def test_aisfx_equals_original(tmp_path, shared_data):
     with torch.no_grad():
         ref_blocks = original.get_embedding(torch.tensor(blocks, dtype=torch.float32))
         our_spec = ours.spectrogram(x)[0].numpy()
-        our_net = ours.net(torch.tensor(blocks, dtype=torch.float32))
         got = ours(x)
     np.testing.assert_allclose(our_spec, spec / 9.457798957824707, rtol=1e-4, atol=1e-5)
     assert blocks.shape[0] == 2
-    torch.testing.assert_close(our_net, ref_blocks, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got, ref_blocks.mean(0, keepdim=True), rtol=1e-4, atol=1e-4)
     short = x[:, :44100]
     torch.testing.assert_close(torch.jit.script(ours)(short), ours(short), rtol=0, atol=1e-5)
