@@ -163,13 +163,15 @@ def test_changed_touched_deleted_and_new_files(copy, shared_data):
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     deleted = sorted(audio.glob("p0*.flac"))[0]
     deleted.unlink()
+    (audio / "pool_0000.flac").unlink()  # leaves its shard mostly dead: compacted
     shutil.copy2(shared_data / "pool" / "pool_0005.flac", audio / "new.flac")
     _count_reset()
     build_cache(COUNTING, audio, root, **OPTS)
     assert helpers.CALLS["rows"] == 6  # 3 segments of the changed file + 3 of the new one
     cache = EmbeddingCache(folder, verify=True)
     keys = {k for k, _ in cache.ids}
-    assert deleted.name not in keys and "new.flac" in keys and len(cache) == 17
+    assert deleted.name not in keys and "new.flac" in keys and len(cache) == 14
+    assert "pool_0000.flac" not in keys
     for sid in cache.ids:
         if sid[0] not in ("pool_0001.flac", "new.flac"):
             np.testing.assert_array_equal(cache[sid], old_rows[sid])
@@ -179,6 +181,10 @@ def test_changed_touched_deleted_and_new_files(copy, shared_data):
     manifest = json.loads((folder / "manifest.json").read_text())
     referenced = {e["shard"] for e in manifest["files"].values()}
     assert referenced == set(manifest["shards"]) == {p.name for p in folder.glob("shard-*")}
+    assert "shard-000001.npy" not in manifest["shards"]  # 2 of its 5 rows were live
+    for name, record in manifest["shards"].items():  # no shard is mostly dead rows
+        live = sum(len(e["starts"]) for e in manifest["files"].values() if e["shard"] == name)
+        assert 2 * live >= record["rows"], name
 
 
 def test_torn_journal_line_is_ignored(copy):

@@ -206,6 +206,7 @@ class _Builder:
                  len(self.manifest["files"]), len(todo))
         if todo:
             self._compute(todo, total_segments)
+        self._compact()
         self.manifest["skipped"] = dict(sorted(self.skipped.items()))
         self._save_manifest()
         if self.upsampled:
@@ -220,6 +221,40 @@ class _Builder:
         if not self.manifest["files"]:
             raise ValueError(f"{self.audio_root}: none of the {len(files)} audio files could "
                              f"be read")
+
+    def _compact(self) -> None:
+        """Moves the live rows of shards that are mostly dead (changed or vanished files)
+        into new shards, without recomputing them; the old shards go once the manifest no
+        longer names them."""
+        m = self.manifest
+        live: Dict[str, int] = {}
+        for e in m["files"].values():
+            live[e["shard"]] = live.get(e["shard"], 0) + len(e["starts"])
+        sparse = {name for name, rec in m["shards"].items() if 2 * live.get(name, 0) < rec["rows"]}
+        if not sparse or self.meta is None:
+            return
+        keys = sorted(k for k, e in m["files"].items() if e["shard"] in sparse)
+        row_bytes = (self.meta["frames"] or 1) * self.meta["dim"] * np.dtype(self.dtype).itemsize
+        per_shard = self.shard_rows or max(1, SHARD_BYTES // row_bytes)
+        next_shard = int(m["next_shard"])
+        group: List[str] = []
+        for i, key in enumerate(keys):
+            group.append(key)
+            if sum(len(m["files"][k]["starts"]) for k in group) >= per_shard or i == len(keys) - 1:
+                name = layout.shard_name(next_shard)
+                next_shard += 1
+                parts, row = [], 0
+                for k in group:
+                    e = m["files"][k]
+                    old = np.load(self.folder / e["shard"], mmap_mode="r")
+                    parts.append(np.asarray(old[e["row"]:e["row"] + len(e["starts"])]))
+                    e["shard"], e["row"] = name, row
+                    row += len(e["starts"])
+                m["shards"][name] = layout.write_shard(self.folder / name, np.concatenate(parts))
+                group = []
+        m["next_shard"] = next_shard
+        log.info("cache %s: compacted %d shards", self.folder, len(sparse))
+        self._drop_dead_shards()
 
     def _count_segments(self, todo) -> int:
         """Segments to compute, from the files' headers (read in parallel), for the ETA."""
