@@ -306,6 +306,7 @@ class _Builder:
                         except (ValueError, OSError) as e:  # AudioError, unreadable: skip the file
                             warnings.warn(f"{path}: skipped ({e})")
                             self.skipped[key] = str(e)
+                            done_files += 1
                             continue
                         if f.file_sr < self.sr:
                             self.upsampled.append((key, f.file_sr))
