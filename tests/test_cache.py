@@ -289,6 +289,16 @@ def test_bad_teacher_output_stops_with_file_and_shape(tmp_path, shared_data, fac
         build_cache(f"tests.test_cache_helpers:{factory}", audio, tmp_path / "c", **OPTS)
 
 
+def test_second_concurrent_build_is_refused(copy):
+    fcntl = pytest.importorskip("fcntl")
+    audio, root, folder = copy
+    with open(folder / ".lock", "a") as f:  # as a running build holds it
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="another 'ssondo cache' run"):
+            build_cache(COUNTING, audio, root, **OPTS)
+    build_cache(COUNTING, audio, root, **OPTS)  # free again
+
+
 def test_empty_folder_and_unknown_rate_are_errors(tmp_path, shared_data):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no audio files"):
