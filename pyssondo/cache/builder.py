@@ -383,7 +383,8 @@ class _Builder:
         return finished
 
     def _forward(self, torch, batch: np.ndarray, owners) -> np.ndarray:
-        names = ", ".join(sorted({str(f.path) for f, _, _ in owners}))
+        paths = sorted({str(f.path) for f, _, _ in owners})
+        names = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         b = batch.shape[0]
         try:
             with torch.inference_mode():
@@ -408,7 +409,7 @@ class _Builder:
             for f, first, k in owners:
                 if row < off + k:
                     start = f.plan[first + row - off][0]
-                    what = ("NaN/inf" if bad.any() else
+                    what = ("NaN/inf" if bad[row] else
                             f"values beyond the {self.dtype} range (use --dtype float32)")
                     raise ValueError(f"teacher {self.teacher.source} returned {what} for "
                                      f"{f.path} (segment at sample {start}); output shape "
