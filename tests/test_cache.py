@@ -277,6 +277,7 @@ def test_unreadable_audio_is_skipped_with_warning(tmp_path, shared_data):
 
 @pytest.mark.parametrize("factory, pattern", [
     ("nan_crepe", r"NaN/inf for .*\.flac \(segment at sample \d+\); output shape \(\d+, 31, 256\)"),
+    ("huge_crepe", r"beyond the float16 range \(use --dtype float32\) for .*\.flac"),
     ("shape_crepe", r"returned \(\d+,\) for a batch \[\d+, 32000\] from .*\.flac.*expected"),
     ("raising_crepe", r"failed on a batch \[\d+, 32000\] from .*\.flac.*boom from the test"),
 ])
