@@ -1,0 +1,162 @@
+"""On-disk layout of an embedding cache folder (../shared/DESIGN.md, "Embedding cache").
+
+A cache root holds one folder per key ``<teacher sha256[:16]>-sr<rate>-w<W>-h<H>-<dtype>``::
+
+    meta.json       teacher (fingerprint, name, source, rate, its ssondo.json), window_s,
+                    hop_s, window samples at the teacher rate, dtype, level ("clip"/"frame"),
+                    dim, frames, audio_root
+    manifest.json   {"files": {key: FileEntry}, "shards": {name: {rows, bytes, sha256}},
+                     "skipped": {key: reason}, "next_shard": int}
+    shard-000000.npy ...  rows [n, D] (clip teachers) or [n, F, D] (frame teachers)
+
+    journal.jsonl   shards committed since the manifest was last rewritten, one JSON line
+                    each: {"shard": name, "record": {...}, "files": {key: FileEntry}}
+
+A file's segments are consecutive rows of one shard. A shard is written with
+:mod:`pyssondo.atomic` (temporary name, fsync, rename) and only then announced by an fsynced
+journal line, so a kill at any moment leaves a consistent cache: at most an unreferenced
+shard, or a torn last journal line, both ignored. Appending a line per shard keeps the cost of
+a commit independent of the cache size; the builder folds the journal into manifest.json
+(atomically) at the start and end of a run. The cache's contents = manifest + journal.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ..atomic import atomic_write_bytes, atomic_write_text
+
+META = "meta.json"
+MANIFEST = "manifest.json"
+JOURNAL = "journal.jsonl"
+FORMAT_VERSION = 1
+DTYPES = ("float16", "float32")
+
+
+def _num(x: float) -> str:
+    return f"{x:g}".replace(".", "p")
+
+
+def cache_key(fingerprint: str, teacher_sr: int, window_s: float, hop_s: float,
+              dtype: str) -> str:
+    """Folder name of a cache: two teachers, rates, windows or dtypes never share one."""
+    return f"{fingerprint[:16]}-sr{teacher_sr}-w{_num(window_s)}-h{_num(hop_s)}-{dtype}"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.npy"
+
+
+def empty_manifest() -> Dict[str, Any]:
+    return {"version": FORMAT_VERSION, "files": {}, "shards": {}, "skipped": {}, "next_shard": 0}
+
+
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    """The JSON object in ``path``, or None when the file does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{path}: not valid JSON; delete the cache folder to rebuild") from None
+    if not isinstance(obj, dict) or obj.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not an ssondo cache file of format version {FORMAT_VERSION}")
+    return obj
+
+
+def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
+    """manifest.json with the journal's complete lines applied; None when neither exists."""
+    manifest = read_json(folder / MANIFEST)
+    try:
+        lines = (folder / JOURNAL).read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return manifest
+    manifest = manifest or empty_manifest()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if i >= len(lines) - 2:  # torn last line of a killed run: never committed
+                break
+            raise ValueError(f"{folder / JOURNAL}: line {i + 1} is not valid JSON; delete the "
+                             f"cache folder to rebuild") from None
+        manifest["shards"][entry["shard"]] = entry["record"]
+        manifest["files"].update(entry["files"])
+        manifest["next_shard"] = max(int(manifest["next_shard"]),
+                                     int(entry["shard"][6:12]) + 1)
+    return manifest
+
+
+def append_journal(folder: Path, shard: str, record: Dict[str, Any],
+                   files: Dict[str, Any]) -> None:
+    """Announces a durable shard: one JSON line appended to the journal, then fsync."""
+    line = json.dumps({"shard": shard, "record": record, "files": files}, sort_keys=True)
+    with open(folder / JOURNAL, "ab") as f:
+        f.write(line.encode("utf-8") + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def dump_json(obj: Dict[str, Any]) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)
+
+
+def write_json(path: Path, obj: Dict[str, Any]) -> None:
+    write_text(path, dump_json(obj))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic write (temporary name, fsync, rename)."""
+    atomic_write_text(path, text)
+
+
+def write_shard(path: Path, rows: np.ndarray) -> Dict[str, Any]:
+    """Writes ``rows`` as .npy atomically; returns its manifest record {rows, bytes, sha256}."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(rows), allow_pickle=False)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return {"rows": int(rows.shape[0]), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def shard_problem(path: Path, record: Dict[str, Any], full: bool) -> Optional[str]:
+    """Why the shard at ``path`` does not match its manifest record (None when it does).
+
+    Checks existence and size; with ``full`` also the sha256 of its bytes.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if size != record["bytes"]:
+        return f"size {size} != {record['bytes']} bytes"
+    if full:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        if h.hexdigest() != record["sha256"]:
+            return "sha256 mismatch"
+    return None
+
+
+def file_entry(size: int, mtime_ns: int, content: str, sample_rate: int, frames: int,
+               shard: str, row: int, starts: List[int], lengths: List[int]) -> Dict[str, Any]:
+    """Manifest record of one audio file: change signals, where its rows are, its segments.
+
+    ``starts``/``lengths`` are in samples at the file's own rate ``sample_rate``; ``frames``
+    is the file's length in samples. Rows ``row .. row + len(starts) - 1`` of ``shard``.
+    """
+    return {"size": size, "mtime_ns": mtime_ns, "hash": content, "sample_rate": sample_rate,
+            "frames": frames, "shard": shard, "row": row, "starts": starts, "lengths": lengths}
