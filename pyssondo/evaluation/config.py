@@ -24,9 +24,9 @@ class ProbeConfig:
     """
 
     weight_decays: Tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
-    lr: float = 1e-3
-    batch_size: int = 128
-    max_epochs: int = 300
+    lr: float = 1e-2
+    batch_size: int = 256
+    max_epochs: int = 200
     patience: int = 20
     k_values: Tuple[int, ...] = (1, 3, 5, 10, 20)
 

@@ -8,6 +8,7 @@ per-class binary cross-entropy.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
@@ -39,56 +40,88 @@ def fit_predict(probe: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
     """
     x_train, x_val, x_test = standardise(x_train, x_val, x_test)
     if probe == "linear":
-        return _linear(x_train, y_train, x_val, y_val, x_test, multilabel, n_classes, seed, cfg)
+        with _one_torch_thread():
+            return _linear(x_train, y_train, x_val, y_val, x_test, multilabel, n_classes, seed, cfg)
     if probe == "knn":
         return _knn(x_train, y_train, x_val, y_val, x_test, multilabel, n_classes, cfg.k_values)
     raise ValueError(f"probe {probe!r}: expected one of {PROBES}")
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Runs the block with one torch thread: a probe's tiny matrix products only lose time to
+    thread synchronisation (10x slower with 2 threads on a busy 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _linear(x_train, y_train, x_val, y_val, x_test, multilabel, n_classes, seed, cfg):
+    """Trains one linear layer per weight decay at once: the weights are stacked [G, D, C]
+    and the loss is the sum of the G independent losses, so Adam (element-wise) updates each
+    exactly as if trained alone. Each keeps the state of its lowest validation loss and stops
+    after ``patience`` epochs without improvement; the weight decay with the best validation
+    metric (ties: lower validation loss) is then scored on the test part."""
     import torch
 
     metric = primary_metric(multilabel)
+    wds = torch.tensor(cfg.weight_decays, dtype=torch.float32)
+    g_count, dim = len(wds), x_train.shape[1]
     xt, xv = torch.from_numpy(x_train), torch.from_numpy(x_val)
-    yt = torch.from_numpy(y_train.astype(np.float32 if multilabel else np.int64))
-    yv = torch.from_numpy(y_val.astype(np.float32 if multilabel else np.int64))
-    loss_fn = (torch.nn.BCEWithLogitsLoss() if multilabel else torch.nn.CrossEntropyLoss())
-    best = None  # (val metric, -val loss, state, settings)
-    for wd in cfg.weight_decays:
-        gen = torch.Generator().manual_seed(seed)
-        layer = torch.nn.Linear(xt.shape[1], n_classes)
+    if multilabel:
+        yt, yv = torch.from_numpy(y_train.astype(np.float32)), torch.from_numpy(y_val.astype(np.float32))
+    else:
+        yt, yv = torch.from_numpy(y_train.astype(np.int64)), torch.from_numpy(y_val.astype(np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / np.sqrt(dim)
+    weight = (torch.rand(dim, n_classes, generator=gen) * 2 - 1).mul_(bound)
+    weight = weight.expand(g_count, dim, n_classes).clone().requires_grad_(True)
+    bias = torch.zeros(g_count, 1, n_classes, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=cfg.lr)
+
+    def losses(x: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+        logits = torch.matmul(x, weight) + bias  # [G, N, C]
+        if multilabel:
+            per = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, y.expand_as(logits), reduction="none").mean(dim=(1, 2))
+        else:
+            per = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, n_classes), y.repeat(g_count), reduction="none"
+            ).reshape(g_count, -1).mean(dim=1)
+        return per
+
+    best_loss = torch.full((g_count,), float("inf"))
+    best_epoch = torch.zeros(g_count, dtype=torch.long)
+    best_w, best_b = weight.detach().clone(), bias.detach().clone()
+    for epoch in range(1, cfg.max_epochs + 1):
+        for idx in torch.randperm(len(xt), generator=gen).split(cfg.batch_size):
+            loss = (losses(xt[idx], yt[idx]) + wds * weight.pow(2).sum(dim=(1, 2))).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         with torch.no_grad():
-            bound = 1.0 / np.sqrt(xt.shape[1])
-            layer.weight.uniform_(-bound, bound, generator=gen)
-            layer.bias.zero_()
-        opt = torch.optim.Adam(layer.parameters(), lr=cfg.lr)
-        run_best, since = None, 0
-        for epoch in range(1, cfg.max_epochs + 1):
-            layer.train()
-            for idx in torch.randperm(len(xt), generator=gen).split(cfg.batch_size):
-                loss = loss_fn(layer(xt[idx]), yt[idx]) + wd * layer.weight.pow(2).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                logits = layer(xv)
-                val_loss = float(loss_fn(logits, yv))
-            if run_best is None or val_loss < run_best[1] - 1e-7:
-                score = classification_metrics(y_val, logits.numpy(), multilabel)[metric]
-                state = {k: v.clone() for k, v in layer.state_dict().items()}
-                run_best, since = (score, val_loss, state, epoch), 0
-            else:
-                since += 1
-                if since >= cfg.patience:
-                    break
-        score, val_loss, state, epoch = run_best
-        if best is None or (score, -val_loss) > (best[0], -best[1]):
-            best = (score, val_loss, state, {"weight_decay": wd, "epochs": epoch,
-                                             f"val_{metric}": score})
-    layer.load_state_dict(best[2])
+            val = losses(xv, yv)
+            better = val < best_loss - 1e-7
+            best_loss = torch.where(better, val, best_loss)
+            best_epoch[better] = epoch
+            best_w[better] = weight[better]
+            best_b[better] = bias[better]
+        if bool((epoch - best_epoch >= cfg.patience).all()):
+            break
     with torch.no_grad():
-        scores = layer(torch.from_numpy(x_test)).numpy()
-    return scores.astype(np.float32), best[3]
+        val_logits = (torch.matmul(xv, best_w) + best_b).numpy()
+        test_logits = (torch.matmul(torch.from_numpy(x_test), best_w) + best_b).numpy()
+    scores = [classification_metrics(y_val, val_logits[g], multilabel)[metric]
+              for g in range(g_count)]
+    g = max(range(g_count), key=lambda i: (scores[i], -float(best_loss[i])))
+    chosen = {"weight_decay": float(cfg.weight_decays[g]), "epochs": int(best_epoch[g]),
+              f"val_{metric}": scores[g]}
+    return test_logits[g].astype(np.float32), chosen
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
