@@ -122,3 +122,224 @@ def model8k(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model16k(tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp("m") / "spec16k.pt", 16000)
+
+
+def small_cfg(**kw) -> EvalConfig:
+    """Protocol with 3 folds and a shorter weight-decay grid: same code paths, less time."""
+    probe = ProbeConfig(weight_decays=(0.0, 1e-3, 1e-1), max_epochs=150)
+    return EvalConfig(**{"folds": 3, "probe": probe, **kw})
+
+
+def write_wav(path: Path, seconds: float = 0.5, sr: int = 16000, freq: float = 440.0,
+              seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * noise).astype(np.float32), sr)
+    return path
+
+
+def result_of(report, model, task, probe):
+    return next(r for r in report["results"]
+                if (r["model"], r["task"], r["probe"]) == (model, task, probe))
+
+
+# ---------------------------------------------------------------- metrics against references
+
+def test_metrics_match_sklearn_and_scipy():
+    from scipy.stats import t as student_t
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 200)
+    pred = np.where(rng.random(200) < 0.6, y, rng.integers(0, 6, 200))  # class 5 never true
+    assert accuracy(y, pred) == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+    assert macro_f1(y, pred) == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    ym = (rng.random((100, 4)) < 0.3).astype(np.float32)
+    scores = np.round(ym + rng.standard_normal((100, 4)), 1)  # rounded: many tied scores
+    for c in range(4):
+        assert average_precision(ym[:, c], scores[:, c]) == pytest.approx(
+            average_precision_score(ym[:, c], scores[:, c]), abs=1e-12)
+    assert mean_average_precision(ym, scores) == pytest.approx(
+        average_precision_score(ym, scores, average="macro"), abs=1e-12)
+    for df in list(range(1, 40)) + [60, 100, 1000]:
+        assert t_quantile_975(df) == pytest.approx(student_t.ppf(0.975, df), abs=3e-6)
+    vals = [0.8, 0.85, 0.9, 0.75, 0.82]
+    sem = np.std(vals, ddof=1) / np.sqrt(5)
+    assert mean_ci95(vals)["ci95"] == pytest.approx(student_t.ppf(0.975, 4) * sem, rel=1e-6)
+    assert mean_ci95([0.5]) == {"mean": 0.5, "ci95": None}
+
+
+# ---------------------------------------------------------------- protocol
+
+def _check_partition(splits, n):
+    seen_test = np.concatenate([s.test for s in splits])
+    for s in splits:
+        parts = [set(s.train.tolist()), set(s.val.tolist()), set(s.test.tolist())]
+        assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+        assert len(s.train) and len(s.val) and len(s.test)
+        assert parts[0] | parts[1] | parts[2] == set(range(n)) or len(splits) == 1
+    return seen_test
+
+
+def test_kfold_disjoint_covering_stratified_and_seeded():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 7, 301)
+    splits = make_splits(y, k=5, seed=3)
+    test = _check_partition(splits, len(y))
+    assert sorted(test.tolist()) == list(range(len(y)))  # each file in exactly one test fold
+    for c in range(7):  # stratified: per class, fold sizes differ by at most one
+        sizes = [np.sum(y[s.test] == c) for s in splits]
+        assert max(sizes) - min(sizes) <= 1
+    fold = stratified_folds(y, 5, seed=3)
+    assert np.bincount(fold).max() - np.bincount(fold).min() <= 1
+    again = make_splits(y, k=5, seed=3)
+    other = make_splits(y, k=5, seed=4)
+    assert all(np.array_equal(a.test, b.test) and np.array_equal(a.val, b.val)
+               for a, b in zip(splits, again))
+    assert not all(np.array_equal(a.test, b.test) for a, b in zip(splits, other))
+
+
+def test_fixed_split_and_fixed_folds_from_a_column():
+    y = np.arange(40) % 4
+    values = ["test" if i % 10 == 0 else "train" for i in range(40)]
+    (only,) = make_splits(y, folds=values, seed=0)
+    assert only.test.tolist() == [i for i in range(40) if i % 10 == 0]
+    assert not set(only.val.tolist()) & set(only.test.tolist())
+    assert set(only.train.tolist()) | set(only.val.tolist()) == {i for i in range(40) if i % 10}
+    with_valid = ["valid" if i % 10 == 1 else v for i, v in enumerate(values)]
+    (s,) = make_splits(y, folds=with_valid, seed=0)
+    assert s.val.tolist() == [i for i in range(40) if i % 10 == 1]
+    folds = [str(1 + i % 3) for i in range(40)]
+    splits = make_splits(y, folds=folds, seed=0)
+    assert [s.name for s in splits] == ["1", "2", "3"]
+    assert sorted(_check_partition(splits, 40).tolist()) == list(range(40))
+    for s in splits:
+        assert {folds[i] for i in s.test} == {s.name}
+
+
+def test_duplicated_audio_across_classes_is_split_by_file(tmp_path):
+    """Every clip is copied under a second name in another class: each copy is its own file,
+    both are kept, and no file (path) is in two parts of a round."""
+    root = tmp_path / "dups"
+    for i in range(6):
+        src = write_wav(root / "a" / f"clip{i}.wav", freq=200 + 50 * i, seed=i)
+        (root / "b").mkdir(exist_ok=True)
+        shutil.copy(src, root / "b" / f"copy_of_clip{i}.wav")
+    data = data_mod.load_labeled(root)
+    assert len(data) == 12 and data.classes == ("a", "b")
+    keys = data.keys
+    splits = make_splits(data.label_indices(), k=3, seed=0)
+    test_keys = [keys[i] for s in splits for i in s.test]
+    assert sorted(test_keys) == sorted(keys)
+    for s in splits:
+        train = {keys[i] for i in np.r_[s.train, s.val]}
+        assert not train & {keys[i] for i in s.test}
+
+
+def test_random_labels_stay_at_chance_and_signal_is_found():
+    """A leak of test rows into training or selection would let 1-NN score 100% on random
+    labels; fitted honestly both probes stay near chance (25%), and find a real signal."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((160, 16)).astype(np.float32)
+    y = rng.integers(0, 4, 160)
+    cfg = ProbeConfig(weight_decays=(0.0, 1e-2), max_epochs=100)
+    for signal in (False, True):
+        xs = x + 3.0 * np.eye(16, dtype=np.float32)[y] if signal else x
+        for probe in ("knn", "linear"):
+            accs = []
+            for r, s in enumerate(make_splits(y, k=4, seed=0)):
+                scores, _ = fit_predict(probe, xs[s.train], y[s.train], xs[s.val], y[s.val],
+                                        xs[s.test], multilabel=False, n_classes=4, seed=r, cfg=cfg)
+                accs.append(accuracy(y[s.test], scores.argmax(1)))
+            if signal:
+                assert np.mean(accs) > 0.9, (probe, accs)
+            else:
+                assert np.mean(accs) < 0.45, (probe, accs)
+
+
+def test_multilabel_probes_score_map():
+    rng = np.random.default_rng(0)
+    y = (rng.random((150, 5)) < 0.3).astype(np.float32)
+    y[y.sum(1) == 0, 0] = 1
+    x = (2 * y @ rng.standard_normal((5, 12)) + rng.standard_normal((150, 12))).astype(np.float32)
+    (s,) = make_splits(y, folds=["test" if i % 5 == 0 else "train" for i in range(150)])
+    for probe in ("knn", "linear"):
+        scores, chosen = fit_predict(probe, x[s.train], y[s.train], x[s.val], y[s.val], x[s.test],
+                                     multilabel=True, n_classes=5, seed=0,
+                                     cfg=ProbeConfig(weight_decays=(0.0, 1e-2), max_epochs=100))
+        assert mean_average_precision(y[s.test], scores) > 0.6, (probe, chosen)
+
+
+# ---------------------------------------------------------------- labeled data and bad input
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    root = tmp_path / "set"
+    for i in range(3):
+        write_wav(root / f"a{i}.wav", freq=300, seed=i)
+        write_wav(root / f"b{i}.wav", freq=900, seed=10 + i)
+    write_wav(root / "lonely.wav")
+    write_wav(tmp_path / "outside.wav")
+    (root / "notaudio.wav").write_text("this is not audio")
+    rows = [("a0.wav", "A"), ("a1.wav", "A"), ("a2.wav", "A"), ("b0.wav", "B"), ("b1.wav", "B"),
+            ("b2.wav", "B"), ("../outside.wav", "A"), (str(tmp_path / "outside.wav"), "B"),
+            ("missing.wav", "A"), ("notaudio.wav", "B"), ("lonely.wav", "C"), ("a1.wav", "B"),
+            ("sub/../a0.wav", "")]
+    (root / "labels.csv").write_text("path,label\n" + "\n".join(f"{p},{lab}" for p, lab in rows))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = data_mod.load_labeled(root / "labels.csv")
+    assert data.skipped == {"escapes_folder": 2, "missing": 1, "unreadable": 1, "duplicate": 1,
+                            "no_label": 1, "single_example_class": 1}
+    assert len(caught) >= 7 and any("not inside" in str(w.message) for w in caught)
+    assert data.keys == ["a0.wav", "a1.wav", "a2.wav", "b0.wav", "b1.wav", "b2.wav"]
+    assert data.classes == ("A", "B") and data.skipped_classes == ("C",)
+
+
+def test_file_failing_to_decode_is_dropped_for_every_model(tmp_path, model16k):
+    root = tmp_path / "set"
+    for i in range(4):
+        write_wav(root / "low" / f"{i}.wav", freq=300 + 10 * i, seed=i)
+        write_wav(root / "high" / f"{i}.wav", freq=3000 + 10 * i, seed=10 + i)
+    bad = root / "high" / "3.flac"
+    sf.write(bad, sf.read(root / "high" / "3.wav")[0], 16000)
+    (root / "high" / "3.wav").unlink()
+    bad.write_bytes(bad.read_bytes()[:-2000])  # header intact, stream cut short
+    data = data_mod.load_labeled(root)
+    assert len(data) == 8  # the header check passes ...
+    with pytest.warns(UserWarning, match="3.flac"):
+        result = evaluate([open_embedder(str(model16k))], [data], small_cfg(folds=2, probes=("knn",)),
+                          progress=False)
+    (task,) = result.report["tasks"]
+    assert task["files"] == 7 and task["skipped"] == {"unreadable": 1}  # ... decoding does not
+
+
+def test_nothing_usable_is_an_error(tmp_path):
+    root = tmp_path / "set"
+    write_wav(root / "a.wav")
+    write_wav(root / "b.wav")
+    (root / "labels.csv").write_text("path,label\na.wav,x\nb.wav,y\nc.wav,x\n../d.wav,y\n")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="nothing usable"):
+        data_mod.load_labeled(root / "labels.csv")
+    (root / "empty.csv").write_text("path,label\nmissing.wav,x\n")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no usable rows"):
+        data_mod.load_labeled(root / "empty.csv")
+    with pytest.raises(ValueError, match="no label column 'nope'"):
+        data_mod.load_labeled(root / "labels.csv", label_column="nope")
+
+
+def test_csv_columns_multilabel_and_folds(tmp_path):
+    root = tmp_path / "set"
+    lines = ["fold,path,tags,other"]
+    for i in range(8):
+        write_wav(root / "clips" / f"{i}.wav", seed=i)
+        tags = ["x;y", "y", "x", "z;x"][i % 4]
+        lines.append(f"{1 + i % 2},clips/{i}.wav,{tags},ignored")
+    (root / "meta.csv").write_text("\n".join(lines) + "\n")
+    data = data_mod.load_labeled(root / "meta.csv", label_column="tags")
+    assert data.multilabel and data.classes == ("x", "y", "z")
+    assert data.split_column == "fold" and data.folds()[:2] == ["1", "2"]
+    assert data.label_matrix()[0].tolist() == [1.0, 1.0, 0.0]
+    assert data.name == "set-tags"
+    assert data_mod.load_labeled(root / "meta.csv", label_column="tags",
+                                 use_fold_column=False).split_column is None
