@@ -343,3 +343,112 @@ def test_csv_columns_multilabel_and_folds(tmp_path):
     assert data.name == "set-tags"
     assert data_mod.load_labeled(root / "meta.csv", label_column="tags",
                                  use_fold_column=False).split_column is None
+
+
+# ---------------------------------------------------------------- real audio, models, cache
+
+def test_fsdd_digits_and_speakers_8k_model_reproducible_and_cached(fsdd_csv, model8k, tmp_path):
+    tasks = [data_mod.load_labeled(fsdd_csv),
+             data_mod.load_labeled(fsdd_csv, label_column="speaker")]
+    assert [t.name for t in tasks] == [f"{fsdd_csv.parent.name}-digit",
+                                       f"{fsdd_csv.parent.name}-speaker"]
+    model = open_embedder(str(model8k))
+    assert model.sample_rate == 8000 and model.params == param_count()
+    cache = tmp_path / "cache"
+    first = evaluate([model], tasks, small_cfg(), cache_dir=cache, progress=False).report
+    assert len(list(cache.glob("*.npz"))) == 1  # one file list, one model: computed once
+    second = evaluate([open_embedder(str(model8k))], tasks, small_cfg(), cache_dir=cache,
+                      progress=False).report
+    assert json.dumps(first) == json.dumps(second)  # same seed, cached embeddings: identical
+    for task, chance, floor in ((tasks[0].name, 0.1, 0.5), (tasks[1].name, 1 / 3, 0.85)):
+        for probe in ("linear", "knn"):
+            acc = result_of(first, "spec8k", task, probe)["metrics"]["accuracy"]
+            assert acc["mean"] > floor > 3 * chance or floor > 2.5 * chance, (task, probe, acc)
+            assert len(acc["folds"]) == 3 and acc["ci95"] is not None
+    other_seed = evaluate([model], tasks[:1], small_cfg(seed=1, probes=("knn",)), cache_dir=cache,
+                          progress=False).report
+    assert other_seed["results"][0]["metrics"] != first["results"][1]["metrics"]
+
+
+def test_notes_pitch_class_16k_model_long_files_are_windowed(notes_csv, model16k):
+    data = data_mod.load_labeled(notes_csv, label_column="pitch_class")
+    assert len(data) == 384 and len(data.classes) == 12
+    report = evaluate([open_embedder(str(model16k))], [data], small_cfg(), progress=False).report
+    for probe in ("linear", "knn"):
+        acc = result_of(report, "spec16k", data.name, probe)["metrics"]["accuracy"]["mean"]
+        assert acc > 0.3, (probe, acc)  # chance 1/12
+    # Windows: a 1.5 s note cut into 0.5 s windows is the mean of the windows' embeddings.
+    model = open_embedder(str(model16k))
+    path = data.examples[0].path
+    (whole,), _ = compute_embeddings(model, [path], window_s=10.0, progress=False)
+    (windowed,), _ = compute_embeddings(model, [path], window_s=0.5, progress=False)
+    wav, _ = sf.read(path, dtype="float32")
+    parts = [model.embed_batch(wav[None, i:i + 8000])[0] for i in range(0, len(wav), 8000)]
+    np.testing.assert_allclose(windowed, np.mean(parts, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(whole, model.embed_batch(wav[None])[0], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the log-mel baseline
+
+def reference_logmel_mean(wav: np.ndarray) -> np.ndarray:
+    """Independent time-averaged log-mel at 32 kHz with S-SONDO's settings: numpy framing
+    (no centering), periodic Hann, |rfft|^2, librosa's Slaney mel filterbank, log(x + 1e-3)."""
+    import librosa
+
+    n_fft, hop = 1024, 512
+    wav = np.asarray(wav, dtype=np.float64)
+    if len(wav) < n_fft:
+        wav = np.pad(wav, (0, n_fft - len(wav)))
+    frames = 1 + (len(wav) - n_fft) // hop
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    power = np.abs(np.fft.rfft(wav[idx] * window, axis=1)) ** 2
+    fb = librosa.filters.mel(sr=32000, n_fft=n_fft, n_mels=128, fmin=50.0, fmax=16000.0,
+                             htk=False, norm="slaney")
+    return np.log(power @ fb.T.astype(np.float64) + 1e-3).mean(axis=0)
+
+
+def test_logmel_baseline_never_loads_a_model(monkeypatch):
+    import pyssondo.models
+
+    def refuse(*a, **k):
+        raise AssertionError("the logmel baseline must not go through load_model")
+
+    monkeypatch.setattr(pyssondo.models, "load_model", refuse)
+    model = open_embedder(LOGMEL)
+    assert (model.sample_rate, model.params, model.name) == (32000, 0, "logmel")
+    with pytest.raises(ValueError, match="32000"):
+        open_embedder(LOGMEL, 16000)
+
+
+@needs_frontend
+def test_logmel_baseline_matches_independent_numpy_librosa(shared_data, tmp_path):
+    # At 32 kHz no resampling is involved: float32 C++ vs float64 numpy, tolerance 2e-3 (log).
+    rng = np.random.default_rng(0)
+    t = np.arange(int(1.3 * 32000)) / 32000
+    wav = (0.4 * np.sin(2 * np.pi * (200 + 3000 * t) * t) + 0.05 * rng.standard_normal(t.size))
+    path = tmp_path / "chirp.wav"
+    sf.write(path, wav.astype(np.float32), 32000, subtype="FLOAT")
+    (ours,), ok = compute_embeddings(open_embedder(LOGMEL), [path], progress=False)
+    assert ok.all() and ours.shape == (128,)
+    np.testing.assert_allclose(ours, reference_logmel_mean(wav.astype(np.float32)), atol=2e-3)
+    # A real 8 kHz digit: the reference resamples with librosa (soxr), ours with the C++
+    # resampler; the resamplers differ slightly near 4 kHz: tolerance 0.05 per band, 0.01 mean.
+    import librosa
+
+    fsdd_file = shared_data / "fsdd" / "3_jackson_5.wav"
+    (ours,), _ = compute_embeddings(open_embedder(LOGMEL), [fsdd_file], progress=False)
+    x, sr = sf.read(fsdd_file, dtype="float32")
+    ref = reference_logmel_mean(librosa.resample(x, orig_sr=sr, target_sr=32000, res_type="soxr_hq"))
+    assert np.abs(ours - ref).max() < 0.05 and np.abs(ours - ref).mean() < 0.01
+
+
+@needs_frontend
+def test_logmel_beats_chance_on_fsdd_digits_and_note_pitch_class(fsdd_csv, notes_csv):
+    tasks = [data_mod.load_labeled(fsdd_csv),
+             data_mod.load_labeled(notes_csv, label_column="pitch_class")]
+    report = evaluate([open_embedder(LOGMEL)], tasks, small_cfg(), progress=False).report
+    for task, floor in ((tasks[0].name, 0.7), (tasks[1].name, 0.5)):  # chance 0.10 / 0.083
+        for probe in ("linear", "knn"):
+            acc = result_of(report, LOGMEL, task, probe)["metrics"]["accuracy"]["mean"]
+            assert acc > floor, (task, probe, acc)
