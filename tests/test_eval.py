@@ -363,7 +363,7 @@ def test_fsdd_digits_and_speakers_8k_model_reproducible_and_cached(fsdd_csv, mod
     for task, chance, floor in ((tasks[0].name, 0.1, 0.5), (tasks[1].name, 1 / 3, 0.85)):
         for probe in ("linear", "knn"):
             acc = result_of(first, "spec8k", task, probe)["metrics"]["accuracy"]
-            assert acc["mean"] > floor > 3 * chance or floor > 2.5 * chance, (task, probe, acc)
+            assert acc["mean"] > floor, (task, probe, acc, chance)
             assert len(acc["folds"]) == 3 and acc["ci95"] is not None
     other_seed = evaluate([model], tasks[:1], small_cfg(seed=1, probes=("knn",)), cache_dir=cache,
                           progress=False).report
@@ -452,3 +452,92 @@ def test_logmel_beats_chance_on_fsdd_digits_and_note_pitch_class(fsdd_csv, notes
         for probe in ("linear", "knn"):
             acc = result_of(report, LOGMEL, task, probe)["metrics"]["accuracy"]["mean"]
             assert acc > floor, (task, probe, acc)
+
+
+# ---------------------------------------------------------------- command line
+
+def small_notes(notes_csv: Path, tmp_path: Path, n_programs: int = 6) -> Path:
+    """A CSV next to notes_csv with only the first programs (fewer files for CLI runs)."""
+    rows = list(csv.DictReader(open(notes_csv)))
+    programs = sorted({r["path"][:4] for r in rows})[:n_programs]
+    out = notes_csv.parent / f"small{n_programs}.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["path"][:4] in programs)
+    return out
+
+
+def test_pca_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    from pyssondo.evaluation.plots import pca_2d
+    from pyssondo.evaluation.probes import standardise
+
+    x = np.random.default_rng(0).standard_normal((50, 6)) * np.arange(1, 7)
+    ours = pca_2d(x)
+    ref = PCA(2).fit_transform(standardise(x)[0].astype(np.float64))
+    np.testing.assert_allclose(np.abs(ours), np.abs(ref), atol=1e-4)
+
+
+def test_positional_items_sorted_into_models_and_data(tmp_path, model16k, notes_csv):
+    from pyssondo.commands.eval import split_items
+
+    models, data = split_items([LOGMEL, str(model16k), str(notes_csv), str(notes_csv.parent),
+                                "pyssondo.teachers:crepe_tiny"], ["extra.csv"])
+    assert models == [LOGMEL, str(model16k), "pyssondo.teachers:crepe_tiny"]
+    assert data == ["extra.csv", str(notes_csv), str(notes_csv.parent)]
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        split_items(["nope.pt"], [])
+
+
+def test_cli_end_to_end_json_markdown_plot(tmp_path, model16k, notes_csv):
+    data = small_notes(notes_csv, tmp_path)
+    out, md, png = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "p.png"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SSONDO_PROGRESS": "0"}
+    cmd = [sys.executable, "-m", "pyssondo", "eval", str(model16k), str(data),
+           "--label-column", "pitch_class", "--task", "pitch", "--folds", "3", "--probe", "knn",
+           "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--md", str(md),
+           "--plot", str(png), "--projection", "pca"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "spec16k" in proc.stdout and "pitch knn acc" in proc.stdout
+    report = json.loads(out.read_text())
+    assert [t["name"] for t in report["tasks"]] == ["pitch"]
+    assert report["tasks"][0]["files"] == 144 and report["tasks"][0]["classes"] == 12
+    assert report["models"][0]["params"] == param_count()
+    acc = result_of(report, "spec16k", "pitch", "knn")["metrics"]["accuracy"]
+    assert f"{100 * acc['mean']:.1f} ± {100 * acc['ci95']:.1f}" in md.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run(cmd[:6] + ["--label-column", "nope", "--no-cache"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "no label column 'nope'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cli_compare_percentages_match_the_json(tmp_path, notes_csv):
+    from pyssondo.cli import main
+
+    data = small_notes(notes_csv, tmp_path)
+    teacher = save_model(tmp_path / "teacher.pt", 16000, n_fft=512, dim=64, seed=1)
+    student = save_model(tmp_path / "student.pt", 16000, n_fft=128, dim=8, seed=2)
+    out, md = tmp_path / "c.json", tmp_path / "c.md"
+    assert main(["eval", "--compare", str(student), "--teacher", str(teacher), str(data),
+                 str(data), "--label-column", "pitch_class", "--label-column", "family",
+                 "--folds", "3", "--probe", "knn", "--no-cache", "--out", str(out),
+                 "--md", str(md)]) == 0
+    report = json.loads(out.read_text())
+    c = report["compare"]
+    assert (c["student"], c["teacher"]) == ("student", "teacher")
+    tasks = [t["name"] for t in report["tasks"]]
+    assert tasks == [f"{data.parent.name}-pitch_class", f"{data.parent.name}-family"]
+    s = [result_of(report, "student", t, "knn")["metrics"]["accuracy"]["mean"] for t in tasks]
+    t_ = [result_of(report, "teacher", t, "knn")["metrics"]["accuracy"]["mean"] for t in tasks]
+    for task, si, ti in zip(tasks, s, t_):
+        assert c["probes"]["knn"]["tasks"][task]["percent"] == pytest.approx(100 * si / ti)
+    avg = c["probes"]["knn"]["average"]
+    assert avg["percent"] == pytest.approx(100 * np.mean(s) / np.mean(t_))
+    sp, tp = param_count(n_fft=128, dim=8), param_count(n_fft=512, dim=64)
+    assert c["params"] == {"student": sp, "teacher": tp, "size_ratio": pytest.approx(tp / sp)}
+    assert f"{avg['percent']:.1f}%" in md.read_text()
+    assert compare(report, "student", "teacher") == c
