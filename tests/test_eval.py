@@ -543,3 +543,31 @@ def test_cli_compare_percentages_match_the_json(tmp_path, notes_csv):
     assert c["params"] == {"student": sp, "teacher": tp, "size_ratio": pytest.approx(tp / sp)}
     assert f"{avg['percent']:.1f}%" in md.read_text()
     assert compare(report, "student", "teacher") == c
+
+
+def test_multilabel_csv_with_fold_column_end_to_end(tmp_path, model16k):
+    """Chords of up to three tones; the labels are the tones present; folds from the CSV."""
+    from pyssondo.evaluation.report import format_markdown
+
+    root, freqs = tmp_path / "chords", {"lo": 300.0, "mid": 1200.0, "hi": 4000.0}
+    rng = np.random.default_rng(0)
+    lines = ["path,label,fold"]
+    combos = [("lo",), ("mid",), ("hi",), ("lo", "mid"), ("mid", "hi"), ("lo", "hi"),
+              ("lo", "mid", "hi")]
+    t = np.arange(8000) / 16000
+    for i in range(28):
+        tags = combos[i % len(combos)]
+        wav = sum(0.2 * np.sin(2 * np.pi * freqs[g] * (1 + 0.02 * rng.standard_normal()) * t)
+                  for g in tags) + 0.02 * rng.standard_normal(t.size)
+        root.mkdir(exist_ok=True)
+        sf.write(root / f"c{i}.wav", wav.astype(np.float32), 16000)
+        lines.append(f"c{i}.wav,{';'.join(tags)},{1 + i % 2}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    data = data_mod.load_labeled(root / "labels.csv")
+    assert data.multilabel and data.split_column == "fold"
+    report = evaluate([open_embedder(str(model16k))], [data], small_cfg(), progress=False).report
+    assert [r["name"] for r in report["tasks"][0]["rounds"]] == ["1", "2"]
+    for probe in ("linear", "knn"):
+        m = result_of(report, "spec16k", data.name, probe)
+        assert m["primary"] == "mAP" and m["metrics"]["mAP"]["mean"] > 0.8, (probe, m)
+    assert "chords-label linear mAP" in format_markdown(report)
