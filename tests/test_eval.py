@@ -343,6 +343,8 @@ def test_csv_columns_multilabel_and_folds(tmp_path):
     assert data.name == "set-tags"
     assert data_mod.load_labeled(root / "meta.csv", label_column="tags",
                                  use_fold_column=False).split_column is None
+    default = data_mod.load_labeled(root / "meta.csv")  # first column besides path and fold
+    assert default.label_column == "tags" and default.split_column == "fold"
 
 
 # ---------------------------------------------------------------- real audio, models, cache

@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     models, data = split_items(args.items, args.data)
     if bool(args.compare) != bool(args.teacher):
         raise ValueError("--compare STUDENT and --teacher TEACHER go together")
+    if args.teacher_sr and not args.teacher:
+        raise ValueError("--teacher-sr applies to --teacher; use --sr for MODELs")
     if args.compare:
         models = [args.compare, args.teacher] + models
     if not models:
