@@ -79,8 +79,10 @@ def plot_embeddings(embeddings: Dict[str, np.ndarray], labels: Sequence[str], pa
     classes = sorted(set(labels))
     colour = np.array([classes.index(label) for label in labels])
     cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
+    legend = len(classes) <= 20
+    width = 4 * len(embeddings) + (1.8 if legend else 0)
     fig, axes = plt.subplots(len(methods), len(embeddings), squeeze=False,
-                             figsize=(4 * len(embeddings), 4 * len(methods) + 0.6))
+                             figsize=(width, 4 * len(methods) + 0.4))
     for col, (name, x) in enumerate(embeddings.items()):
         for row, (method, fn) in enumerate(methods):
             ax = axes[row, col]
@@ -90,13 +92,13 @@ def plot_embeddings(embeddings: Dict[str, np.ndarray], labels: Sequence[str], pa
             ax.set_title(f"{name} ({method})")
             ax.set_xticks([])
             ax.set_yticks([])
-    if len(classes) <= 20:
+    if legend:
         handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i % cmap.N), label=c)
                    for i, c in enumerate(classes)]
-        fig.legend(handles=handles, loc="lower center", ncol=min(10, len(classes)), fontsize=8)
+        fig.legend(handles=handles, loc="center right", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08 if len(classes) <= 20 else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0, 1 - (1.8 / width if legend else 0), 1))
     path = Path(path)
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
