@@ -16,6 +16,9 @@
 #include <string>
 
 #include "parallel.hpp"
+#include "fft.hpp"
+#include "mel.hpp"
+#include "resample.hpp"
 
 namespace py = pybind11;
 
@@ -33,8 +36,116 @@ void require_ndim(const py::array_t<T, py::array::c_style>& a, py::ssize_t ndim,
 // ---------------------------------------------------------------------------------------------
 // Section: front end (FFT, STFT, log-mel, resampler, WAV reading). Owner: issue 2 / issue 8.
 // ---------------------------------------------------------------------------------------------
+using FloatArray = py::array_t<float, py::array::c_style>;
+
 void bind_frontend(py::module_& m) {
-  (void)m;
+  m.def(
+      "rfft",
+      [](const FloatArray& x) {
+        require_ndim(x, 2, "x");
+        const std::size_t rows = x.shape(0), n = x.shape(1), lanes = ssondo::kFftLanes;
+        if (n < 1 || n > ssondo::kMaxFftSize) {
+          throw py::value_error("rfft: length " + std::to_string(n) + " is outside [1, " +
+                                std::to_string(ssondo::kMaxFftSize) + "]");
+        }
+        const ssondo::RealFFT plan(n);
+        const std::size_t bins = plan.bins();
+        py::array_t<std::complex<float>> out({rows, bins});
+        const float* src = x.data();
+        std::complex<float>* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          std::vector<float> in(n * lanes), re(bins * lanes), im(bins * lanes),
+              work(plan.workspace_floats());
+          for (std::size_t r0 = 0; r0 < rows; r0 += lanes) {
+            const std::size_t count = std::min(lanes, rows - r0);
+            std::fill(in.begin(), in.end(), 0.0f);
+            for (std::size_t l = 0; l < count; ++l) {
+              for (std::size_t j = 0; j < n; ++j) in[j * lanes + l] = src[(r0 + l) * n + j];
+            }
+            plan.forward(in.data(), re.data(), im.data(), work.data());
+            for (std::size_t l = 0; l < count; ++l) {
+              for (std::size_t k = 0; k < bins; ++k) {
+                dst[(r0 + l) * bins + k] = {re[k * lanes + l], im[k * lanes + l]};
+              }
+            }
+          }
+        }
+        return out;
+      },
+      py::arg("x").noconvert(),
+      "Real FFT of each row with our own FFT (for tests): x float32 [B, n], n >= 1 -> "
+      "complex64 [B, n//2+1], unnormalised, the same as numpy.fft.rfft.");
+
+  py::class_<ssondo::LogMelPlan>(m, "LogMelPlan",
+                                 "A log-mel front end with its FFT plan and sparse filterbank.")
+      .def(py::init([](const FloatArray& window, const FloatArray& filterbank, long hop_length,
+                       bool center, const std::string& pad_mode, int power, float log_offset) {
+             require_ndim(window, 1, "window");
+             require_ndim(filterbank, 2, "filterbank");
+             const py::ssize_t n_fft = window.shape(0);
+             if (n_fft < 1) throw py::value_error("window must hold n_fft >= 1 samples");
+             if (filterbank.shape(1) != n_fft / 2 + 1) {
+               throw py::value_error("filterbank must be [n_mels, n_fft//2+1] = [*, " +
+                                     std::to_string(n_fft / 2 + 1) + "], got [" +
+                                     std::to_string(filterbank.shape(0)) + ", " +
+                                     std::to_string(filterbank.shape(1)) + "]");
+             }
+             return std::make_unique<ssondo::LogMelPlan>(
+                 n_fft, hop_length, window.data(), filterbank.data(), filterbank.shape(0),
+                 center, ssondo::parse_pad_mode(pad_mode), power, log_offset);
+           }),
+           py::arg("window").noconvert(), py::arg("filterbank").noconvert(),
+           py::arg("hop_length"), py::arg("center"), py::arg("pad_mode"), py::arg("power"),
+           py::arg("log_offset"),
+           "window float32 [n_fft] (zero-padded), filterbank float32 [n_mels, n_fft//2+1], "
+           "hop_length >= 1, center, pad_mode 'reflect'|'constant', power 1|2, log_offset > 0.")
+      .def_property_readonly("n_fft", &ssondo::LogMelPlan::n_fft)
+      .def_property_readonly("n_mels", &ssondo::LogMelPlan::n_mels)
+      .def("num_frames", &ssondo::LogMelPlan::num_frames, py::arg("num_samples"),
+           "Frames for a signal of num_samples >= 1 samples.")
+      .def(
+          "__call__",
+          [](const ssondo::LogMelPlan& plan, const FloatArray& x) {
+            require_ndim(x, 2, "x");
+            const std::int64_t batch = x.shape(0), t = x.shape(1);
+            if (t < 1) throw py::value_error("log_mel: x has 0 samples per row; need >= 1");
+            const std::int64_t frames = plan.num_frames(t), mels = plan.n_mels();
+            if (batch > 0 && mels * frames > (std::int64_t(1) << 40) / batch) {
+              throw py::value_error("log_mel: output [" + std::to_string(batch) + ", " +
+                                    std::to_string(mels) + ", " + std::to_string(frames) +
+                                    "] is too large");
+            }
+            py::array_t<float> out({batch, mels, frames});
+            const float* src = x.data();
+            float* dst = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              plan.compute(src, batch, t, dst);
+            }
+            return out;
+          },
+          py::arg("x").noconvert(),
+          "x float32 [B, T], T >= 1 -> log-mel float32 [B, n_mels, frames]; threaded.");
+
+  m.def(
+      "resample",
+      [](const FloatArray& x, long sr_in, long sr_out) {
+        require_ndim(x, 2, "x");
+        const ssondo::Resampler r(sr_in, sr_out);
+        const std::int64_t batch = x.shape(0), t = x.shape(1), n_out = r.output_length(t);
+        py::array_t<float> out({batch, n_out});
+        const float* src = x.data();
+        float* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          r.process(src, batch, t, dst);
+        }
+        return out;
+      },
+      py::arg("x").noconvert(), py::arg("sr_in"), py::arg("sr_out"),
+      "Band-limited polyphase resampling of each row: x float32 [B, T] -> float32 "
+      "[B, ceil(T * sr_out / sr_in)], no delay (resample_poly alignment), >= 80 dB stop band.");
 }
 // (end of front-end section)
 //

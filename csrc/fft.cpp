@@ -1,0 +1,267 @@
+#include "fft.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace ssondo {
+namespace {
+
+constexpr std::size_t L = kFftLanes;
+constexpr double kPi = 3.14159265358979323846;
+
+bool is_pow2(std::size_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+// Stockham autosort FFT of a power-of-two size n on lanes: radix-4 stages, then one radix-2
+// stage when log2(n) is odd. Reads (xr, xi), ping-pongs with (yr, yi); returns true when the
+// result ends in (yr, yi), false when it ends in (xr, xi).
+bool stockham(std::size_t n, const float* tw, float* xr, float* xi, float* yr, float* yi) {
+  std::size_t nn = n, s = 1;
+  bool in_y = false;
+  while (nn >= 4) {
+    const std::size_t m = nn / 4, S = s * L;
+    for (std::size_t p = 0; p < m; ++p) {
+      const float w1r = tw[6 * p], w1i = tw[6 * p + 1];
+      const float w2r = tw[6 * p + 2], w2i = tw[6 * p + 3];
+      const float w3r = tw[6 * p + 4], w3i = tw[6 * p + 5];
+      const float* __restrict ar = xr + S * p;
+      const float* __restrict ai = xi + S * p;
+      const float* __restrict br = xr + S * (p + m);
+      const float* __restrict bi = xi + S * (p + m);
+      const float* __restrict cr = xr + S * (p + 2 * m);
+      const float* __restrict ci = xi + S * (p + 2 * m);
+      const float* __restrict dr = xr + S * (p + 3 * m);
+      const float* __restrict di = xi + S * (p + 3 * m);
+      float* __restrict y0r = yr + S * 4 * p;
+      float* __restrict y0i = yi + S * 4 * p;
+      float* __restrict y1r = y0r + S;
+      float* __restrict y1i = y0i + S;
+      float* __restrict y2r = y0r + 2 * S;
+      float* __restrict y2i = y0i + 2 * S;
+      float* __restrict y3r = y0r + 3 * S;
+      float* __restrict y3i = y0i + 3 * S;
+      for (std::size_t q = 0; q < S; ++q) {
+        const float apcr = ar[q] + cr[q], apci = ai[q] + ci[q];
+        const float amcr = ar[q] - cr[q], amci = ai[q] - ci[q];
+        const float bpdr = br[q] + dr[q], bpdi = bi[q] + di[q];
+        // -i (b - d)
+        const float jr = bi[q] - di[q], ji = dr[q] - br[q];
+        y0r[q] = apcr + bpdr;
+        y0i[q] = apci + bpdi;
+        const float t1r = amcr + jr, t1i = amci + ji;
+        const float t2r = apcr - bpdr, t2i = apci - bpdi;
+        const float t3r = amcr - jr, t3i = amci - ji;
+        y1r[q] = t1r * w1r - t1i * w1i;
+        y1i[q] = t1r * w1i + t1i * w1r;
+        y2r[q] = t2r * w2r - t2i * w2i;
+        y2i[q] = t2r * w2i + t2i * w2r;
+        y3r[q] = t3r * w3r - t3i * w3i;
+        y3i[q] = t3r * w3i + t3i * w3r;
+      }
+    }
+    tw += 6 * m;
+    nn = m;
+    s *= 4;
+    std::swap(xr, yr);
+    std::swap(xi, yi);
+    in_y = !in_y;
+  }
+  if (nn == 2) {
+    const std::size_t S = s * L;
+    const float* __restrict ar = xr;
+    const float* __restrict ai = xi;
+    const float* __restrict br = xr + S;
+    const float* __restrict bi = xi + S;
+    float* __restrict y0r = yr;
+    float* __restrict y0i = yi;
+    float* __restrict y1r = yr + S;
+    float* __restrict y1i = yi + S;
+    for (std::size_t q = 0; q < S; ++q) {
+      y0r[q] = ar[q] + br[q];
+      y0i[q] = ai[q] + bi[q];
+      y1r[q] = ar[q] - br[q];
+      y1i[q] = ai[q] - bi[q];
+    }
+    in_y = !in_y;
+  }
+  return in_y;
+}
+
+void check_size(std::size_t n, const char* what) {
+  if (n < 1 || n > kMaxFftSize) {
+    throw std::invalid_argument(std::string(what) + ": size " + std::to_string(n) +
+                                " is outside [1, " + std::to_string(kMaxFftSize) + "]");
+  }
+}
+
+}  // namespace
+
+ComplexFFT::ComplexFFT(std::size_t n) : n_(n) {
+  check_size(n, "ComplexFFT");
+  if (is_pow2(n)) {
+    for (std::size_t nn = n; nn >= 4; nn /= 4) {
+      for (std::size_t p = 0; p < nn / 4; ++p) {
+        for (std::size_t r = 1; r <= 3; ++r) {
+          const double a = -2.0 * kPi * static_cast<double>(r * p) / static_cast<double>(nn);
+          twiddles_.push_back(static_cast<float>(std::cos(a)));
+          twiddles_.push_back(static_cast<float>(std::sin(a)));
+        }
+      }
+    }
+    return;
+  }
+  // Bluestein: X[k] = c[k] sum_j (x[j] c[j]) conj(c[k - j]), a circular convolution of size m.
+  m_ = 1;
+  while (m_ < 2 * n - 1) m_ *= 2;
+  inner_ = std::make_unique<ComplexFFT>(m_);
+  chirp_re_.resize(n);
+  chirp_im_.resize(n);
+  for (std::size_t j = 0; j < n; ++j) {
+    const unsigned long long j2 = (static_cast<unsigned long long>(j) * j) % (2ULL * n);
+    const double a = -kPi * static_cast<double>(j2) / static_cast<double>(n);
+    chirp_re_[j] = static_cast<float>(std::cos(a));
+    chirp_im_[j] = static_cast<float>(std::sin(a));
+  }
+  std::vector<float> bre(m_ * L, 0.0f), bim(m_ * L, 0.0f), work(inner_->workspace_floats());
+  const double scale = 1.0 / static_cast<double>(m_);
+  for (std::size_t j = 0; j < n; ++j) {
+    for (std::size_t idx : {j, (m_ - j) % m_}) {
+      bre[idx * L] = chirp_re_[j];
+      bim[idx * L] = -chirp_im_[j];
+    }
+  }
+  float* spec_re = bre.data();
+  float* spec_im = bim.data();
+  if (stockham(m_, inner_->twiddles_.data(), bre.data(), bim.data(), work.data(),
+               work.data() + m_ * L)) {
+    spec_re = work.data();
+    spec_im = work.data() + m_ * L;
+  }
+  kernel_re_.resize(m_);
+  kernel_im_.resize(m_);
+  for (std::size_t k = 0; k < m_; ++k) {
+    kernel_re_[k] = static_cast<float>(spec_re[k * L] * scale);
+    kernel_im_[k] = static_cast<float>(spec_im[k * L] * scale);
+  }
+}
+
+ComplexFFT::~ComplexFFT() = default;
+
+std::size_t ComplexFFT::workspace_floats() const {
+  if (m_ == 0) return 2 * n_ * L;
+  return 2 * m_ * L + inner_->workspace_floats();
+}
+
+void ComplexFFT::forward(float* re, float* im, float* work) const {
+  if (m_ == 0) {
+    if (stockham(n_, twiddles_.data(), re, im, work, work + n_ * L)) {
+      std::memcpy(re, work, n_ * L * sizeof(float));
+      std::memcpy(im, work + n_ * L, n_ * L * sizeof(float));
+    }
+    return;
+  }
+  const std::size_t n = n_, m = m_;
+  float* ar = work;
+  float* ai = work + m * L;
+  float* scratch = work + 2 * m * L;
+  for (std::size_t j = 0; j < n; ++j) {
+    const float cr = chirp_re_[j], ci = chirp_im_[j];
+    for (std::size_t l = 0; l < L; ++l) {
+      const float xr = re[j * L + l], xi = im[j * L + l];
+      ar[j * L + l] = xr * cr - xi * ci;
+      ai[j * L + l] = xr * ci + xi * cr;
+    }
+  }
+  std::memset(ar + n * L, 0, (m - n) * L * sizeof(float));
+  std::memset(ai + n * L, 0, (m - n) * L * sizeof(float));
+  const float* tw = inner_->twiddles_.data();
+  // Forward transform of a; the result sits in (ar, ai) or in scratch.
+  float* fr = ar;
+  float* fi = ai;
+  float* other = scratch;
+  if (stockham(m, tw, ar, ai, scratch, scratch + m * L)) {
+    fr = scratch;
+    fi = scratch + m * L;
+    other = work;
+  }
+  for (std::size_t k = 0; k < m; ++k) {
+    const float kr = kernel_re_[k], ki = kernel_im_[k];
+    for (std::size_t l = 0; l < L; ++l) {
+      const float zr = fr[k * L + l], zi = fi[k * L + l];
+      fr[k * L + l] = zr * kr - zi * ki;
+      fi[k * L + l] = zr * ki + zi * kr;
+    }
+  }
+  // Inverse transform by swapping real and imaginary parts around a forward transform.
+  const float* gr = fi;
+  const float* gi = fr;
+  if (stockham(m, tw, fi, fr, other + m * L, other)) {
+    gr = other + m * L;
+    gi = other;
+  }
+  for (std::size_t k = 0; k < n; ++k) {
+    const float cr = chirp_re_[k], ci = chirp_im_[k];
+    for (std::size_t l = 0; l < L; ++l) {
+      const float zr = gi[k * L + l], zi = gr[k * L + l];
+      re[k * L + l] = zr * cr - zi * ci;
+      im[k * L + l] = zr * ci + zi * cr;
+    }
+  }
+}
+
+RealFFT::RealFFT(std::size_t n) : n_(n), inner_(n % 2 == 0 ? n / 2 : n) {
+  check_size(n, "RealFFT");
+  if (n % 2 == 0) {
+    post_re_.resize(n / 2 + 1);
+    post_im_.resize(n / 2 + 1);
+    for (std::size_t k = 0; k <= n / 2; ++k) {
+      const double a = -2.0 * kPi * static_cast<double>(k) / static_cast<double>(n);
+      post_re_[k] = static_cast<float>(std::cos(a));
+      post_im_[k] = static_cast<float>(std::sin(a));
+    }
+  }
+}
+
+std::size_t RealFFT::workspace_floats() const {
+  return 2 * inner_.size() * L + inner_.workspace_floats();
+}
+
+void RealFFT::forward(const float* x, float* out_re, float* out_im, float* work) const {
+  const std::size_t c = inner_.size();
+  float* zr = work;
+  float* zi = work + c * L;
+  float* inner_work = work + 2 * c * L;
+  if (n_ % 2 == 1) {
+    std::memcpy(zr, x, c * L * sizeof(float));
+    std::memset(zi, 0, c * L * sizeof(float));
+    inner_.forward(zr, zi, inner_work);
+    std::memcpy(out_re, zr, bins() * L * sizeof(float));
+    std::memcpy(out_im, zi, bins() * L * sizeof(float));
+    return;
+  }
+  // z[j] = x[2j] + i x[2j+1]; Z = FFT_{n/2}(z); X[k] = E[k] + w^k O[k] with
+  // E = (Z[k] + conj Z[h-k]) / 2 and O = (Z[k] - conj Z[h-k]) / 2i.
+  for (std::size_t j = 0; j < c; ++j) {
+    std::memcpy(zr + j * L, x + 2 * j * L, L * sizeof(float));
+    std::memcpy(zi + j * L, x + (2 * j + 1) * L, L * sizeof(float));
+  }
+  inner_.forward(zr, zi, inner_work);
+  for (std::size_t k = 0; k <= c; ++k) {
+    const float* __restrict pr = zr + (k % c) * L;
+    const float* __restrict pi = zi + (k % c) * L;
+    const float* __restrict qr = zr + ((c - k) % c) * L;
+    const float* __restrict qi = zi + ((c - k) % c) * L;
+    float* __restrict xr = out_re + k * L;
+    float* __restrict xi = out_im + k * L;
+    const float wr = post_re_[k], wi = post_im_[k];
+    for (std::size_t l = 0; l < L; ++l) {
+      const float er = 0.5f * (pr[l] + qr[l]), ei = 0.5f * (pi[l] - qi[l]);
+      const float orr = 0.5f * (pi[l] + qi[l]), oi = 0.5f * (qr[l] - pr[l]);
+      xr[l] = er + wr * orr - wi * oi;
+      xi[l] = ei + wr * oi + wi * orr;
+    }
+  }
+}
+
+}  // namespace ssondo
