@@ -1,0 +1,403 @@
+"""Building (and incrementally updating) an embedding cache: ``build_cache``.
+
+Pipeline: a pool of reader threads decodes, hashes, resamples and segments files ahead of the
+teacher (bounded prefetch, results taken in file order); the calling thread batches segments
+across files and runs the teacher; one writer thread writes each full shard atomically and
+then the manifest that names it, while the teacher works on the next rows.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..audio import load_audio, resample
+from ..errors import ParameterError
+from ..progress import Progress
+from ..segments import cut_segment, plan_segments, seconds_to_samples
+from . import layout
+from .scan import FileStat, content_hash, file_stat, scan_audio
+
+log = logging.getLogger("pyssondo.cache")
+PathLike = Union[str, "os.PathLike[str]"]
+DEFAULT_ROOT = "ssondo-cache"  # cache root when out_dir is None, relative to the working dir
+SHARD_BYTES = 64 << 20  # target shard size when shard_rows is not given
+
+
+class _File:
+    """One file on its way through the pipeline: segments in, embedding rows out."""
+
+    def __init__(self, key: str, path: Path, stat: FileStat, content: str, file_sr: int,
+                 frames: int, plan: List[Tuple[int, int]], segs: np.ndarray) -> None:
+        self.key, self.path, self.stat, self.content = key, path, stat, content
+        self.file_sr, self.frames, self.plan, self.segs = file_sr, frames, plan, segs
+        self.n = len(plan)
+        self.taken = 0
+        self.out: List[np.ndarray] = []
+
+
+def _load_file(key: str, path: Path, stat: FileStat, window_s: float, hop_s: float,
+               teacher_sr: int) -> _File:
+    """Reader-thread job: hash, decode, segment at the file's rate, cut at the teacher's."""
+    content = content_hash(path)
+    wav, file_sr = load_audio(path)
+    plan = plan_segments(wav.shape[0], seconds_to_samples(window_s, file_sr),
+                         seconds_to_samples(hop_s, file_sr))
+    wav_t = resample(wav, file_sr, teacher_sr) if file_sr != teacher_sr else wav
+    window_t = seconds_to_samples(window_s, teacher_sr)
+    segs = np.stack([cut_segment(wav_t, int(round(start * teacher_sr / file_sr)), window_t)
+                     for start, _ in plan])
+    return _File(key, path, stat, content, file_sr, int(wav.shape[0]), plan, segs)
+
+
+def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[PathLike]],
+                out_dir: Optional[PathLike] = None, *, window_s: float = 10.0,
+                hop_s: Optional[float] = None, dtype: str = "float16",
+                teacher_sr: Optional[int] = None, batch_size: int = 16,
+                workers: Optional[int] = None, shard_rows: Optional[int] = None,
+                device: str = "cpu", progress: bool = True) -> Path:
+    """Computes (or updates) the teacher-embedding cache of an audio folder.
+
+    Args:
+        model_spec: teacher file, ``pkg.mod:fn`` factory, or a
+            :class:`pyssondo.models.LoadedModel`. Output [B, D] or [B, F, D].
+        audio_dir_or_files: folder scanned recursively, or a list of audio files.
+        out_dir: cache root (default ``./ssondo-cache``); the cache is its subfolder named by
+            :func:`layout.cache_key` (teacher sha256[:16], teacher rate, W, H, dtype).
+        window_s, hop_s: segment window and hop in seconds (> 0; hop defaults to window).
+        dtype: "float16" or "float32" rows.
+        teacher_sr: teacher input rate in Hz, overriding the teacher's own.
+        batch_size: segments per teacher call (>= 1).
+        workers: reader threads (default min(4, cpu count)).
+        shard_rows: rows per shard (default: about 64 MB per shard).
+        device: torch device for the teacher.
+        progress: show a progress bar (on a terminal).
+
+    Returns:
+        The cache folder. Unchanged files (same size and mtime, or same content hash) are not
+        recomputed, changed and new files are, vanished files are dropped; shards whose size
+        or sha256 disagree with the manifest are discarded and their files recomputed.
+        Unreadable audio files are skipped with a warning and listed in the manifest.
+
+    Raises:
+        ValueError: bad settings, no audio files, no readable audio, unknown teacher rate,
+            or a teacher that fails, returns NaN/inf or a shape other than [B, D] / [B, F, D]
+            (the message names the file and the shape).
+    """
+    from ..models import LoadedModel, load_model
+
+    hop_s = window_s if hop_s is None else hop_s
+    for name, value in (("window_s", window_s), ("hop_s", hop_s)):
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise ParameterError(f"cache: {name}={value!r} must be > 0 seconds")
+    if dtype not in layout.DTYPES:
+        raise ParameterError(f"cache: dtype={dtype!r} must be one of {layout.DTYPES}")
+    for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows or 1),
+                        ("workers", workers or 1)):
+        if not isinstance(value, int) or value < 1:
+            raise ParameterError(f"cache: {name}={value!r} must be a positive integer")
+    teacher = (model_spec if isinstance(model_spec, LoadedModel)
+               else load_model(model_spec, teacher_sr, device=device, role="teacher"))
+    if teacher_sr is not None and int(teacher_sr) != teacher.sample_rate:
+        teacher = LoadedModel(teacher.module, int(teacher_sr), teacher.name,
+                              teacher.fingerprint, teacher.source, teacher.meta)
+    root_out = Path(out_dir if out_dir is not None else DEFAULT_ROOT).resolve()
+    audio_root, files = scan_audio(audio_dir_or_files, exclude=[root_out])
+    folder = root_out / layout.cache_key(teacher.fingerprint, teacher.sample_rate, window_s,
+                                         hop_s, dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    builder = _Builder(teacher, folder, audio_root, window_s, hop_s, dtype, batch_size,
+                       workers or min(4, os.cpu_count() or 1), shard_rows, device, progress)
+    builder.run(files)
+    return folder
+
+
+class _Builder:
+    def __init__(self, teacher, folder: Path, audio_root: Path, window_s: float, hop_s: float,
+                 dtype: str, batch_size: int, workers: int, shard_rows: Optional[int],
+                 device: str, progress: bool) -> None:
+        self.teacher, self.folder, self.audio_root = teacher, folder, audio_root
+        self.window_s, self.hop_s, self.dtype = float(window_s), float(hop_s), dtype
+        self.batch_size, self.workers, self.shard_rows = batch_size, workers, shard_rows
+        self.device, self.progress = device, progress
+        self.sr = teacher.sample_rate
+        self.window_t = seconds_to_samples(window_s, self.sr)
+        self.manifest = layout.read_json(folder / layout.MANIFEST) or layout.empty_manifest()
+        self.meta = layout.read_json(folder / layout.META)
+        self.skipped: Dict[str, str] = {}
+        self.upsampled: List[Tuple[str, int]] = []
+
+    # -- planning ------------------------------------------------------------------------
+    def _clean_and_verify(self) -> None:
+        """Removes leftovers of killed runs; drops shards that fail verification."""
+        m = self.manifest
+        for p in self.folder.iterdir():
+            if p.name.endswith(".tmp") or (re.fullmatch(r"shard-\d+\.npy", p.name)
+                                           and p.name not in m["shards"]):
+                p.unlink()
+        bad = {}
+        for name, rec in m["shards"].items():
+            problem = layout.shard_problem(self.folder / name, rec, full=True)
+            if problem:
+                bad[name] = problem
+        for name, problem in bad.items():
+            keys = [k for k, e in m["files"].items() if e["shard"] == name]
+            warnings.warn(f"{self.folder / name}: {problem}; recomputing its {len(keys)} files")
+            for k in keys:
+                del m["files"][k]
+            del m["shards"][name]
+            (self.folder / name).unlink(missing_ok=True)
+
+    def _plan(self, files: List[Tuple[str, Path]]) -> List[Tuple[str, Path, FileStat]]:
+        m = self.manifest
+        todo, present = [], set()
+        for key, path in files:
+            present.add(key)
+            stat = file_stat(path)
+            entry = m["files"].get(key)
+            if entry and (entry["size"], entry["mtime_ns"]) == tuple(stat):
+                continue
+            if entry and entry["hash"] == content_hash(path):
+                entry["size"], entry["mtime_ns"] = stat.size, stat.mtime_ns
+                continue
+            m["files"].pop(key, None)
+            todo.append((key, path, stat))
+        for key in [k for k in m["files"] if k not in present]:
+            del m["files"][key]
+        m["skipped"] = {}
+        return todo
+
+    def _drop_dead_shards(self) -> None:
+        live = {e["shard"] for e in self.manifest["files"].values()}
+        dead = [name for name in self.manifest["shards"] if name not in live]
+        for name in dead:
+            del self.manifest["shards"][name]
+        layout.write_json(self.folder / layout.MANIFEST, self.manifest)
+        for name in dead:
+            (self.folder / name).unlink(missing_ok=True)
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, files: List[Tuple[str, Path]]) -> None:
+        self._clean_and_verify()
+        todo = self._plan(files)
+        self._drop_dead_shards()
+        total_segments = self._count_segments(todo)
+        log.info("cache %s: %d files cached, %d to compute", self.folder,
+                 len(self.manifest["files"]), len(todo))
+        if todo:
+            self._compute(todo, total_segments)
+        self.manifest["skipped"] = dict(sorted(self.skipped.items()))
+        layout.write_json(self.folder / layout.MANIFEST, self.manifest)
+        if self.upsampled:
+            key, rate = self.upsampled[0]
+            warnings.warn(f"{len(self.upsampled)} files were upsampled to the teacher's "
+                          f"{self.sr} Hz (e.g. {key} at {rate} Hz); their band above the "
+                          f"file's Nyquist is empty")
+        if self.skipped:
+            warnings.warn(f"skipped {len(self.skipped)} unreadable files: "
+                          + ", ".join(list(self.skipped)[:5])
+                          + (" ..." if len(self.skipped) > 5 else ""))
+        if not self.manifest["files"]:
+            raise ValueError(f"{self.audio_root}: none of the {len(files)} audio files could "
+                             f"be read")
+
+    def _count_segments(self, todo) -> int:
+        import soundfile as sf
+
+        total = 0
+        for _, path, _ in todo:
+            try:
+                info = sf.info(str(path))
+                total += len(plan_segments(int(info.frames),
+                                           seconds_to_samples(self.window_s, info.samplerate),
+                                           seconds_to_samples(self.hop_s, info.samplerate)))
+            except Exception:
+                pass  # reported as skipped when the reader fails on it
+        return total
+
+    def _compute(self, todo, total_segments: int) -> None:
+        readers = ThreadPoolExecutor(self.workers, thread_name_prefix="ssondo-cache-read")
+        writer = ThreadPoolExecutor(1, thread_name_prefix="ssondo-cache-write")
+        self._writing: Optional[Future] = None
+        self._next_shard = int(self.manifest["next_shard"])
+        self._shard_files: List[_File] = []
+        self._shard_count = 0
+        prefetch = 2 * self.workers + 2
+        jobs = iter(todo)
+        pending: Deque[Tuple[str, Path, Future]] = deque()
+        active: Deque[_File] = deque()
+        queued = 0  # segments read but not yet given to the teacher
+        done_files = 0
+        audio_s = 0.0
+        try:
+            with Progress(total_segments, desc="cache", unit="seg",
+                          enabled=None if self.progress else False) as bar:
+                while True:
+                    while len(pending) < prefetch:
+                        job = next(jobs, None)
+                        if job is None:
+                            break
+                        key, path, stat = job
+                        pending.append((key, path, readers.submit(
+                            _load_file, key, path, stat, self.window_s, self.hop_s, self.sr)))
+                    if not pending and not queued:
+                        break
+                    if pending and queued < self.batch_size:
+                        key, path, fut = pending.popleft()
+                        try:
+                            f = fut.result()
+                        except (ValueError, OSError) as e:  # AudioError, unreadable: skip the file
+                            warnings.warn(f"{path}: skipped ({e})")
+                            self.skipped[key] = str(e)
+                            continue
+                        if f.file_sr < self.sr:
+                            self.upsampled.append((key, f.file_sr))
+                        active.append(f)
+                        queued += f.n
+                        continue
+                    finished = self._run_batch(active, min(queued, self.batch_size), writer)
+                    n = min(queued, self.batch_size)
+                    queued -= n
+                    done_files += len(finished)
+                    audio_s += sum(f.frames / f.file_sr for f in finished)
+                    bar.update(n, files=f"{done_files}/{len(todo)}",
+                               audio=f"{audio_s / max(bar.elapsed, 1e-9):.1f}s/s")
+                self._flush(writer)
+        finally:
+            readers.shutdown(wait=True, cancel_futures=True)
+            writer.shutdown(wait=True)
+        if self._writing is not None:
+            self._writing.result()
+
+    def _run_batch(self, active: Deque[_File], n: int, writer) -> List[_File]:
+        """Runs the teacher on the next ``n`` queued segments; returns files now complete."""
+        import torch
+
+        parts, owners = [], []
+        need = n
+        for f in active:
+            if need == 0:
+                break
+            k = min(need, f.n - f.taken)
+            if k == 0:
+                continue
+            parts.append(f.segs[f.taken:f.taken + k])
+            owners.append((f, f.taken, k))
+            f.taken += k
+            need -= k
+        batch = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        y = self._forward(torch, batch, owners)
+        off = 0
+        for f, _, k in owners:
+            f.out.append(y[off:off + k])
+            off += k
+        finished = []
+        while active and sum(o.shape[0] for o in active[0].out) == active[0].n:
+            f = active.popleft()
+            f.segs = None
+            finished.append(f)
+            self._shard_files.append(f)
+            self._shard_count += f.n
+            if self._shard_count >= self._rows_per_shard(y):
+                self._flush(writer)
+        return finished
+
+    def _forward(self, torch, batch: np.ndarray, owners) -> np.ndarray:
+        names = ", ".join(sorted({str(f.path) for f, _, _ in owners}))
+        b = batch.shape[0]
+        try:
+            with torch.inference_mode():
+                out = self.teacher.module(torch.from_numpy(batch).to(self.device))
+        except Exception as e:
+            raise ValueError(f"teacher {self.teacher.source} failed on a batch [{b}, "
+                             f"{batch.shape[1]}] from {names}: {type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                             ) from e
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if not isinstance(out, torch.Tensor) or out.dim() not in (2, 3) or out.shape[0] != b:
+            raise ValueError(f"teacher {self.teacher.source} returned {shape} for a batch "
+                             f"[{b}, {batch.shape[1]}] from {names}; expected [{b}, D] or "
+                             f"[{b}, F, D]")
+        y = out.detach().float().cpu().numpy()
+        self._check_meta(y, names)
+        bad = ~np.isfinite(y.reshape(b, -1)).all(axis=1)
+        cast_bad = ~np.isfinite(y.reshape(b, -1).astype(self.dtype)).all(axis=1)
+        if bad.any() or cast_bad.any():
+            row = int(np.flatnonzero(bad | cast_bad)[0])
+            off = 0
+            for f, first, k in owners:
+                if row < off + k:
+                    start = f.plan[first + row - off][0]
+                    what = ("NaN/inf" if bad.any() else
+                            f"values beyond the {self.dtype} range (use --dtype float32)")
+                    raise ValueError(f"teacher {self.teacher.source} returned {what} for "
+                                     f"{f.path} (segment at sample {start}); output shape "
+                                     f"{shape}")
+                off += k
+        return y.astype(self.dtype)
+
+    def _check_meta(self, y: np.ndarray, names: str) -> None:
+        level = "frame" if y.ndim == 3 else "clip"
+        frames = int(y.shape[1]) if y.ndim == 3 else None
+        dim = int(y.shape[-1])
+        if self.meta is None:
+            t = self.teacher
+            self.meta = {
+                "version": layout.FORMAT_VERSION,
+                "teacher": {"fingerprint": t.fingerprint, "name": t.name, "source": t.source,
+                            "sample_rate": t.sample_rate, "meta": t.meta},
+                "teacher_sample_rate": self.sr, "window_s": self.window_s,
+                "hop_s": self.hop_s, "window_samples": self.window_t, "dtype": self.dtype,
+                "level": level, "dim": dim, "frames": frames,
+                "audio_root": str(self.audio_root),
+            }
+            layout.write_json(self.folder / layout.META, self.meta)
+        elif (self.meta["level"], self.meta["dim"], self.meta["frames"]) != (level, dim, frames):
+            raise ValueError(f"teacher {self.teacher.source} returned shape {y.shape} for "
+                             f"{names}, but {self.folder} holds rows of level "
+                             f"{self.meta['level']}, dim {self.meta['dim']}, frames "
+                             f"{self.meta['frames']}")
+        elif self.meta["audio_root"] != str(self.audio_root):
+            self.meta["audio_root"] = str(self.audio_root)
+            layout.write_json(self.folder / layout.META, self.meta)
+
+    def _rows_per_shard(self, y: np.ndarray) -> int:
+        if self.shard_rows:
+            return self.shard_rows
+        row_bytes = int(np.prod(y.shape[1:])) * np.dtype(self.dtype).itemsize
+        return max(1, SHARD_BYTES // max(row_bytes, 1))
+
+    def _flush(self, writer: ThreadPoolExecutor) -> None:
+        """Hands the completed files' rows to the writer (waits for the previous shard)."""
+        if not self._shard_files:
+            return
+        files, self._shard_files, self._shard_count = self._shard_files, [], 0
+        name = layout.shard_name(self._next_shard)
+        self._next_shard += 1
+        rows = np.concatenate([np.concatenate(f.out) for f in files])
+        entries, row = [], 0
+        for f in files:
+            entries.append((f.key, layout.file_entry(
+                f.stat.size, f.stat.mtime_ns, f.content, f.file_sr, f.frames, name, row,
+                [s for s, _ in f.plan], [n for _, n in f.plan])))
+            row += f.n
+            f.out = []
+        if self._writing is not None:
+            self._writing.result()
+        self._writing = writer.submit(self._commit, name, rows, entries)
+
+    def _commit(self, name: str, rows: np.ndarray, entries) -> None:
+        """Writer-thread job: the shard, durable, then the manifest that names it."""
+        record = layout.write_shard(self.folder / name, rows)
+        m = self.manifest
+        m["shards"][name] = record
+        m["files"].update(entries)
+        m["next_shard"] = max(int(m["next_shard"]), int(name[6:12]) + 1)
+        layout.write_json(self.folder / layout.MANIFEST, m)

@@ -1,0 +1,69 @@
+"""ssondo cache: compute (or update) the teacher-embedding cache of an audio folder."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "compute the teacher embeddings of an audio folder once (resumable, incremental)"
+DESCRIPTION = """\
+Scans AUDIO_DIR recursively, cuts every file into WINDOW-second segments every HOP seconds
+(a clip shorter than the window is one zero-padded segment; the tail of a longer clip is kept),
+runs the teacher in batches and stores the embeddings in a cache folder keyed by the teacher
+file's hash, its sample rate, the window, the hop and the dtype:
+
+  OUT/<sha256[:16]>-sr<rate>-w<W>-h<H>-<dtype>/{meta.json, manifest.json, shard-*.npy}
+
+Running it again skips unchanged files, computes new or changed ones and drops vanished ones;
+an interrupted run (Ctrl-C, kill -9) resumes where it stopped. Unreadable audio files are
+skipped with a warning and listed by --info. The teacher is a TorchScript file (see
+'ssondo teacher build') or a Python factory pkg.module:function returning an nn.Module.
+
+examples:
+  ssondo teacher build crepe-tiny -o crepe_tiny.pt
+  ssondo cache crepe_tiny.pt audio/ --out cache/
+  ssondo cache crepe_tiny.pt audio/ --window 4 --hop 2 --dtype float32 --out cache/
+  ssondo cache mypkg.models:teacher audio/ --teacher-sr 32000
+  ssondo cache --info cache/<key>/
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("teacher", nargs="?", help="teacher .pt file or pkg.module:factory")
+    p.add_argument("audio_dir", nargs="?", help="folder of audio files (scanned recursively)")
+    p.add_argument("--info", metavar="CACHE_DIR", help="print a summary of a cache folder")
+    p.add_argument("--window", type=float, default=10.0, help="segment length, s (default: 10)")
+    p.add_argument("--hop", type=float, default=None,
+                   help="segment hop, s (default: the window)")
+    p.add_argument("--out", default=None,
+                   help="cache root folder (default: ./ssondo-cache)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                   help="stored row type (default: float16)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="segments per teacher call (default: 16)")
+    p.add_argument("--teacher-sr", type=int, default=None,
+                   help="teacher input sample rate in Hz (overrides the teacher's own)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="audio reader threads (default: min(4, cores))")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads for the teacher (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyssondo.cache import EmbeddingCache, build_cache
+
+    if args.info:
+        if args.teacher or args.audio_dir:
+            raise ValueError("--info takes only the cache folder")
+        print(EmbeddingCache(args.info).summary())
+        return 0
+    if not (args.teacher and args.audio_dir):
+        raise ValueError("give a teacher and an audio folder (or --info CACHE_DIR)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    folder = build_cache(args.teacher, args.audio_dir, args.out, window_s=args.window,
+                         hop_s=args.hop, dtype=args.dtype, teacher_sr=args.teacher_sr,
+                         batch_size=args.batch_size, workers=args.workers, device=args.device)
+    print(EmbeddingCache(folder).summary())
+    return 0
