@@ -11,8 +11,8 @@ TorchScript-exported ``forward_frames``, and scripts with ``torch.jit.script``.
 from __future__ import annotations
 
 from . import dymn, eres2net, mobilenetv3  # noqa: F401  (registers the families)
-from .complexity import count_macs, count_params
+from .complexity import count_macs, count_params, ten_second_frames
 from .registry import create_student, list_students, register_student, student_entry
 
 __all__ = ["create_student", "list_students", "register_student", "student_entry",
-           "count_params", "count_macs"]
+           "count_params", "count_macs", "ten_second_frames"]

@@ -10,7 +10,7 @@ normalisation, activations, pooling and element-wise products are not counted (t
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 from torch import nn
@@ -35,10 +35,20 @@ def _layer_macs(module: nn.Module, inputs: Any, output: torch.Tensor) -> int:
     return 0
 
 
-def count_macs(model: nn.Module, n_mels: int = 128, frames: int = 626) -> int:
+def ten_second_frames() -> int:
+    """Log-mel frames of 10 s with the default front end (32 kHz, n_fft 1024, hop 512): 624."""
+    from ..config import MelConfig
+
+    cfg = MelConfig()
+    return cfg.num_frames(10 * cfg.sample_rate)
+
+
+def count_macs(model: nn.Module, n_mels: int = 128, frames: Optional[int] = None) -> int:
     """Multiply-accumulates of one forward pass of ``model`` on one log-mel [1, n_mels, frames]
-    (626 frames = 10 s at 32 kHz with hop 512, n_fft 1024). Runs in eval mode without
-    gradients; the model's mode is restored."""
+    (default frames: 10 s with the default front end, :func:`ten_second_frames`). Runs in
+    eval mode without gradients; the model's mode is restored."""
+    if frames is None:
+        frames = ten_second_frames()
     if n_mels < 1 or frames < 1:
         raise ValueError(f"count_macs: n_mels={n_mels}, frames={frames}; both must be >= 1")
     total: List[int] = [0]
