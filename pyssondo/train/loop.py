@@ -103,23 +103,23 @@ def check_cache_matches(path: Path, cfg: DistillConfig) -> None:
 
     meta = json.loads((path / "meta.json").read_text())
     problems = []
-    fp = meta.get("teacher_fingerprint") or meta.get("fingerprint")
+    fp = meta["teacher"]["fingerprint"]
     if cfg.teacher and not is_factory_spec(cfg.teacher) and Path(cfg.teacher).is_file():
         mine = file_sha256(cfg.teacher)
-        if fp and fp != mine:
-            problems.append(f"teacher fingerprint {fp[:12]} != {Path(cfg.teacher).name}'s {mine[:12]}")
-    if not math.isclose(float(meta.get("window_s", cfg.window_s)), cfg.window_s):
-        problems.append(f"window {meta.get('window_s')} s != --window {cfg.window_s} s")
-    hop = meta.get("hop_s")
-    if hop is not None and not math.isclose(float(hop), cfg.resolved_hop_s):
-        problems.append(f"hop {hop} s != --hop {cfg.resolved_hop_s} s")
-    if cfg.teacher_sr and meta.get("teacher_sr", meta.get("sample_rate")) not in (None, cfg.teacher_sr):
-        problems.append(f"teacher rate {meta.get('teacher_sr', meta.get('sample_rate'))} Hz "
-                        f"!= --teacher-sr {cfg.teacher_sr} Hz")
+        if fp != mine:
+            problems.append(f"built by teacher {meta['teacher']['name']} (sha256 {fp[:12]}), "
+                            f"not {Path(cfg.teacher).name} (sha256 {mine[:12]})")
+    if not math.isclose(float(meta["window_s"]), cfg.window_s):
+        problems.append(f"window {meta['window_s']:g} s, not --window {cfg.window_s:g} s")
+    if not math.isclose(float(meta["hop_s"]), cfg.resolved_hop_s):
+        problems.append(f"hop {meta['hop_s']:g} s, not --hop {cfg.resolved_hop_s:g} s")
+    if cfg.teacher_sr and int(meta["teacher_sample_rate"]) != cfg.teacher_sr:
+        problems.append(f"teacher rate {meta['teacher_sample_rate']} Hz, not --teacher-sr "
+                        f"{cfg.teacher_sr} Hz")
     if problems:
-        raise ValueError(f"{path}: this teacher cache was built for another teacher or setup "
-                         f"({'; '.join(problems)}); point --cache-dir at a cache root or the "
-                         f"matching cache folder")
+        raise ValueError(f"{path}: this teacher cache does not match the run: "
+                         f"{'; '.join(problems)}; point --cache-dir at a cache root (a matching "
+                         f"cache is made there) or at the matching cache folder")
 
 
 def build_model(cfg: DistillConfig, target_dim: int, frame_level: bool) -> StudentWithHead:
@@ -218,7 +218,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
         raise ValueError(f"{cfg.audio or cache_path}: no usable audio segments (the folder is "
                          f"empty or every file failed to decode)")
     meta = cache.meta
-    teacher_fp = str(meta.get("teacher_fingerprint") or meta.get("fingerprint") or "")
+    teacher_fp = str(meta["teacher"]["fingerprint"])
     if state is not None and state["teacher"]["fingerprint"] != teacher_fp:
         raise ValueError(f"{run.path}: the run was trained on teacher "
                          f"{state['teacher']['fingerprint'][:12]} but the cache now holds "
@@ -249,7 +249,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
                               alpha=cfg.balance_alpha, seed=cfg.seed)
-    audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta.get("window_s", cfg.window_s)))
+    audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta["window_s"]))
     mel = mel_cache(cache_path, audio, cfg.mel, cache.ids) if cfg.cache_mel else None
     dataset = DistillDataset(audio, targets, mel)
     augment = Augment(cfg.gain_db, cfg.time_mask, cfg.freq_mask, cfg.mixup)
@@ -283,9 +283,9 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                                "train_segments": int(len(train_rows)),
                                "val_segments": int(len(val_rows)), "steps_per_epoch": steps_per_epoch})
 
-    teacher = {"name": teacher_name(cfg.teacher) if cfg.teacher else str(meta.get("teacher", "")),
-               "fingerprint": teacher_fp, "dim": int(targets.shape[-1]),
-               "sample_rate": int(meta.get("teacher_sr", meta.get("sample_rate", 0)) or 0)}
+    teacher = {"name": str(meta["teacher"]["name"]), "fingerprint": teacher_fp,
+               "dim": int(targets.shape[-1]), "sample_rate": int(meta["teacher_sample_rate"]),
+               "level": str(meta["level"])}
 
     def checkpoint(epoch_: int, position_: int, metric: Optional[float], is_best: bool) -> None:
         st = {"config": cfg.to_json(), "config_hash": cfg.hash(), "teacher": teacher,
