@@ -35,6 +35,11 @@ def module() -> ExportedStudent:
     return wrap(student, head, MEL, WINDOW_S)
 
 
+@pytest.fixture(scope="module")
+def scripted(module):
+    return torch.jit.script(module)
+
+
 def reference(module: ExportedStudent, wav: torch.Tensor) -> torch.Tensor:
     """Independent reference: cut windows with numpy-style slicing, embed each through the
     eager parts one by one, average weighted by real samples."""
@@ -50,10 +55,9 @@ def reference(module: ExportedStudent, wav: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("seconds", [1 / 16000, 300 / 16000, 10.0, 25.0])
-def test_any_length_matches_reference_and_script(module, seconds):
+def test_any_length_matches_reference_and_script(module, scripted, seconds):
     t = max(1, int(round(seconds * 16000)))
     wav = 0.1 * torch.randn(2, t, generator=torch.Generator().manual_seed(t))
-    scripted = torch.jit.script(module)
     with torch.no_grad():
         eager, ref, script_out = module(wav), reference(module, wav), scripted(wav)
     assert eager.shape == (2, 32)
@@ -72,9 +76,9 @@ def test_segments_are_per_window_embeddings(module):
     assert torch.allclose(segs[:, 1], second, atol=1e-5)
 
 
-def test_empty_input_is_an_error(module):
+def test_empty_input_is_an_error(scripted):
     with pytest.raises(Exception, match="at least one sample"):
-        torch.jit.script(module)(torch.zeros(1, 0))
+        scripted(torch.zeros(1, 0))
 
 
 def test_save_reload_metadata_and_embed_cli(module, tmp_path):
@@ -98,7 +102,7 @@ def test_save_reload_metadata_and_embed_cli(module, tmp_path):
                            "-o", str(emb), "-v"], capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("ms") == 2
+    assert sum(line.endswith(" ms") for line in proc.stdout.splitlines()) == 2
     got = np.load(emb)
     with torch.no_grad():
         want = np.stack([module(torch.from_numpy(sf.read(f, dtype="float32")[0])[None])[0].numpy()
@@ -107,12 +111,11 @@ def test_save_reload_metadata_and_embed_cli(module, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_int8_reports_size_speed_and_cosine(module, tmp_path):
-    report = save_export(module, tmp_path / "int8.pt", {}, int8=True, measure=True)
+def test_int8_reports_size_and_cosine(module, tmp_path):
+    report = save_export(module, tmp_path / "int8.pt", {}, int8=True, measure=False)
     assert report.meta["int8"] is True
     assert report.int8["fp32_size_bytes"] > report.size_bytes  # the head's Linear layers shrink
     assert 0.9 < report.int8["cosine_to_fp32"] <= 1.0 + 1e-6
-    assert report.latency_ms > 0
 
 
 def test_embed_rejects_missing_file(tmp_path):
