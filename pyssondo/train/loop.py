@@ -336,8 +336,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                 sched.step()
                 step += 1
                 position += x.shape[0]
-                losses.append(float(loss))
-                bar.update(x.shape[0], loss=float(loss))
+                losses.append(float(loss.detach()))
+                bar.update(x.shape[0], loss=losses[-1])
                 if step % cfg.log_every == 0:
                     run.append_log({"kind": "step", "epoch": epoch + 1, "step": step,
                                     "loss": float(np.mean(losses[-cfg.log_every:])),

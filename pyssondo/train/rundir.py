@@ -144,4 +144,4 @@ def plot_curves(run: RunDir) -> Optional[Path]:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_")[:40] or "model"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:40] or "model"
