@@ -208,7 +208,7 @@ def test_nan_loss_stops_with_a_clear_message(work, tmp_path, monkeypatch, one_th
         return Poisoned()
 
     monkeypatch.setattr(losses, "make_loss", nan_after_first_epoch)
-    cfg = config(work, tmp_path / "runs", epochs=3)
+    cfg = config(work, tmp_path / "runs", epochs=3, samples_per_epoch=16)  # 2 steps per epoch
     with pytest.raises(TrainingDiverged, match="NaN/inf.*last good checkpoint is kept"):
         distill(cfg, progress=False)
     ckpt, state = state_of(next((tmp_path / "runs").glob("*/checkpoints/last.pt")))
@@ -217,7 +217,10 @@ def test_nan_loss_stops_with_a_clear_message(work, tmp_path, monkeypatch, one_th
 
 
 def test_cache_of_another_teacher_or_window_is_refused(work, tmp_path):
-    cache = next(p for p in work["cache"].iterdir() if (p / "meta.json").is_file())
+    from pyssondo.cache import build_cache
+
+    cache = build_cache(work["teacher"], work["audio"], work["cache"], window_s=2.0,
+                        progress=False)  # reused when another test made it
     other = tmp_path / "other.pt"
 
     class Other(torch.nn.Module):
