@@ -319,7 +319,8 @@ void bind_kmeans(py::module_& m) {
 // Section: fused relational losses. Owner: issue 5.
 // ---------------------------------------------------------------------------------------------
 void bind_losses(py::module_& m) {
-  // Each kernel is bound for float32 and float64 (same name; the dtype picks the overload).
+  // Each kernel is bound for float32 and float64 (same name; the dtype picks the overload;
+  // noconvert: arrays of another dtype or layout raise TypeError instead of being copied).
   // Arguments are the student's and the teacher's Gram matrices (plus the rows for RKD angle);
   // each returns (loss: float, S or None) with S = dL/dG_s + dL/dG_s^T, so dL/dX_s = S X_s.
   auto bind_dtype = [&m](auto* tag) {
@@ -366,7 +367,8 @@ void bind_losses(py::module_& m) {
                                              xt.data(), xt.shape(1), b, grad);
           });
         },
-        py::arg("gs"), py::arg("gt"), py::arg("xs"), py::arg("xt"), py::arg("want_grad"),
+        py::arg("gs").noconvert(), py::arg("gt").noconvert(), py::arg("xs").noconvert(),
+        py::arg("xt").noconvert(), py::arg("want_grad"),
         "RKD angle loss from Grams gs, gt [B, B] and rows xs [B, Ds], xt [B, Dt].");
     m.def(
         "rkd_distance_loss",
@@ -379,7 +381,7 @@ void bind_losses(py::module_& m) {
             return ssondo::rkd_distance_loss<T>(gs.data(), gt.data(), b, grad);
           });
         },
-        py::arg("gs"), py::arg("gt"), py::arg("want_grad"),
+        py::arg("gs").noconvert(), py::arg("gt").noconvert(), py::arg("want_grad"),
         "RKD distance loss from Grams gs, gt [B, B].");
     m.def(
         "pairwise_cosine_loss",
@@ -392,7 +394,7 @@ void bind_losses(py::module_& m) {
             return ssondo::pairwise_cosine_loss<T>(gs.data(), gt.data(), b, grad);
           });
         },
-        py::arg("gs"), py::arg("gt"), py::arg("want_grad"),
+        py::arg("gs").noconvert(), py::arg("gt").noconvert(), py::arg("want_grad"),
         "Pairwise-cosine loss from Grams gs, gt [B, B].");
     m.def(
         "similarity_preserving_loss",
@@ -412,7 +414,7 @@ void bind_losses(py::module_& m) {
             return ssondo::similarity_preserving_loss<T>(gs.data(), gt.data(), batch, n, grad);
           });
         },
-        py::arg("gs"), py::arg("gt"), py::arg("want_grad"),
+        py::arg("gs").noconvert(), py::arg("gt").noconvert(), py::arg("want_grad"),
         "Similarity-preserving loss from stacked Grams gs, gt [batch, n, n] (mean over batch).");
   };
   bind_dtype(static_cast<float*>(nullptr));

@@ -10,6 +10,10 @@
 
 #include "parallel.hpp"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace ssondo {
 namespace {
 
@@ -95,57 +99,138 @@ void inverse_pair_norms(const T* g, const T* x, std::size_t d, std::size_t b, T*
 // Rows [begin, end) of the angle loss: for leg i, every apex j and every other leg k.
 //   a_ijk = (G_ik - G_jk + G_jj - G_ij) r_ij r_jk   (the zero legs have r = 0, so a = 0)
 // With kGrad it also writes, with the 1/B^3 factor left out and c_ijk = h'(a^s - a^t) r_ij r_jk:
-//   acc[i][k] = sum_j c_ijk,  s[i][j] = sum_k c_ijk,  q[i][j] = sum_k h'(a^s - a^t) a^s_ijk.
-// The k loop runs in L independent lanes so that it vectorises without reassociation flags.
+//   acc[i][k] = sum_j c_ijk,  s[i][j] = sum_k c_ijk,  q[i][j] = sum_k h'(a^s - a^t) a^s_ijk,
+// where h(d) = h'(d) (d - h'(d) / 2) is smooth L1 (Huber, delta 1) and h'(d) = clamp(d, -1, 1).
+
+// The per-(i, j) inputs of the k loop.
+template <typename T>
+struct AngleLeg {
+  const T *gsi, *gsj, *gti, *gtj, *rsj, *rtj;
+  T rsij, rtij, cs, ct;
+};
+
+// One k of the k loop, in scalar code (the whole loop where SSE2 is missing).
+template <typename T, bool kGrad>
+inline void angle_term(const AngleLeg<T>& a, std::size_t k, T* acci, double& h, double& s,
+                       double& q) {
+  const T ws = a.rsij * a.rsj[k];
+  const T as = (a.gsi[k] - a.gsj[k] + a.cs) * ws;
+  const T at = (a.gti[k] - a.gtj[k] + a.ct) * (a.rtij * a.rtj[k]);
+  const T diff = as - at;
+  const T h1 = std::min(std::max(diff, T(-1)), T(1));
+  h += h1 * (diff - T(0.5) * h1);
+  if (kGrad) {
+    const T c = h1 * ws;
+    acci[k] += c;
+    s += c;
+    q += h1 * as;
+  }
+}
+
+#if defined(__SSE2__)
+// SSE2 (baseline on x86-64) for float and double: the compiler does not vectorise the clamp
+// by itself without -fno-trapping-math.
+template <typename T>
+struct Sse;
+template <>
+struct Sse<float> {
+  using V = __m128;
+  static constexpr std::size_t N = 4;
+  static V load(const float* p) { return _mm_loadu_ps(p); }
+  static void store(float* p, V v) { _mm_storeu_ps(p, v); }
+  static V set(float x) { return _mm_set1_ps(x); }
+  static V zero() { return _mm_setzero_ps(); }
+  static V add(V a, V b) { return _mm_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm_mul_ps(a, b); }
+  static V min(V a, V b) { return _mm_min_ps(a, b); }
+  static V max(V a, V b) { return _mm_max_ps(a, b); }
+};
+template <>
+struct Sse<double> {
+  using V = __m128d;
+  static constexpr std::size_t N = 2;
+  static V load(const double* p) { return _mm_loadu_pd(p); }
+  static void store(double* p, V v) { _mm_storeu_pd(p, v); }
+  static V set(double x) { return _mm_set1_pd(x); }
+  static V zero() { return _mm_setzero_pd(); }
+  static V add(V a, V b) { return _mm_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm_sub_pd(a, b); }
+  static V mul(V a, V b) { return _mm_mul_pd(a, b); }
+  static V min(V a, V b) { return _mm_min_pd(a, b); }
+  static V max(V a, V b) { return _mm_max_pd(a, b); }
+};
+
+// k in [0, b rounded down to 2 vectors) with two independent accumulators per sum;
+// returns where the scalar tail starts.
+template <typename T, bool kGrad>
+std::size_t angle_terms_simd(const AngleLeg<T>& a, std::size_t b, T* acci, double& h,
+                             double& s, double& q) {
+  using S = Sse<T>;
+  using V = typename S::V;
+  constexpr std::size_t N = S::N;
+  const V rsij = S::set(a.rsij), rtij = S::set(a.rtij), cs = S::set(a.cs), ct = S::set(a.ct);
+  const V one = S::set(T(1)), minus_one = S::set(T(-1)), half = S::set(T(0.5));
+  V hv[2] = {S::zero(), S::zero()}, sv[2] = {S::zero(), S::zero()}, qv[2] = {S::zero(), S::zero()};
+  std::size_t k = 0;
+  for (; k + 2 * N <= b; k += 2 * N) {
+    for (std::size_t u = 0; u < 2; ++u) {
+      const std::size_t o = k + u * N;
+      const V ws = S::mul(rsij, S::load(a.rsj + o));
+      const V as = S::mul(S::add(S::sub(S::load(a.gsi + o), S::load(a.gsj + o)), cs), ws);
+      const V wt = S::mul(rtij, S::load(a.rtj + o));
+      const V at = S::mul(S::add(S::sub(S::load(a.gti + o), S::load(a.gtj + o)), ct), wt);
+      const V diff = S::sub(as, at);
+      const V h1 = S::min(S::max(diff, minus_one), one);
+      hv[u] = S::add(hv[u], S::mul(h1, S::sub(diff, S::mul(half, h1))));
+      if (kGrad) {
+        const V c = S::mul(h1, ws);
+        S::store(acci + o, S::add(S::load(acci + o), c));
+        sv[u] = S::add(sv[u], c);
+        qv[u] = S::add(qv[u], S::mul(h1, as));
+      }
+    }
+  }
+  T lanes[3][N];
+  S::store(lanes[0], S::add(hv[0], hv[1]));
+  S::store(lanes[1], S::add(sv[0], sv[1]));
+  S::store(lanes[2], S::add(qv[0], qv[1]));
+  for (std::size_t l = 0; l < N; ++l) {
+    h += lanes[0][l];
+    s += lanes[1][l];
+    q += lanes[2][l];
+  }
+  return k;
+}
+#endif
+
 template <typename T, bool kGrad>
 void angle_rows(std::size_t begin, std::size_t end, std::size_t b, const T* gs, const T* gt,
                 const T* rs, const T* rt, T* acc, T* s, T* q, double* loss_rows) {
-  constexpr std::size_t L = 32 / sizeof(T);
   for (std::size_t i = begin; i < end; ++i) {
-    const T* gsi = gs + i * b;
-    const T* gti = gt + i * b;
     T* acci = kGrad ? acc + i * b : nullptr;
     if (kGrad) std::fill(acci, acci + b, T(0));
     double loss = 0.0;
     for (std::size_t j = 0; j < b; ++j) {
-      const T rsij = rs[i * b + j];
-      const T rtij = rt[i * b + j];
+      AngleLeg<T> a;
+      a.rsij = rs[i * b + j];
+      a.rtij = rt[i * b + j];
       if (kGrad) s[i * b + j] = q[i * b + j] = 0;
-      if (rsij == 0 && rtij == 0) continue;  // both legs i-j are zero: every angle is 0
-      const T* gsj = gs + j * b;
-      const T* gtj = gt + j * b;
-      const T* rsj = rs + j * b;
-      const T* rtj = rt + j * b;
-      const T cs = gsj[j] - gsi[j];
-      const T ct = gtj[j] - gti[j];
-      T hsum[L] = {}, ssum[L] = {}, qsum[L] = {};
-      auto step = [&](std::size_t k, std::size_t l) {
-        const T ws = rsij * rsj[k];
-        const T as = (gsi[k] - gsj[k] + cs) * ws;
-        const T at = (gti[k] - gtj[k] + ct) * (rtij * rtj[k]);
-        const T diff = as - at;
-        const T ad = std::abs(diff);
-        const T m = std::min(ad, T(1));
-        hsum[l] += m * (ad - T(0.5) * m);  // smooth L1 (Huber, delta 1) without a branch
-        if (kGrad) {
-          const T h1 = std::min(std::max(diff, T(-1)), T(1));
-          const T c = h1 * ws;
-          acci[k] += c;
-          ssum[l] += c;
-          qsum[l] += h1 * as;
-        }
-      };
-      std::size_t k = 0;
-      for (; k + L <= b; k += L) {
-        for (std::size_t l = 0; l < L; ++l) step(k + l, l);
-      }
-      for (; k < b; ++k) step(k, 0);
+      if (a.rsij == 0 && a.rtij == 0) continue;  // both legs i-j are zero: every angle is 0
+      a.gsi = gs + i * b;
+      a.gti = gt + i * b;
+      a.gsj = gs + j * b;
+      a.gtj = gt + j * b;
+      a.rsj = rs + j * b;
+      a.rtj = rt + j * b;
+      a.cs = a.gsj[j] - a.gsi[j];
+      a.ct = a.gtj[j] - a.gti[j];
       double hs = 0.0, ss = 0.0, qs = 0.0;
-      for (std::size_t l = 0; l < L; ++l) {
-        hs += hsum[l];
-        ss += ssum[l];
-        qs += qsum[l];
-      }
+      std::size_t k = 0;
+#if defined(__SSE2__)
+      k = angle_terms_simd<T, kGrad>(a, b, acci, hs, ss, qs);
+#endif
+      for (; k < b; ++k) angle_term<T, kGrad>(a, k, acci, hs, ss, qs);
       loss += hs;
       if (kGrad) {
         s[i * b + j] = static_cast<T>(ss);
