@@ -21,6 +21,7 @@
 #include "resample.hpp"
 #include "kmeans.hpp"
 #include "losses.hpp"
+#include "wav.hpp"
 
 namespace py = pybind11;
 
@@ -148,6 +149,22 @@ void bind_frontend(py::module_& m) {
       py::arg("x").noconvert(), py::arg("sr_in"), py::arg("sr_out"),
       "Band-limited polyphase resampling of each row: x float32 [B, T] -> float32 "
       "[B, ceil(T * sr_out / sr_in)], no delay (resample_poly alignment), >= 80 dB stop band.");
+
+  m.def(
+      "read_wav",
+      [](const std::string& path) {
+        ssondo::WavAudio wav;
+        {
+          py::gil_scoped_release release;
+          wav = ssondo::read_wav(path);
+        }
+        py::array_t<float> out({wav.channels, wav.frames});
+        std::copy(wav.samples.begin(), wav.samples.end(), out.mutable_data());
+        return py::make_tuple(out, wav.sample_rate);
+      },
+      py::arg("path"),
+      "Strict RIFF/WAVE reader (PCM 8/16/24/32-bit, float 32/64, extensible, any channels): "
+      "-> (float32 [C, T], sample_rate); ValueError naming the file and the problem.");
 }
 // (end of front-end section)
 //

@@ -1,5 +1,7 @@
 #include "fft.hpp"
 
+#include "vec8.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -16,48 +18,37 @@ bool is_pow2(std::size_t n) { return n > 0 && (n & (n - 1)) == 0; }
 // Stockham autosort FFT of a power-of-two size n on lanes: radix-4 stages, then one radix-2
 // stage when log2(n) is odd. Reads (xr, xi), ping-pongs with (yr, yi); returns true when the
 // result ends in (yr, yi), false when it ends in (xr, xi).
+SSONDO_MULTIVERSION
 bool stockham(std::size_t n, const float* tw, float* xr, float* xi, float* yr, float* yi) {
+  static_assert(L == 8, "the FFT kernels work on V8 lane groups");
   std::size_t nn = n, s = 1;
   bool in_y = false;
   while (nn >= 4) {
-    const std::size_t m = nn / 4, S = s * L;
+    const std::size_t m = nn / 4;
     for (std::size_t p = 0; p < m; ++p) {
-      const float w1r = tw[6 * p], w1i = tw[6 * p + 1];
-      const float w2r = tw[6 * p + 2], w2i = tw[6 * p + 3];
-      const float w3r = tw[6 * p + 4], w3i = tw[6 * p + 5];
-      const float* __restrict ar = xr + S * p;
-      const float* __restrict ai = xi + S * p;
-      const float* __restrict br = xr + S * (p + m);
-      const float* __restrict bi = xi + S * (p + m);
-      const float* __restrict cr = xr + S * (p + 2 * m);
-      const float* __restrict ci = xi + S * (p + 2 * m);
-      const float* __restrict dr = xr + S * (p + 3 * m);
-      const float* __restrict di = xi + S * (p + 3 * m);
-      float* __restrict y0r = yr + S * 4 * p;
-      float* __restrict y0i = yi + S * 4 * p;
-      float* __restrict y1r = y0r + S;
-      float* __restrict y1i = y0i + S;
-      float* __restrict y2r = y0r + 2 * S;
-      float* __restrict y2i = y0i + 2 * S;
-      float* __restrict y3r = y0r + 3 * S;
-      float* __restrict y3i = y0i + 3 * S;
-      for (std::size_t q = 0; q < S; ++q) {
-        const float apcr = ar[q] + cr[q], apci = ai[q] + ci[q];
-        const float amcr = ar[q] - cr[q], amci = ai[q] - ci[q];
-        const float bpdr = br[q] + dr[q], bpdi = bi[q] + di[q];
-        // -i (b - d)
-        const float jr = bi[q] - di[q], ji = dr[q] - br[q];
-        y0r[q] = apcr + bpdr;
-        y0i[q] = apci + bpdi;
-        const float t1r = amcr + jr, t1i = amci + ji;
-        const float t2r = apcr - bpdr, t2i = apci - bpdi;
-        const float t3r = amcr - jr, t3i = amci - ji;
-        y1r[q] = t1r * w1r - t1i * w1i;
-        y1i[q] = t1r * w1i + t1i * w1r;
-        y2r[q] = t2r * w2r - t2i * w2i;
-        y2i[q] = t2r * w2i + t2i * w2r;
-        y3r[q] = t3r * w3r - t3i * w3i;
-        y3i[q] = t3r * w3i + t3i * w3r;
+      const float w1r = tw[6 * p], w1i = tw[6 * p + 1], w2r = tw[6 * p + 2];
+      const float w2i = tw[6 * p + 3], w3r = tw[6 * p + 4], w3i = tw[6 * p + 5];
+      for (std::size_t q = 0; q < s; ++q) {
+        const std::size_t ia = (q + s * p) * L, ib = ia + s * m * L, ic = ib + s * m * L,
+                          id = ic + s * m * L, i0 = (q + s * 4 * p) * L, is = s * L;
+        const V8 ar = v8_load(xr + ia), ai = v8_load(xi + ia);
+        const V8 br = v8_load(xr + ib), bi = v8_load(xi + ib);
+        const V8 cr = v8_load(xr + ic), ci = v8_load(xi + ic);
+        const V8 dr = v8_load(xr + id), di = v8_load(xi + id);
+        const V8 apcr = ar + cr, apci = ai + ci, amcr = ar - cr, amci = ai - ci;
+        const V8 bpdr = br + dr, bpdi = bi + di;
+        const V8 jr = bi - di, ji = dr - br;  // -i (b - d)
+        const V8 t1r = amcr + jr, t1i = amci + ji;
+        const V8 t2r = apcr - bpdr, t2i = apci - bpdi;
+        const V8 t3r = amcr - jr, t3i = amci - ji;
+        v8_store(yr + i0, apcr + bpdr);
+        v8_store(yi + i0, apci + bpdi);
+        v8_store(yr + i0 + is, t1r * w1r - t1i * w1i);
+        v8_store(yi + i0 + is, t1r * w1i + t1i * w1r);
+        v8_store(yr + i0 + 2 * is, t2r * w2r - t2i * w2i);
+        v8_store(yi + i0 + 2 * is, t2r * w2i + t2i * w2r);
+        v8_store(yr + i0 + 3 * is, t3r * w3r - t3i * w3i);
+        v8_store(yi + i0 + 3 * is, t3r * w3i + t3i * w3r);
       }
     }
     tw += 6 * m;
@@ -68,24 +59,35 @@ bool stockham(std::size_t n, const float* tw, float* xr, float* xi, float* yr, f
     in_y = !in_y;
   }
   if (nn == 2) {
-    const std::size_t S = s * L;
-    const float* __restrict ar = xr;
-    const float* __restrict ai = xi;
-    const float* __restrict br = xr + S;
-    const float* __restrict bi = xi + S;
-    float* __restrict y0r = yr;
-    float* __restrict y0i = yi;
-    float* __restrict y1r = yr + S;
-    float* __restrict y1i = yi + S;
-    for (std::size_t q = 0; q < S; ++q) {
-      y0r[q] = ar[q] + br[q];
-      y0i[q] = ai[q] + bi[q];
-      y1r[q] = ar[q] - br[q];
-      y1i[q] = ai[q] - bi[q];
+    for (std::size_t q = 0; q < s; ++q) {
+      const std::size_t ia = q * L, ib = (q + s) * L;
+      const V8 ar = v8_load(xr + ia), ai = v8_load(xi + ia);
+      const V8 br = v8_load(xr + ib), bi = v8_load(xi + ib);
+      v8_store(yr + ia, ar + br);
+      v8_store(yi + ia, ai + bi);
+      v8_store(yr + ib, ar - br);
+      v8_store(yi + ib, ai - bi);
     }
     in_y = !in_y;
   }
   return in_y;
+}
+
+// Splits the size-c complex FFT (zr, zi) of the packed even/odd samples into the c + 1 bins
+// of the size-2c real FFT: X[k] = E[k] + w^k O[k] (see RealFFT::forward).
+SSONDO_MULTIVERSION
+void real_post(std::size_t c, const float* zr, const float* zi, const float* post_re,
+               const float* post_im, float* out_re, float* out_im) {
+  for (std::size_t k = 0; k <= c; ++k) {
+    const std::size_t ip = (k % c) * L, iq = ((c - k) % c) * L;
+    const V8 pr = v8_load(zr + ip), pi = v8_load(zi + ip);
+    const V8 qr = v8_load(zr + iq), qi = v8_load(zi + iq);
+    const float wr = post_re[k], wi = post_im[k];
+    const V8 er = 0.5f * (pr + qr), ei = 0.5f * (pi - qi);
+    const V8 orr = 0.5f * (pi + qi), oi = 0.5f * (qr - pr);
+    v8_store(out_re + k * L, er + wr * orr - wi * oi);
+    v8_store(out_im + k * L, ei + wr * oi + wi * orr);
+  }
 }
 
 void check_size(std::size_t n, const char* what) {
@@ -154,12 +156,19 @@ std::size_t ComplexFFT::workspace_floats() const {
 }
 
 void ComplexFFT::forward(float* re, float* im, float* work) const {
+  const Split r = transform(re, im, work);
+  if (r.re != re) {
+    std::memcpy(re, r.re, n_ * L * sizeof(float));
+    std::memcpy(im, r.im, n_ * L * sizeof(float));
+  }
+}
+
+ComplexFFT::Split ComplexFFT::transform(float* re, float* im, float* work) const {
   if (m_ == 0) {
     if (stockham(n_, twiddles_.data(), re, im, work, work + n_ * L)) {
-      std::memcpy(re, work, n_ * L * sizeof(float));
-      std::memcpy(im, work + n_ * L, n_ * L * sizeof(float));
+      return {work, work + n_ * L};
     }
-    return;
+    return {re, im};
   }
   const std::size_t n = n_, m = m_;
   float* ar = work;
@@ -208,6 +217,7 @@ void ComplexFFT::forward(float* re, float* im, float* work) const {
       im[k * L + l] = zr * ci + zi * cr;
     }
   }
+  return {re, im};
 }
 
 RealFFT::RealFFT(std::size_t n) : n_(n), inner_(n % 2 == 0 ? n / 2 : n) {
@@ -246,22 +256,8 @@ void RealFFT::forward(const float* x, float* out_re, float* out_im, float* work)
     std::memcpy(zr + j * L, x + 2 * j * L, L * sizeof(float));
     std::memcpy(zi + j * L, x + (2 * j + 1) * L, L * sizeof(float));
   }
-  inner_.forward(zr, zi, inner_work);
-  for (std::size_t k = 0; k <= c; ++k) {
-    const float* __restrict pr = zr + (k % c) * L;
-    const float* __restrict pi = zi + (k % c) * L;
-    const float* __restrict qr = zr + ((c - k) % c) * L;
-    const float* __restrict qi = zi + ((c - k) % c) * L;
-    float* __restrict xr = out_re + k * L;
-    float* __restrict xi = out_im + k * L;
-    const float wr = post_re_[k], wi = post_im_[k];
-    for (std::size_t l = 0; l < L; ++l) {
-      const float er = 0.5f * (pr[l] + qr[l]), ei = 0.5f * (pi[l] - qi[l]);
-      const float orr = 0.5f * (pi[l] + qi[l]), oi = 0.5f * (qr[l] - pr[l]);
-      xr[l] = er + wr * orr - wi * oi;
-      xi[l] = ei + wr * oi + wi * orr;
-    }
-  }
+  const ComplexFFT::Split z = inner_.transform(zr, zi, inner_work);
+  real_post(c, z.re, z.im, post_re_.data(), post_im_.data(), out_re, out_im);
 }
 
 }  // namespace ssondo

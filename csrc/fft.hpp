@@ -34,6 +34,13 @@ class ComplexFFT {
   std::size_t workspace_floats() const;
   // Transforms re/im (n * kFftLanes floats each) in place; work holds workspace_floats().
   void forward(float* re, float* im, float* work) const;
+  // The same without the final copy: the result is left in (re, im) or in work, and the
+  // returned pointers say where (the input is destroyed either way).
+  struct Split {
+    const float* re;
+    const float* im;
+  };
+  Split transform(float* re, float* im, float* work) const;
 
  private:
   std::size_t n_;

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "parallel.hpp"
+#include "vec8.hpp"
 
 namespace ssondo {
 namespace {
@@ -20,6 +21,28 @@ std::size_t checked_n_fft(std::int64_t n_fft) {
     bad("n_fft=" + std::to_string(n_fft) + " is outside [1, " + std::to_string(kMaxFftSize) + "]");
   }
   return static_cast<std::size_t>(n_fft);
+}
+
+// Mel energies of kFftLanes spectra: power (or magnitude) of bins (re, im) [nb, L] (re is
+// overwritten), then out[m, l] = sum over band m's bins k of weight * power[k, l].
+SSONDO_MULTIVERSION
+void mel_bands(std::int64_t nb, int power, std::int64_t n_mels, const std::int64_t* lo,
+               const std::int64_t* hi, const std::int64_t* off, const float* weights, float* re,
+               const float* im, float* out) {
+  for (std::int64_t k = 0; k < nb; ++k) {
+    const V8 r = v8_load(re + k * L), i = v8_load(im + k * L);
+    V8 p = r * r + i * i;
+    if (power == 1) {
+      for (std::size_t l = 0; l < L; ++l) p[l] = std::sqrt(p[l]);
+    }
+    v8_store(re + k * L, p);
+  }
+  for (std::int64_t m = 0; m < n_mels; ++m) {
+    V8 acc = v8_splat(0.0f);
+    const float* w = weights + off[m] - lo[m];
+    for (std::int64_t k = lo[m]; k < hi[m]; ++k) acc = acc + w[k] * v8_load(re + k * L);
+    v8_store(out + m * L, acc);
+  }
 }
 
 }  // namespace
@@ -106,7 +129,8 @@ void LogMelPlan::compute(const float* x, std::int64_t batch, std::int64_t t, flo
   const PadMode mode = center_ ? pad_mode_ : PadMode::kConstant;
   parallel_for(static_cast<std::size_t>(batch * blocks), 1, [&](std::size_t begin,
                                                                 std::size_t end) {
-    std::vector<float> frame(n * L), re(nb * L), im(nb * L), work(fft_.workspace_floats());
+    std::vector<float> frame(n * L), re(nb * L), im(nb * L), mel(n_mels_ * L),
+        work(fft_.workspace_floats());
     const float* win = window_.data();
     for (std::size_t w = begin; w < end; ++w) {
       const std::int64_t b = static_cast<std::int64_t>(w) / blocks;
@@ -129,24 +153,10 @@ void LogMelPlan::compute(const float* x, std::int64_t batch, std::int64_t t, flo
         }
       }
       fft_.forward(frame.data(), re.data(), im.data(), work.data());
-      float* __restrict pw = re.data();
-      const float* __restrict pi = im.data();
-      for (std::int64_t k = 0; k < nb * static_cast<std::int64_t>(L); ++k) {
-        pw[k] = pw[k] * pw[k] + pi[k] * pi[k];
-      }
-      if (power_ == 1) {
-        for (std::int64_t k = 0; k < nb * static_cast<std::int64_t>(L); ++k) {
-          pw[k] = std::sqrt(pw[k]);
-        }
-      }
+      mel_bands(nb, power_, n_mels_, band_lo_.data(), band_hi_.data(), band_off_.data(),
+                weights_.data(), re.data(), im.data(), mel.data());
       for (std::int64_t m = 0; m < n_mels_; ++m) {
-        float acc[L] = {};
-        const float* wt = weights_.data() + band_off_[m] - band_lo_[m];
-        for (std::int64_t k = band_lo_[m]; k < band_hi_[m]; ++k) {
-          const float wk = wt[k];
-          const float* p = pw + k * L;
-          for (std::size_t l = 0; l < L; ++l) acc[l] += wk * p[l];
-        }
+        const float* acc = mel.data() + m * L;
         float* o = out + (b * n_mels_ + m) * frames + f0;
         for (std::int64_t l = 0; l < valid; ++l) o[l] = std::log(acc[l] + log_offset_);
       }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "parallel.hpp"
+#include "vec8.hpp"
 
 namespace ssondo {
 namespace {
@@ -26,6 +27,14 @@ double bessel_i0(double x) {
     if (term < 1e-17 * sum) break;
   }
   return sum;
+}
+
+// sum_i h[i] * x[i] for i < k, k a multiple of 8, with eight partial sums.
+SSONDO_MULTIVERSION
+float dot8(const float* h, const float* x, std::int64_t k) {
+  V8 acc = v8_splat(0.0f);
+  for (std::int64_t i = 0; i < k; i += 8) acc = acc + v8_load(h + i) * v8_load(x + i);
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
 }  // namespace
@@ -109,12 +118,7 @@ void Resampler::process(const float* x, std::int64_t batch, std::int64_t t, floa
         // y[n] = sum_r hp[r] * x[first + r]
         const std::int64_t first = pos / up_ - (k - 1);
         if (first >= 0 && first + k <= t) {
-          const float* xs = xb + first;
-          float acc[8] = {};
-          for (std::int64_t i = 0; i < k; i += 8) {
-            for (int l = 0; l < 8; ++l) acc[l] += hp[i + l] * xs[i + l];
-          }
-          yb[n] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+          yb[n] = dot8(hp, xb + first, k);
         } else {
           float acc = 0.0f;
           const std::int64_t r0 = std::max<std::int64_t>(0, -first);

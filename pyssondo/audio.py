@@ -65,6 +65,7 @@ def load_audio(path: PathLike, sr: Optional[int] = None, *, mono: bool = True,
     if sr is not None and (not isinstance(sr, (int, np.integer)) or sr <= 0):
         raise ParameterError(f"load_audio: sr={sr!r} must be a positive integer (Hz) or None")
     info = audio_info(path)
+    _check_riff_data_complete(path)
     try:
         data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
@@ -101,10 +102,13 @@ def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         if not isinstance(rate, (int, np.integer)) or rate <= 0:
             raise ParameterError(f"resample: {name}={rate!r} must be a positive integer (Hz)")
     x = np.asarray(wav)
+    if x.ndim < 1 or x.dtype.kind not in "fiu":
+        raise ParameterError(f"resample: wav must be a real array [..., T], got shape "
+                             f"{x.shape} dtype {x.dtype}")
     if sr_in == sr_out:
         return np.array(x, dtype=np.float32, copy=True)
     lead = x.shape[:-1]
-    flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    flat = np.ascontiguousarray(x.reshape(int(np.prod(lead)), x.shape[-1]), dtype=np.float32)
     out = _core.resample(flat, int(sr_in), int(sr_out))
     return out.reshape(*lead, out.shape[-1])
 
@@ -115,6 +119,33 @@ def warn_if_upsampled(path: PathLike, file_sr: int, target_sr: int, what: str) -
         warnings.warn(
             f"{path}: recorded at {file_sr} Hz, upsampled to {target_sr} Hz for {what}; "
             f"the band above {file_sr // 2} Hz is empty", stacklevel=2)
+
+
+def _check_riff_data_complete(path: Path) -> None:
+    """AudioError if a RIFF/WAVE file's data chunk declares more bytes than the file holds.
+
+    libsndfile silently decodes the samples that are present in a cut WAV file, so the
+    truncation is detected here from the header. Streamed files that leave the size as 0 or
+    0xFFFFFFFF are not flagged. Other formats are left to the decoder.
+    """
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                available = size - pos - 8
+                if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+                    raise AudioError(f"{path}: truncated: the data chunk declares {chunk_size} "
+                                     f"bytes, the file holds {available}")
+                return
+            pos += 8 + chunk_size + (chunk_size & 1)
 
 
 def _reason(e: Exception) -> str:

@@ -45,7 +45,7 @@ def mel_filterbank(cfg: MelConfig) -> np.ndarray:
     Same definition as ``librosa.filters.mel(htk=cfg.mel_scale == "htk", norm=...)``.
     """
     cfg.validate()
-    bin_hz = np.linspace(0.0, cfg.sample_rate / 2.0, cfg.n_fft // 2 + 1)
+    bin_hz = np.arange(cfg.n_fft // 2 + 1) * (cfg.sample_rate / cfg.n_fft)
     edges = mel_to_hz(np.linspace(hz_to_mel(cfg.f_min, cfg.mel_scale),
                                   hz_to_mel(cfg.f_max, cfg.mel_scale), cfg.n_mels + 2),
                       cfg.mel_scale)
