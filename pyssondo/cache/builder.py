@@ -3,7 +3,7 @@
 Pipeline: a pool of reader threads decodes, hashes, resamples and segments files ahead of the
 teacher (bounded prefetch, results taken in file order); the calling thread batches segments
 across files and runs the teacher; one writer thread writes each full shard atomically and
-then the manifest that names it, while the teacher works on the next rows.
+then a journal line that announces it (:mod:`.layout`), while the teacher works on.
 """
 from __future__ import annotations
 
@@ -119,6 +119,13 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
     return folder
 
 
+def _hash_or_none(path: Path) -> Optional[str]:
+    try:
+        return content_hash(path)
+    except OSError:
+        return None  # unreadable: recomputed, and skipped with a warning by the reader
+
+
 class _Builder:
     def __init__(self, teacher, folder: Path, audio_root: Path, window_s: float, hop_s: float,
                  dtype: str, batch_size: int, workers: int, shard_rows: Optional[int],
@@ -129,7 +136,9 @@ class _Builder:
         self.device, self.progress = device, progress
         self.sr = teacher.sample_rate
         self.window_t = seconds_to_samples(window_s, self.sr)
-        self.manifest = layout.read_json(folder / layout.MANIFEST) or layout.empty_manifest()
+        base = layout.read_json(folder / layout.MANIFEST)
+        self._saved = layout.dump_json(base) if base is not None else ""
+        self.manifest = layout.read_manifest(folder) or layout.empty_manifest()
         self.meta = layout.read_json(folder / layout.META)
         self.skipped: Dict[str, str] = {}
         self.upsampled: List[Tuple[str, int]] = []
@@ -164,7 +173,7 @@ class _Builder:
             entry = m["files"].get(key)
             if entry and (entry["size"], entry["mtime_ns"]) == tuple(stat):
                 continue
-            if entry and entry["hash"] == content_hash(path):
+            if entry and entry["hash"] == _hash_or_none(path):
                 entry["size"], entry["mtime_ns"] = stat.size, stat.mtime_ns
                 continue
             m["files"].pop(key, None)
@@ -179,22 +188,27 @@ class _Builder:
         dead = [name for name in self.manifest["shards"] if name not in live]
         for name in dead:
             del self.manifest["shards"][name]
-        layout.write_json(self.folder / layout.MANIFEST, self.manifest)
+        self._save_manifest()
         for name in dead:
             (self.folder / name).unlink(missing_ok=True)
 
     # -- running -------------------------------------------------------------------------
     def run(self, files: List[Tuple[str, Path]]) -> None:
+        self._save_manifest()  # folds a killed run's journal in before anything changes
         self._clean_and_verify()
         todo = self._plan(files)
         self._drop_dead_shards()
+        if self.meta is not None and self.meta["audio_root"] != str(self.audio_root):
+            self.meta["audio_root"] = str(self.audio_root)  # the audio (and cache) moved
+            layout.write_json(self.folder / layout.META, self.meta)
         total_segments = self._count_segments(todo)
         log.info("cache %s: %d files cached, %d to compute", self.folder,
                  len(self.manifest["files"]), len(todo))
         if todo:
             self._compute(todo, total_segments)
+        self._compact()
         self.manifest["skipped"] = dict(sorted(self.skipped.items()))
-        layout.write_json(self.folder / layout.MANIFEST, self.manifest)
+        self._save_manifest()
         if self.upsampled:
             key, rate = self.upsampled[0]
             warnings.warn(f"{len(self.upsampled)} files were upsampled to the teacher's "
@@ -208,19 +222,55 @@ class _Builder:
             raise ValueError(f"{self.audio_root}: none of the {len(files)} audio files could "
                              f"be read")
 
+    def _compact(self) -> None:
+        """Moves the live rows of shards that are mostly dead (changed or vanished files)
+        into new shards, without recomputing them; the old shards go once the manifest no
+        longer names them."""
+        m = self.manifest
+        live: Dict[str, int] = {}
+        for e in m["files"].values():
+            live[e["shard"]] = live.get(e["shard"], 0) + len(e["starts"])
+        sparse = {name for name, rec in m["shards"].items() if 2 * live.get(name, 0) < rec["rows"]}
+        if not sparse or self.meta is None:
+            return
+        keys = sorted(k for k, e in m["files"].items() if e["shard"] in sparse)
+        row_bytes = (self.meta["frames"] or 1) * self.meta["dim"] * np.dtype(self.dtype).itemsize
+        per_shard = self.shard_rows or max(1, SHARD_BYTES // row_bytes)
+        next_shard = int(m["next_shard"])
+        group: List[str] = []
+        for i, key in enumerate(keys):
+            group.append(key)
+            if sum(len(m["files"][k]["starts"]) for k in group) >= per_shard or i == len(keys) - 1:
+                name = layout.shard_name(next_shard)
+                next_shard += 1
+                parts, row = [], 0
+                for k in group:
+                    e = m["files"][k]
+                    old = np.load(self.folder / e["shard"], mmap_mode="r")
+                    parts.append(np.asarray(old[e["row"]:e["row"] + len(e["starts"])]))
+                    e["shard"], e["row"] = name, row
+                    row += len(e["starts"])
+                m["shards"][name] = layout.write_shard(self.folder / name, np.concatenate(parts))
+                group = []
+        m["next_shard"] = next_shard
+        log.info("cache %s: compacted %d shards", self.folder, len(sparse))
+        self._drop_dead_shards()
+
     def _count_segments(self, todo) -> int:
+        """Segments to compute, from the files' headers (read in parallel), for the ETA."""
         import soundfile as sf
 
-        total = 0
-        for _, path, _ in todo:
+        def count(path: Path) -> int:
             try:
                 info = sf.info(str(path))
-                total += len(plan_segments(int(info.frames),
-                                           seconds_to_samples(self.window_s, info.samplerate),
-                                           seconds_to_samples(self.hop_s, info.samplerate)))
             except Exception:
-                pass  # reported as skipped when the reader fails on it
-        return total
+                return 0  # reported as skipped when the reader fails on it
+            return len(plan_segments(int(info.frames),
+                                     seconds_to_samples(self.window_s, info.samplerate),
+                                     seconds_to_samples(self.hop_s, info.samplerate)))
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return sum(pool.map(count, [path for _, path, _ in todo]))
 
     def _compute(self, todo, total_segments: int) -> None:
         readers = ThreadPoolExecutor(self.workers, thread_name_prefix="ssondo-cache-read")
@@ -353,6 +403,7 @@ class _Builder:
                 "version": layout.FORMAT_VERSION,
                 "teacher": {"fingerprint": t.fingerprint, "name": t.name, "source": t.source,
                             "sample_rate": t.sample_rate, "meta": t.meta},
+                "teacher_fingerprint": t.fingerprint,
                 "teacher_sample_rate": self.sr, "window_s": self.window_s,
                 "hop_s": self.hop_s, "window_samples": self.window_t, "dtype": self.dtype,
                 "level": level, "dim": dim, "frames": frames,
@@ -364,9 +415,6 @@ class _Builder:
                              f"{names}, but {self.folder} holds rows of level "
                              f"{self.meta['level']}, dim {self.meta['dim']}, frames "
                              f"{self.meta['frames']}")
-        elif self.meta["audio_root"] != str(self.audio_root):
-            self.meta["audio_root"] = str(self.audio_root)
-            layout.write_json(self.folder / layout.META, self.meta)
 
     def _rows_per_shard(self, y: np.ndarray) -> int:
         if self.shard_rows:
@@ -394,10 +442,19 @@ class _Builder:
         self._writing = writer.submit(self._commit, name, rows, entries)
 
     def _commit(self, name: str, rows: np.ndarray, entries) -> None:
-        """Writer-thread job: the shard, durable, then the manifest that names it."""
+        """Writer-thread job: the shard, durable, then the journal line that announces it."""
         record = layout.write_shard(self.folder / name, rows)
+        layout.append_journal(self.folder, name, record, dict(entries))
         m = self.manifest
         m["shards"][name] = record
         m["files"].update(entries)
         m["next_shard"] = max(int(m["next_shard"]), int(name[6:12]) + 1)
-        layout.write_json(self.folder / layout.MANIFEST, m)
+
+    def _save_manifest(self) -> None:
+        """Writes the manifest atomically unless unchanged on disk, then drops the journal
+        (whose lines the manifest now holds; replaying them again would change nothing)."""
+        text = layout.dump_json(self.manifest)
+        if text != self._saved:
+            layout.write_text(self.folder / layout.MANIFEST, text)
+            self._saved = text
+        (self.folder / layout.JOURNAL).unlink(missing_ok=True)

@@ -9,15 +9,22 @@ A cache root holds one folder per key ``<teacher sha256[:16]>-sr<rate>-w<W>-h<H>
                      "skipped": {key: reason}, "next_shard": int}
     shard-000000.npy ...  rows [n, D] (clip teachers) or [n, F, D] (frame teachers)
 
-A file's segments are consecutive rows of one shard. Shards and the manifest are written with
-:mod:`pyssondo.atomic` (temporary name, fsync, rename), a shard before the manifest that
-names it, so a kill at any moment leaves a consistent cache (at most an unreferenced shard).
+    journal.jsonl   shards committed since the manifest was last rewritten, one JSON line
+                    each: {"shard": name, "record": {...}, "files": {key: FileEntry}}
+
+A file's segments are consecutive rows of one shard. A shard is written with
+:mod:`pyssondo.atomic` (temporary name, fsync, rename) and only then announced by an fsynced
+journal line, so a kill at any moment leaves a consistent cache: at most an unreferenced
+shard, or a torn last journal line, both ignored. Appending a line per shard keeps the cost of
+a commit independent of the cache size; the builder folds the journal into manifest.json
+(atomically) at the start and end of a run. The cache's contents = manifest + journal.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -27,6 +34,7 @@ from ..atomic import atomic_write_bytes, atomic_write_text
 
 META = "meta.json"
 MANIFEST = "manifest.json"
+JOURNAL = "journal.jsonl"
 FORMAT_VERSION = 1
 DTYPES = ("float16", "float32")
 
@@ -64,8 +72,52 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
     return obj
 
 
+def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
+    """manifest.json with the journal's complete lines applied; None when neither exists."""
+    manifest = read_json(folder / MANIFEST)
+    try:
+        lines = (folder / JOURNAL).read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return manifest
+    manifest = manifest or empty_manifest()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if i >= len(lines) - 2:  # torn last line of a killed run: never committed
+                break
+            raise ValueError(f"{folder / JOURNAL}: line {i + 1} is not valid JSON; delete the "
+                             f"cache folder to rebuild") from None
+        manifest["shards"][entry["shard"]] = entry["record"]
+        manifest["files"].update(entry["files"])
+        manifest["next_shard"] = max(int(manifest["next_shard"]),
+                                     int(entry["shard"][6:12]) + 1)
+    return manifest
+
+
+def append_journal(folder: Path, shard: str, record: Dict[str, Any],
+                   files: Dict[str, Any]) -> None:
+    """Announces a durable shard: one JSON line appended to the journal, then fsync."""
+    line = json.dumps({"shard": shard, "record": record, "files": files}, sort_keys=True)
+    with open(folder / JOURNAL, "ab") as f:
+        f.write(line.encode("utf-8") + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def dump_json(obj: Dict[str, Any]) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)
+
+
 def write_json(path: Path, obj: Dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+    write_text(path, dump_json(obj))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic write (temporary name, fsync, rename)."""
+    atomic_write_text(path, text)
 
 
 def write_shard(path: Path, rows: np.ndarray) -> Dict[str, Any]:

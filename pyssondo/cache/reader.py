@@ -1,7 +1,7 @@
 """Reading an embedding cache: ``EmbeddingCache`` (read-only, memory-mapped shards)."""
 from __future__ import annotations
 
-import math
+import hashlib
 import os
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
@@ -44,7 +44,7 @@ class EmbeddingCache:
     def __init__(self, path: PathLike, verify: bool = False) -> None:
         self.path = Path(path)
         meta = layout.read_json(self.path / layout.META)
-        manifest = layout.read_json(self.path / layout.MANIFEST)
+        manifest = layout.read_manifest(self.path)
         if meta is None or manifest is None:
             raise FileNotFoundError(f"{self.path}: not an embedding cache folder (no "
                                     f"{layout.META} / {layout.MANIFEST}); build one with "
@@ -97,6 +97,11 @@ class EmbeddingCache:
     def segments(self) -> List[Segment]:
         return [Segment(k, self.audio_root / k, s, int(n), int(r))
                 for (k, s), n, r in zip(self.ids, self._lengths, self._rates)]
+
+    @property
+    def digest(self) -> str:
+        """Hex id of the cache's contents (sha256 of its manifest): changes whenever rows do."""
+        return hashlib.sha256(layout.dump_json(self.manifest).encode()).hexdigest()[:16]
 
     def disk_bytes(self) -> int:
         return sum(int(r["bytes"]) for r in self.manifest["shards"].values())
@@ -174,7 +179,8 @@ class EmbeddingCache:
         shape = f"[{m['frames']}, {m['dim']}] frames" if m["frames"] else f"[{m['dim']}]"
         lines = [
             f"cache        {self.path}",
-            f"teacher      {t['name']} ({t['source']}), sha256 {t['fingerprint'][:16]}",
+            f"teacher      {t['meta'].get('name', t['name'])} ({t['source']}), "
+            f"sha256 {t['fingerprint'][:16]}",
             f"rate         {m['teacher_sample_rate']} Hz; window {m['window_s']:g} s, "
             f"hop {m['hop_s']:g} s",
             f"audio        {self.audio_root}",

