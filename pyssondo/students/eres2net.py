@@ -8,7 +8,7 @@ Res2Net bottleneck blocks ([3, 4, 6, 3] blocks, m, 2m, 4m, 8m planes, expansion 
 by attentional feature fusion (AFF: 1x1 conv bottleneck r = 4, BN, SiLU, 1x1 conv, BN;
 y = x (1 + tanh a) + z (1 - tanh a)) instead of added. Global feature fusion: each stage's
 output is downsampled by a 3x3 stride-2 conv and fused by AFF with the next stage's output.
-Activations are ReLU clipped at 20, as in 3D-Speaker.
+Activations are ReLU clipped at 20 and initialisation is PyTorch's default, as in 3D-Speaker.
 
 Embeddings: the fused map [B, 16m, n_mels / 8, T'] (T' = ceil(frames / 8)) is averaged over
 frequency; temporal statistics pooling (mean and standard deviation over time, 32m values) then
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import as_image, init_weights
+from ._common import as_image
 from .registry import register_student
 
 
@@ -144,7 +144,6 @@ class ERes2Net(nn.Module):
         self.embed_dim = embed_dim
         self.n_mels = n_mels
         self.frame_context = frame_context
-        init_weights(self)
 
     def _frame_features(self, x: Tensor) -> Tensor:
         """[B, n_mels, frames] -> [B, 16m, T'] (the fused map averaged over frequency)."""
@@ -158,9 +157,9 @@ class ERes2Net(nn.Module):
         fused = self.fuse1234(out4, self.down3(fused))
         return fused.mean(dim=2)
 
-    def _embed(self, mean: Tensor, sq_mean: Tensor) -> Tensor:
-        std = torch.sqrt((sq_mean - mean * mean).clamp_min(0.0) + 1e-8)
-        return self.embedding(torch.cat([mean, std], dim=-1))
+    def _embed(self, mean: Tensor, var: Tensor) -> Tensor:
+        """Linear([mean, sqrt(var + 1e-8)]) over the last axis."""
+        return self.embedding(torch.cat([mean, torch.sqrt(var + 1e-8)], dim=-1))
 
     @torch.jit.export
     def forward_frames(self, x: Tensor) -> Tensor:
@@ -169,12 +168,13 @@ class ERes2Net(nn.Module):
         k = self.frame_context
         mean = F.avg_pool1d(h, k, 1, k // 2, count_include_pad=False)
         sq_mean = F.avg_pool1d(h * h, k, 1, k // 2, count_include_pad=False)
-        return self._embed(mean.transpose(1, 2), sq_mean.transpose(1, 2))
+        var = (sq_mean - mean * mean).clamp_min(0.0)
+        return self._embed(mean.transpose(1, 2), var.transpose(1, 2))
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, n_mels, frames] -> clip embeddings [B, embed_dim] (statistics over all frames)."""
         h = self._frame_features(x)
-        return self._embed(h.mean(dim=2), (h * h).mean(dim=2))
+        return self._embed(h.mean(dim=2), h.var(dim=2, correction=0))
 
 
 def _eres2net(m_channels: int, **kwargs) -> ERes2Net:

@@ -1,0 +1,142 @@
+"""CPU speed of the students: inference and one training step, at 1 and 2 threads.
+
+Usage:
+    python bench/students.py                       # all students, batch 32 x 10 s
+    python bench/students.py --students mn04,mn10,dymn04 --batch 8 --threads 1,2,4
+    python bench/students.py --script              # also time the TorchScript export
+
+Input: a random log-mel batch [batch, 128, 624] (10 s at 32 kHz, hop 512, n_fft 1024).
+Inference: eval mode, no gradients, the backbone's clip embedding (and, with --script, the
+torch.jit.script of it, as exported). Training step: train mode, backbone -> S-SONDO mapping
+head (Linear(d, 1280), Hardswish, Dropout 0.2, Linear(1280, D), D = --teacher-dim) -> loss
+1 - cos(head(student(x)), target) -> backward -> Adam step. Each time is the median of
+--repeats runs after two warm-up runs. The "vs mn10" column is the time relative to S-SONDO's
+default student mn10 at the same thread count (when mn10 is in the run); "2t/1t" is the speed-up
+from the lowest to the highest thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyssondo.heads import make_head  # noqa: E402
+from pyssondo.students import (count_macs, count_params, create_student,  # noqa: E402
+                               list_students, ten_second_frames)
+
+
+def median_time(fn: Callable[[], None], repeats: int) -> float:
+    for _ in range(2):  # warm-up (TorchScript's profiling executor optimises on run 2)
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_student(name: str, batch: int, frames: int, teacher_dim: int, threads: List[int],
+                  repeats: int, script: bool) -> Dict[Tuple[int, str], float]:
+    """Seconds per batch for ("infer", "script", "train") at each thread count."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 128, frames)
+    target = torch.randn(batch, teacher_dim)
+    model = create_student(name)
+    head = make_head("mlp", model.embed_dim, teacher_dim)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=8e-4)
+    scripted = None
+    if script:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(create_student(name).eval())
+
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    def infer_scripted() -> None:
+        with torch.no_grad():
+            scripted(x)
+
+    def train_step() -> None:
+        model.train()
+        head.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = (1.0 - F.cosine_similarity(head(model(x)), target, dim=-1)).mean()
+        loss.backward()
+        optimizer.step()
+
+    results = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        results[(n, "infer")] = median_time(infer, repeats)
+        if scripted is not None:
+            results[(n, "script")] = median_time(infer_scripted, repeats)
+        results[(n, "train")] = median_time(train_step, repeats)
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--students", default=",".join(list_students()),
+                   help="comma-separated names (default: all registered)")
+    p.add_argument("--batch", type=int, default=32, help="clips per batch (default 32)")
+    p.add_argument("--frames", type=int, default=ten_second_frames(),
+                   help="log-mel frames per clip (default: 10 s = %(default)s)")
+    p.add_argument("--threads", default="1,2", help="torch thread counts (default 1,2)")
+    p.add_argument("--teacher-dim", type=int, default=768, help="head output D (default 768)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per cell (default 3)")
+    p.add_argument("--script", action="store_true", help="also time the TorchScript student")
+    args = p.parse_args(argv)
+    names = [s for s in args.students.split(",") if s]
+    unknown = [s for s in names if s not in list_students()]
+    if unknown:
+        p.error(f"unknown students {unknown}; known: {', '.join(list_students())}")
+    threads = [int(t) for t in args.threads.split(",")]
+    if args.batch < 1 or args.frames < 1 or args.repeats < 1 or min(threads) < 1:
+        p.error("--batch, --frames, --repeats and --threads must be >= 1")
+
+    print(f"torch {torch.__version__}; batch {args.batch} x {args.frames} frames x 128 mels; "
+          f"head mlp -> {args.teacher_dim}; median of {args.repeats}; threads {threads}",
+          flush=True)
+    kinds = ["infer"] + (["script"] if args.script else []) + ["train"]
+    all_results = {}
+    for name in names:
+        model = create_student(name)
+        info = (count_params(model) / 1e6, count_macs(model, 128, args.frames) / 1e6)
+        all_results[name] = (info, bench_student(name, args.batch, args.frames,
+                                                 args.teacher_dim, threads, args.repeats,
+                                                 args.script))
+        print(f"  done {name}", file=sys.stderr, flush=True)
+
+    ref = all_results.get("mn10")
+    print(f"\n{'student':<11} {'params':>7} {'MMACs':>6} {'what':<7} "
+          + " ".join(f"{f'{n}t ms':>9} {f'{n}t clip/s':>10} {'vs mn10':>7}" for n in threads)
+          + f" {'2t/1t' if len(threads) > 1 else '':>6}")
+    for name, ((params, mmacs), res) in all_results.items():
+        for kind in kinds:
+            cells = []
+            for n in threads:
+                sec = res[(n, kind)]
+                rel = f"{sec / ref[1][(n, kind)]:.2f}x" if ref else "-"
+                cells.append(f"{1e3 * sec:>9.0f} {args.batch / sec:>10.1f} {rel:>7}")
+            speedup = res[(threads[0], kind)] / res[(threads[-1], kind)] if len(threads) > 1 else 1
+            print(f"{name:<11} {params:>6.2f}M {mmacs:>6.0f} {kind:<7} " + " ".join(cells)
+                  + f" {speedup:>5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
