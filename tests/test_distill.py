@@ -299,9 +299,12 @@ def test_key_batches_resume_mid_epoch_continues_the_same_order():
 
     labels = np.array([0, 0, 0, 1, 2, 2], dtype=np.int32)
     rows = np.arange(100, 106)
-    full = list(KeyBatches(BalancedSampler(labels, 8, seed=3), rows, 4, 2, 0, 3))
-    later = list(KeyBatches(BalancedSampler(labels, 8, seed=3), rows, 4, 2, 1, 3, start=4))
-    assert len(full) == 6 and later == full[3:]
+    sampler = BalancedSampler(labels, 8, seed=3)
+    full = list(KeyBatches(sampler, rows, 4, 0, 3))
+    resumed = BalancedSampler(labels, 8, seed=3)
+    resumed.load_state_dict({**sampler.state_dict(), "epoch": 1, "position": 4})
+    later = KeyBatches(resumed, rows, 4, 1, 3)
+    assert len(full) == 6 and len(later) == 3 and list(later) == full[3:]
     assert all(k[2] in rows for batch in full for k in batch)
 
 

@@ -186,27 +186,30 @@ class Collate:
 class KeyBatches:
     """Batches of keys for epochs ``first_epoch .. epochs - 1``, lazily, in training order.
 
-    Epoch e's order is the sampler's after ``set_epoch(e)`` (indices into ``rows``, the cache
-    rows of the training set); the first epoch starts at sample ``start`` (a multiple of
-    ``batch_size``: the position stored in a mid-epoch checkpoint).
+    Epoch e's order is the sampler's stream after ``set_epoch(e)`` (indices into ``rows``, the
+    cache rows of the training set), continuing from the sampler's position: after
+    ``sampler.load_state_dict`` of a mid-epoch checkpoint, the first epoch resumes where it
+    stopped. ``len()`` assumes the sampler starts at a multiple of ``batch_size``.
     """
 
-    def __init__(self, sampler: Any, rows: np.ndarray, batch_size: int, steps_per_epoch: int,
-                 first_epoch: int, epochs: int, start: int = 0) -> None:
-        self.sampler, self.rows = sampler, rows
-        self.batch_size, self.steps = batch_size, steps_per_epoch
-        self.first_epoch, self.epochs, self.start = first_epoch, epochs, start
+    def __init__(self, sampler: Any, rows: np.ndarray, batch_size: int, first_epoch: int,
+                 epochs: int) -> None:
+        self.sampler, self.rows, self.batch_size = sampler, rows, batch_size
+        self.first_epoch, self.epochs = first_epoch, epochs
+        self._skip = sampler.position if sampler.epoch == first_epoch else 0
 
     def __len__(self) -> int:
-        return max(0, (self.epochs - self.first_epoch) * self.steps - self.start // self.batch_size)
+        per_epoch = len(self.sampler) // self.batch_size
+        return max(0, (self.epochs - self.first_epoch) * per_epoch - self._skip // self.batch_size)
 
     def __iter__(self) -> Iterator[List[Key]]:
         for epoch in range(self.first_epoch, self.epochs):
             self.sampler.set_epoch(epoch)
+            first = self.sampler.position
             order = np.fromiter(iter(self.sampler), dtype=np.int64)
-            first = self.start if epoch == self.first_epoch else 0
-            for pos in range(first, self.steps * self.batch_size, self.batch_size):
-                yield [(epoch, p, int(self.rows[order[p]])) for p in range(pos, pos + self.batch_size)]
+            for i in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                yield [(epoch, first + j, int(self.rows[order[j]]))
+                       for j in range(i, i + self.batch_size)]
 
 
 def fixed_batches(rows: np.ndarray, batch_size: int) -> List[List[Key]]:

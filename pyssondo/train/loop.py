@@ -219,7 +219,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                          f"empty or every file failed to decode)")
     meta = cache.meta
     teacher_fp = str(meta["teacher"]["fingerprint"])
-    if state is not None and state["teacher"]["fingerprint"] != teacher_fp:
+    if run is not None and state["teacher"]["fingerprint"] != teacher_fp:
         raise ValueError(f"{run.path}: the run was trained on teacher "
                          f"{state['teacher']['fingerprint'][:12]} but the cache now holds "
                          f"{teacher_fp[:12]}; start a new run")
@@ -276,9 +276,11 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
         epoch, position = int(state["sampler"]["epoch"]), int(state["sampler"]["position"])
         step, best = int(state["step"]), state.get("best_metric")
         resumed_losses = [float(v) for v in state["epoch_losses"]]
+        sampler.load_state_dict(state["sampler"])
         run.truncate_log(step)
         log.info("resuming %s at epoch %d, step %d", run.path, epoch + 1, step)
     else:
+        run = _fresh(cfg)
         run.write_config(cfg, {"teacher_fingerprint": teacher_fp, "cache": str(cache_path),
                                "train_segments": int(len(train_rows)),
                                "val_segments": int(len(val_rows)), "steps_per_epoch": steps_per_epoch})
@@ -292,7 +294,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
               "student_name": cfg.student, "student": model.student.state_dict(),
               "head": model.head.state_dict(), "optimizer": opt.state_dict(),
               "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-              "rng": capture_rng(), "sampler": {"epoch": epoch_, "position": position_},
+              "rng": capture_rng(),
+              "sampler": {**sampler.state_dict(), "epoch": epoch_, "position": position_},
               "step": step, "best_metric": best, "metric": metric, "epochs_done": epoch_,
               "epoch_losses": list(losses) if position_ else []}
         save_checkpoint(run.last, st)
@@ -306,8 +309,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
             + (f"the last good checkpoint is kept at {kept}" if kept else "no checkpoint was written yet")
             + f"; lower --lr (now {cfg.lr:g}) or use --precision fp32 (now {cfg.precision})")
 
-    loader = make_loader(dataset, KeyBatches(sampler, train_rows, cfg.batch_size, steps_per_epoch,
-                                             epoch, cfg.epochs, position),
+    loader = make_loader(dataset, KeyBatches(sampler, train_rows, cfg.batch_size, epoch,
+                                             cfg.epochs),
                          Collate(cfg.mel, augment, cfg.seed), cfg.workers)
     batches = iter(loader)
     while epoch < cfg.epochs:
@@ -393,14 +396,15 @@ def evaluate(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
 
 
 def _open_run(cfg: DistillConfig, resume: Optional[str]):
-    """The run folder to write into and the checkpoint to continue from (or None)."""
+    """The run folder and checkpoint to continue from, or (None, None) for a new run (whose
+    folder is made once the inputs have been checked)."""
     if resume is None:
-        return _fresh(cfg), None
+        return None, None
     if resume == "auto":
         run = find_resumable(cfg.out, cfg.hash())
         if run is None:
             log.info("no run with this config under %s: starting a new one", cfg.out)
-            return _fresh(cfg), None
+            return None, None
         return run, load_checkpoint(run.last)
     path = Path(resume)
     if path.is_dir():
