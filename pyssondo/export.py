@@ -168,9 +168,13 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
 def quantize_int8(module: ExportedStudent) -> ExportedStudent:
     """Dynamic int8 quantisation of the Linear layers (weights int8, activations quantised on
     the fly); convolutions stay float32, so the gain depends on how much of the model is Linear."""
+    import warnings
+
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch 2.13 flags its own quantize_per_tensor as deprecated
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
 
 
 def probe_signals(sample_rate: int, window: int) -> List[torch.Tensor]:
@@ -277,7 +281,7 @@ def format_report(r: ExportReport) -> str:
         speed = (f", {r.latency_ms:.1f} ms vs fp32 {i['fp32_latency_ms']:.1f} ms"
                  if "fp32_latency_ms" in i else "")
         lines.append(f"int8: {r.size_bytes / 1e6:.2f} MB vs fp32 {i['fp32_size_bytes'] / 1e6:.2f} MB"
-                     f"{speed}, cosine to fp32 output {i['cosine_to_fp32']:.4f}")
+                     f"{speed}, cosine to fp32 output {i['cosine_to_fp32']:.5f}")
     lines.append("C++ app: cmake -S . -B build -DSSONDO_BUILD_APP=ON -DCMAKE_PREFIX_PATH=\"$(python -c "
                  "'import torch;print(torch.utils.cmake_prefix_path)')\" && cmake --build build")
     lines.append(f"          build/ssondo-embed {r.path} input.wav")

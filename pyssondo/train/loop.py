@@ -199,8 +199,10 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     run, state = _open_run(cfg, resume)
     if state is not None:
         stored = DistillConfig.from_json(state["config"])
+        recorded = json.loads(run.config.read_text()).get("cache") if run.config.is_file() else None
         cfg = stored.replace(out=cfg.out, workers=cfg.workers, threads=cfg.threads,
-                             log_every=cfg.log_every, cache_dir=cfg.cache_dir or stored.cache_dir)
+                             log_every=cfg.log_every,
+                             cache_dir=cfg.cache_dir or recorded or stored.cache_dir)
     cfg.validate()
     if cfg.threads:
         from ..threads import set_num_threads
