@@ -39,10 +39,9 @@ from pyssondo.config import MelConfig  # noqa: E402
 class StandIn(torch.nn.Module):
     """Teacher stand-in: [B, T] 16 kHz -> [B, 256] random projection of 64-sample frame energies."""
 
-    sample_rate: int = 16000
-
     def __init__(self) -> None:
         super().__init__()
+        self.sample_rate = 16000
         self.register_buffer("proj", torch.randn(64, 256, generator=torch.Generator().manual_seed(0)))
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
@@ -101,7 +100,8 @@ def loader_rate(loader, batches):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "pool"))
+    p.add_argument("--data", default=os.environ.get("SSONDO_DATA", str(ROOT.parent / "shared" / "data")) + "/pool",
+                   help="folder of audio (default: $SSONDO_DATA/pool or ../shared/data/pool)")
     p.add_argument("--student", default="mn04")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=20)

@@ -133,14 +133,16 @@ def run(args: argparse.Namespace) -> int:
         cfg = DistillConfig(teacher=str(teacher_path), audio=str(root / "audio"), student=STUDENT,
                             mel=mel, window_s=WINDOW_S, clusters=8, batch_size=32, lr=4e-3,
                             val_fraction=0.1, out=str(root / "runs"), seed=args.seed,
-                            workers=1, projected=True, epochs=1)
+                            workers=0, projected=True, epochs=1)
         segments = len(train_files) * int(np.ceil(CLIP_S / WINDOW_S))
         epochs = plan_epochs(cfg, segments, 60 * args.minutes)
         cfg = cfg.replace(epochs=epochs)
         print(f"[3/5] distilling {STUDENT} for {epochs} epochs (~{args.minutes:g} min budget; "
               f"teacher cache first)")
+        t0 = time.perf_counter()
         result = distill(cfg)
-        print(f"      run folder {result.run.path}")
+        print(f"      cache + training took {time.perf_counter() - t0:.0f} s; run folder "
+              f"{result.run.path}")
 
         print("[4/5] exported (with the head, teacher space) ->", result.export)
         print("[5/5] cosine similarity to the teacher on held-out clips")
@@ -192,7 +194,7 @@ def plan_epochs(cfg, segments: int, seconds: float) -> int:
         model(x).square().mean().backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    per_step = min(times[1:]) * 1.3  # data loading and validation on top
+    per_step = min(times[1:]) * 2.0  # data loading, validation and checkpoints on top
     steps_per_epoch = max(1, -(-int(segments * (1 - cfg.val_fraction)) // cfg.batch_size))
     return int(max(2, min(200, seconds / (per_step * steps_per_epoch))))
 
