@@ -2,7 +2,6 @@
 int8, and `ssondo embed` on the export."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

@@ -51,7 +51,8 @@ OPTIONS = [
     ("--weight-decay", "weight_decay", float, "Adam weight decay"),
     ("--grad-clip", "grad_clip", float, "max gradient norm (0 = off)"),
     ("--seed", "seed", int, "seed of sampling, augmentation and initialisation"),
-    ("--precision", "precision", str, "fp32, bf16 or fp16 (autocast; fp16 uses a grad scaler on cuda)"),
+    ("--precision", "precision", str,
+     "fp32, bf16 or fp16 (autocast; fp16 uses a grad scaler on cuda)"),
     ("--device", "device", str, "cpu or cuda"),
     ("--workers", "workers", int, "DataLoader worker processes (0 = load in the main process)"),
     ("--threads", "threads", int, "torch and C++ threads (0 = library default)"),
@@ -84,7 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or a run folder / checkpoint to continue")
     for flag, name, typ, text in OPTIONS:
         p.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
-                       metavar=typ.__name__.upper().replace("STR", "TEXT"), help=f"{text} (default: {getattr(defaults, name)})")
+                       metavar=typ.__name__.upper().replace("STR", "TEXT"),
+                       help=f"{text} (default: {getattr(defaults, name)})")
     for flag, name, text in FLAGS:
         p.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
     mel = MelConfig()

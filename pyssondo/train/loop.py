@@ -193,8 +193,9 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
         ValueError: bad settings or inputs; TrainingDiverged when the loss becomes NaN/inf.
         OSError: a checkpoint could not be written (the previous one is intact).
     """
-    from ..losses import make_loss
     from ..cache import EmbeddingCache
+    from ..losses import make_loss
+    from ..sampling import BalancedSampler, load_or_fit_clusters
 
     run, state = _open_run(cfg, resume)
     if state is not None:
@@ -226,7 +227,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                          f"{state['teacher']['fingerprint'][:12]} but the cache now holds "
                          f"{teacher_fp[:12]}; start a new run")
     loss_fn = make_loss(cfg.loss)
-    frame_level = getattr(loss_fn, "level", "clip") == "frame"
+    frame_level = loss_fn.level == "frame"
     targets = cache.embeddings(pool=None if frame_level else "mean")
     if frame_level and targets.ndim != 3:
         raise ValueError(f"distill: loss {cfg.loss} needs frame-level teacher embeddings, but "
@@ -239,14 +240,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
 
     # Data: clusters over the whole cache, a by-file validation split, a balanced sampler.
     train_rows, val_rows = split_by_file(segments, cfg.val_fraction, cfg.seed)
-    from ..sampling import BalancedSampler, load_or_fit_clusters
-
     k = min(cfg.clusters, len(segments))
-    labels = np.asarray(load_or_fit_clusters(cache_path, k=k, metric=cfg.cluster_metric,
-                                             seed=cfg.seed))
-    if labels.shape[0] != len(segments):
-        raise ValueError(f"{cache_path}: {labels.shape[0]} cluster ids for {len(segments)} "
-                         f"segments; delete the clusters-*.npy files there")
+    labels = load_or_fit_clusters(cache_path, k=k, metric=cfg.cluster_metric, seed=cfg.seed)
     samples = cfg.samples_per_epoch or len(train_rows)
     steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
@@ -285,7 +280,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
         run = _fresh(cfg)
         run.write_config(cfg, {"teacher_fingerprint": teacher_fp, "cache": str(cache_path),
                                "train_segments": int(len(train_rows)),
-                               "val_segments": int(len(val_rows)), "steps_per_epoch": steps_per_epoch})
+                               "val_segments": int(len(val_rows)),
+                               "steps_per_epoch": steps_per_epoch})
 
     teacher = {"name": str(meta["teacher"]["name"]), "fingerprint": teacher_fp,
                "dim": int(targets.shape[-1]), "sample_rate": int(meta["teacher_sample_rate"]),
@@ -308,7 +304,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
         kept = run.last if run.last.is_file() else None
         return TrainingDiverged(
             f"distill: {what} became NaN/inf at epoch {epoch + 1}, step {step + 1}; "
-            + (f"the last good checkpoint is kept at {kept}" if kept else "no checkpoint was written yet")
+            + (f"the last good checkpoint is kept at {kept}" if kept
+               else "no checkpoint was written yet")
             + f"; lower --lr (now {cfg.lr:g}) or use --precision fp32 (now {cfg.precision})")
 
     loader = make_loader(dataset, KeyBatches(sampler, train_rows, cfg.batch_size, epoch,
