@@ -104,7 +104,7 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     # The export, in a fresh process, on held-out files.
     emb = tmp_path / "emb.npy"
     proc = subprocess.run([sys.executable, "-m", "pyssondo", "embed", str(run / "student.pt"),
-                           *map(str, work["held"]), "-o", str(emb)],
+                           *map(str, work["held"]), "-o", str(emb), "--threads", "1"],
                           capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr
     student = torch.from_numpy(np.load(emb))

@@ -98,7 +98,7 @@ def test_save_reload_metadata_and_embed_cli(module, tmp_path):
         files.append(path)
     emb = tmp_path / "emb.npy"
     proc = subprocess.run([sys.executable, "-m", "pyssondo", "embed", str(out), *map(str, files),
-                           "-o", str(emb), "-v"], capture_output=True, text=True,
+                           "-o", str(emb), "-v", "--threads", "1"], capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert sum(line.endswith(" ms") for line in proc.stdout.splitlines()) == 2
