@@ -156,7 +156,7 @@ void bind_frontend(py::module_& m) {
         ssondo::WavAudio wav;
         {
           py::gil_scoped_release release;
-          wav = ssondo::read_wav(path);
+          wav = ssondo::read_wav_file(path);
         }
         py::array_t<float> out({wav.channels, wav.frames});
         std::copy(wav.samples.begin(), wav.samples.end(), out.mutable_data());

@@ -12,62 +12,112 @@ namespace {
 
 constexpr std::size_t L = kFftLanes;
 constexpr double kPi = 3.14159265358979323846;
+constexpr std::size_t kMaxOddRadix = 7;
 
-bool is_pow2(std::size_t n) { return n > 0 && (n & (n - 1)) == 0; }
-
-// Stockham autosort FFT of a power-of-two size n on lanes: radix-4 stages, then one radix-2
-// stage when log2(n) is odd. Reads (xr, xi), ping-pongs with (yr, yi); returns true when the
-// result ends in (yr, yi), false when it ends in (xr, xi).
+// One radix-4 Stockham stage: sub-transforms of length nn = 4m at stride s (in lane groups).
 SSONDO_MULTIVERSION
-bool stockham(std::size_t n, const float* tw, float* xr, float* xi, float* yr, float* yi) {
+void radix4_stage(std::size_t m, std::size_t s, const float* tw, const float* xr, const float* xi,
+                  float* yr, float* yi) {
+  for (std::size_t p = 0; p < m; ++p) {
+    const float w1r = tw[6 * p], w1i = tw[6 * p + 1], w2r = tw[6 * p + 2];
+    const float w2i = tw[6 * p + 3], w3r = tw[6 * p + 4], w3i = tw[6 * p + 5];
+    for (std::size_t q = 0; q < s; ++q) {
+      const std::size_t ia = (q + s * p) * L, ib = ia + s * m * L, ic = ib + s * m * L,
+                        id = ic + s * m * L, i0 = (q + s * 4 * p) * L, is = s * L;
+      const V8 ar = v8_load(xr + ia), ai = v8_load(xi + ia);
+      const V8 br = v8_load(xr + ib), bi = v8_load(xi + ib);
+      const V8 cr = v8_load(xr + ic), ci = v8_load(xi + ic);
+      const V8 dr = v8_load(xr + id), di = v8_load(xi + id);
+      const V8 apcr = ar + cr, apci = ai + ci, amcr = ar - cr, amci = ai - ci;
+      const V8 bpdr = br + dr, bpdi = bi + di;
+      const V8 jr = bi - di, ji = dr - br;  // -i (b - d)
+      const V8 t1r = amcr + jr, t1i = amci + ji;
+      const V8 t2r = apcr - bpdr, t2i = apci - bpdi;
+      const V8 t3r = amcr - jr, t3i = amci - ji;
+      v8_store(yr + i0, apcr + bpdr);
+      v8_store(yi + i0, apci + bpdi);
+      v8_store(yr + i0 + is, t1r * w1r - t1i * w1i);
+      v8_store(yi + i0 + is, t1r * w1i + t1i * w1r);
+      v8_store(yr + i0 + 2 * is, t2r * w2r - t2i * w2i);
+      v8_store(yi + i0 + 2 * is, t2r * w2i + t2i * w2r);
+      v8_store(yr + i0 + 3 * is, t3r * w3r - t3i * w3i);
+      v8_store(yi + i0 + 3 * is, t3r * w3i + t3i * w3r);
+    }
+  }
+}
+
+// The last stage when a factor 2 is left (nn = 2, no twiddles).
+SSONDO_MULTIVERSION
+void radix2_last(std::size_t s, const float* xr, const float* xi, float* yr, float* yi) {
+  for (std::size_t q = 0; q < s; ++q) {
+    const std::size_t ia = q * L, ib = (q + s) * L;
+    const V8 ar = v8_load(xr + ia), ai = v8_load(xi + ia);
+    const V8 br = v8_load(xr + ib), bi = v8_load(xi + ib);
+    v8_store(yr + ia, ar + br);
+    v8_store(yi + ia, ai + bi);
+    v8_store(yr + ib, ar - br);
+    v8_store(yi + ib, ai - bi);
+  }
+}
+
+// One radix-r stage (r odd, r <= kMaxOddRadix) by a direct r-point DFT: roots holds
+// exp(-2 pi i t / r) for t < r, tw holds exp(-2 pi i p k / nn) for k in [1, r) per p.
+SSONDO_MULTIVERSION
+void odd_radix_stage(std::size_t r, std::size_t m, std::size_t s, const float* roots,
+                     const float* tw, const float* xr, const float* xi, float* yr, float* yi) {
+  V8 ar[kMaxOddRadix], ai[kMaxOddRadix];
+  for (std::size_t p = 0; p < m; ++p) {
+    const float* w = tw + 2 * (r - 1) * p;
+    for (std::size_t q = 0; q < s; ++q) {
+      for (std::size_t j = 0; j < r; ++j) {
+        ar[j] = v8_load(xr + (q + s * (p + j * m)) * L);
+        ai[j] = v8_load(xi + (q + s * (p + j * m)) * L);
+      }
+      for (std::size_t k = 0; k < r; ++k) {
+        V8 sr = ar[0], si = ai[0];
+        for (std::size_t j = 1; j < r; ++j) {
+          const std::size_t t = (j * k) % r;
+          const float cr = roots[2 * t], ci = roots[2 * t + 1];
+          sr = sr + ar[j] * cr - ai[j] * ci;
+          si = si + ar[j] * ci + ai[j] * cr;
+        }
+        const std::size_t io = (q + s * (r * p + k)) * L;
+        if (k == 0) {
+          v8_store(yr + io, sr);
+          v8_store(yi + io, si);
+        } else {
+          const float wr = w[2 * (k - 1)], wi = w[2 * (k - 1) + 1];
+          v8_store(yr + io, sr * wr - si * wi);
+          v8_store(yi + io, sr * wi + si * wr);
+        }
+      }
+    }
+  }
+}
+
+// Stockham autosort FFT of size n = product of `radices` (4s first, then odd radices, then at
+// most one final 2) on lanes. Reads (xr, xi), ping-pongs with (yr, yi); returns true when the
+// result ends in (yr, yi), false when it ends in (xr, xi).
+bool stockham(std::size_t n, const std::vector<int>& radices, const float* tw, float* xr,
+              float* xi, float* yr, float* yi) {
   static_assert(L == 8, "the FFT kernels work on V8 lane groups");
   std::size_t nn = n, s = 1;
   bool in_y = false;
-  while (nn >= 4) {
-    const std::size_t m = nn / 4;
-    for (std::size_t p = 0; p < m; ++p) {
-      const float w1r = tw[6 * p], w1i = tw[6 * p + 1], w2r = tw[6 * p + 2];
-      const float w2i = tw[6 * p + 3], w3r = tw[6 * p + 4], w3i = tw[6 * p + 5];
-      for (std::size_t q = 0; q < s; ++q) {
-        const std::size_t ia = (q + s * p) * L, ib = ia + s * m * L, ic = ib + s * m * L,
-                          id = ic + s * m * L, i0 = (q + s * 4 * p) * L, is = s * L;
-        const V8 ar = v8_load(xr + ia), ai = v8_load(xi + ia);
-        const V8 br = v8_load(xr + ib), bi = v8_load(xi + ib);
-        const V8 cr = v8_load(xr + ic), ci = v8_load(xi + ic);
-        const V8 dr = v8_load(xr + id), di = v8_load(xi + id);
-        const V8 apcr = ar + cr, apci = ai + ci, amcr = ar - cr, amci = ai - ci;
-        const V8 bpdr = br + dr, bpdi = bi + di;
-        const V8 jr = bi - di, ji = dr - br;  // -i (b - d)
-        const V8 t1r = amcr + jr, t1i = amci + ji;
-        const V8 t2r = apcr - bpdr, t2i = apci - bpdi;
-        const V8 t3r = amcr - jr, t3i = amci - ji;
-        v8_store(yr + i0, apcr + bpdr);
-        v8_store(yi + i0, apci + bpdi);
-        v8_store(yr + i0 + is, t1r * w1r - t1i * w1i);
-        v8_store(yi + i0 + is, t1r * w1i + t1i * w1r);
-        v8_store(yr + i0 + 2 * is, t2r * w2r - t2i * w2i);
-        v8_store(yi + i0 + 2 * is, t2r * w2i + t2i * w2r);
-        v8_store(yr + i0 + 3 * is, t3r * w3r - t3i * w3i);
-        v8_store(yi + i0 + 3 * is, t3r * w3i + t3i * w3r);
-      }
+  for (const int radix : radices) {
+    const std::size_t r = static_cast<std::size_t>(radix), m = nn / r;
+    if (r == 4) {
+      radix4_stage(m, s, tw, xr, xi, yr, yi);
+      tw += 6 * m;
+    } else if (r == 2) {
+      radix2_last(s, xr, xi, yr, yi);
+    } else {
+      odd_radix_stage(r, m, s, tw, tw + 2 * r, xr, xi, yr, yi);
+      tw += 2 * r + 2 * (r - 1) * m;
     }
-    tw += 6 * m;
     nn = m;
-    s *= 4;
+    s *= r;
     std::swap(xr, yr);
     std::swap(xi, yi);
-    in_y = !in_y;
-  }
-  if (nn == 2) {
-    for (std::size_t q = 0; q < s; ++q) {
-      const std::size_t ia = q * L, ib = (q + s) * L;
-      const V8 ar = v8_load(xr + ia), ai = v8_load(xi + ia);
-      const V8 br = v8_load(xr + ib), bi = v8_load(xi + ib);
-      v8_store(yr + ia, ar + br);
-      v8_store(yi + ia, ai + bi);
-      v8_store(yr + ib, ar - br);
-      v8_store(yi + ib, ai - bi);
-    }
     in_y = !in_y;
   }
   return in_y;
@@ -101,18 +151,44 @@ void check_size(std::size_t n, const char* what) {
 
 ComplexFFT::ComplexFFT(std::size_t n) : n_(n) {
   check_size(n, "ComplexFFT");
-  if (is_pow2(n)) {
-    for (std::size_t nn = n; nn >= 4; nn /= 4) {
-      for (std::size_t p = 0; p < nn / 4; ++p) {
-        for (std::size_t r = 1; r <= 3; ++r) {
-          const double a = -2.0 * kPi * static_cast<double>(r * p) / static_cast<double>(nn);
-          twiddles_.push_back(static_cast<float>(std::cos(a)));
-          twiddles_.push_back(static_cast<float>(std::sin(a)));
+  // Factor n into 4s, odd radices up to kMaxOddRadix and at most one 2 (the last stage).
+  std::size_t rest = n;
+  std::vector<int> odd;
+  while (rest % 4 == 0) {
+    radices_.push_back(4);
+    rest /= 4;
+  }
+  for (int r = 3; r <= static_cast<int>(kMaxOddRadix); r += 2) {
+    while (rest % r == 0) {
+      odd.push_back(r);
+      rest /= r;
+    }
+  }
+  const bool two = rest % 2 == 0;
+  if (two) rest /= 2;
+  if (rest == 1) {
+    radices_.insert(radices_.end(), odd.begin(), odd.end());
+    if (two) radices_.push_back(2);
+    std::size_t nn = n;
+    auto push = [&](double a) {
+      twiddles_.push_back(static_cast<float>(std::cos(a)));
+      twiddles_.push_back(static_cast<float>(std::sin(a)));
+    };
+    for (const int radix : radices_) {
+      const std::size_t r = static_cast<std::size_t>(radix);
+      if (r != 2 && r != 4) {
+        for (std::size_t t = 0; t < r; ++t) push(-2.0 * kPi * t / r);
+      }
+      if (r != 2) {
+        for (std::size_t p = 0; p < nn / r; ++p) {
+          for (std::size_t k = 1; k < r; ++k) push(-2.0 * kPi * static_cast<double>(k * p) / nn);
         }
       }
+      nn /= r;
     }
     return;
   }
+  radices_.clear();
   // Bluestein: X[k] = c[k] sum_j (x[j] c[j]) conj(c[k - j]), a circular convolution of size m.
   m_ = 1;
   while (m_ < 2 * n - 1) m_ *= 2;
@@ -133,18 +209,12 @@ ComplexFFT::ComplexFFT(std::size_t n) : n_(n) {
       bim[idx * L] = -chirp_im_[j];
     }
   }
-  float* spec_re = bre.data();
-  float* spec_im = bim.data();
-  if (stockham(m_, inner_->twiddles_.data(), bre.data(), bim.data(), work.data(),
-               work.data() + m_ * L)) {
-    spec_re = work.data();
-    spec_im = work.data() + m_ * L;
-  }
+  const Split spec = inner_->transform(bre.data(), bim.data(), work.data());
   kernel_re_.resize(m_);
   kernel_im_.resize(m_);
   for (std::size_t k = 0; k < m_; ++k) {
-    kernel_re_[k] = static_cast<float>(spec_re[k * L] * scale);
-    kernel_im_[k] = static_cast<float>(spec_im[k * L] * scale);
+    kernel_re_[k] = static_cast<float>(spec.re[k * L] * scale);
+    kernel_im_[k] = static_cast<float>(spec.im[k * L] * scale);
   }
 }
 
@@ -165,7 +235,7 @@ void ComplexFFT::forward(float* re, float* im, float* work) const {
 
 ComplexFFT::Split ComplexFFT::transform(float* re, float* im, float* work) const {
   if (m_ == 0) {
-    if (stockham(n_, twiddles_.data(), re, im, work, work + n_ * L)) {
+    if (stockham(n_, radices_, twiddles_.data(), re, im, work, work + n_ * L)) {
       return {work, work + n_ * L};
     }
     return {re, im};
@@ -184,12 +254,12 @@ ComplexFFT::Split ComplexFFT::transform(float* re, float* im, float* work) const
   }
   std::memset(ar + n * L, 0, (m - n) * L * sizeof(float));
   std::memset(ai + n * L, 0, (m - n) * L * sizeof(float));
-  const float* tw = inner_->twiddles_.data();
+  const ComplexFFT& inner = *inner_;
   // Forward transform of a; the result sits in (ar, ai) or in scratch.
   float* fr = ar;
   float* fi = ai;
   float* other = scratch;
-  if (stockham(m, tw, ar, ai, scratch, scratch + m * L)) {
+  if (stockham(m, inner.radices_, inner.twiddles_.data(), ar, ai, scratch, scratch + m * L)) {
     fr = scratch;
     fi = scratch + m * L;
     other = work;
@@ -205,7 +275,7 @@ ComplexFFT::Split ComplexFFT::transform(float* re, float* im, float* work) const
   // Inverse transform by swapping real and imaginary parts around a forward transform.
   const float* gr = fi;
   const float* gi = fr;
-  if (stockham(m, tw, fi, fr, other + m * L, other)) {
+  if (stockham(m, inner.radices_, inner.twiddles_.data(), fi, fr, other + m * L, other)) {
     gr = other + m * L;
     gi = other;
   }

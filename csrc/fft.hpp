@@ -5,10 +5,12 @@
 // floats, which the compiler vectorises without shuffles; the log-mel front end feeds
 // kFftLanes consecutive frames through one transform.
 //
-// Sizes: powers of two use a Stockham autosort radix-4 (plus one radix-2 stage); other sizes
-// use Bluestein's algorithm on a power-of-two transform. Plans are immutable after
-// construction and may be shared by threads; every call takes its scratch memory from the
-// caller, so nothing is allocated per transform.
+// Sizes: products of 2, 3, 5 and 7 use Stockham autosort stages (radix 4, then direct odd
+// radices 3, 5, 7, then at most one radix 2); sizes with a larger prime factor use Bluestein's
+// algorithm on a power-of-two transform. The stage kernels are compiled for AVX2 and for the
+// baseline, chosen at load time (vec8.hpp). Plans are immutable after construction and may be
+// shared by threads; every call takes its scratch memory from the caller, so nothing is
+// allocated per transform.
 #pragma once
 
 #include <cstddef>
@@ -19,7 +21,7 @@ namespace ssondo {
 
 constexpr std::size_t kFftLanes = 8;
 // Largest transform size a plan accepts (larger sizes throw std::invalid_argument).
-constexpr std::size_t kMaxFftSize = std::size_t(1) << 24;
+constexpr std::size_t kMaxFftSize = std::size_t(1) << 20;
 
 // Forward complex DFT X[k] = sum_j x[j] exp(-2 pi i j k / n), n >= 1, on kFftLanes signals.
 class ComplexFFT {
@@ -44,7 +46,8 @@ class ComplexFFT {
 
  private:
   std::size_t n_;
-  // Power of two: per-stage twiddles (w^p, w^2p, w^3p as re/im pairs).
+  // Sizes with factors 2, 3, 5, 7 only: Stockham stages of these radices and their twiddles.
+  std::vector<int> radices_;
   std::vector<float> twiddles_;
   // Bluestein: chirp c[j] = exp(-i pi j^2 / n) and the spectrum of conj(c), scaled by 1/m.
   std::size_t m_ = 0;

@@ -131,4 +131,12 @@ void Resampler::process(const float* x, std::int64_t batch, std::int64_t t, floa
   });
 }
 
+std::vector<float> resample(const float* x, std::int64_t batch, std::int64_t t, std::int64_t sr_in,
+                            std::int64_t sr_out) {
+  const Resampler r(sr_in, sr_out);
+  std::vector<float> out(static_cast<std::size_t>(batch * r.output_length(t)));
+  r.process(x, batch, t, out.data());
+  return out;
+}
+
 }  // namespace ssondo

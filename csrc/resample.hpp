@@ -47,4 +47,9 @@ class Resampler {
   std::vector<float> phases_;  // [up, taps_]: phase p holds h[p + up * i] reversed
 };
 
+// Convenience for callers outside Python (the C++ app): resamples x [batch, t] from sr_in to
+// sr_out Hz and returns [batch, ceil(t * sr_out / sr_in)] row-major.
+std::vector<float> resample(const float* x, std::int64_t batch, std::int64_t t, std::int64_t sr_in,
+                            std::int64_t sr_out);
+
 }  // namespace ssondo

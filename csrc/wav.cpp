@@ -136,7 +136,7 @@ WavAudio parse_wav(const unsigned char* data, std::size_t size, const std::strin
   }
 }
 
-WavAudio read_wav(const std::string& path) {
+WavAudio read_wav_file(const std::string& path) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) fail(path, "no such file");
   std::ifstream f(path, std::ios::binary);
@@ -146,6 +146,18 @@ WavAudio read_wav(const std::string& path) {
     fail(path, "read error");
   }
   return parse_wav(bytes.data(), bytes.size(), path);
+}
+
+std::vector<float> mix_to_mono(const WavAudio& wav) {
+  std::vector<float> mono(static_cast<std::size_t>(wav.frames), 0.0f);
+  if (wav.channels < 1) return mono;
+  for (std::int64_t c = 0; c < wav.channels; ++c) {
+    const float* ch = wav.samples.data() + c * wav.frames;
+    for (std::int64_t t = 0; t < wav.frames; ++t) mono[t] += ch[t];
+  }
+  const float scale = 1.0f / static_cast<float>(wav.channels);
+  for (float& v : mono) v *= scale;
+  return mono;
 }
 
 }  // namespace ssondo

@@ -22,8 +22,10 @@ struct WavAudio {
 };
 
 // Reads the file at `path`.
-WavAudio read_wav(const std::string& path);
+WavAudio read_wav_file(const std::string& path);
 // Parses a WAV file held in memory; `name` is used in error messages.
 WavAudio parse_wav(const unsigned char* data, std::size_t size, const std::string& name);
+// The average of the channels, [frames].
+std::vector<float> mix_to_mono(const WavAudio& wav);
 
 }  // namespace ssondo
