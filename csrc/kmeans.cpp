@@ -427,49 +427,88 @@ void kmeanspp(const float* x, std::size_t n, std::size_t d, std::size_t k, int n
                                 " is larger than the number of points n = " + std::to_string(n));
   }
   if (d == 0) throw std::invalid_argument("kmeans++: d must be >= 1");
-  const std::size_t trials =
-      n_trials > 0 ? static_cast<std::size_t>(n_trials)
-                   : 2 + static_cast<std::size_t>(std::log(static_cast<double>(k)));
+  // The candidates of one step form the rows of a tile and the points are packed once as
+  // "centroid" panels, so the kernel computes rows in groups of MR: the default number of
+  // trials, 2 + ln k (scikit-learn's), is rounded to the nearest multiple of MR (at least MR).
+  const std::size_t sk_trials = 2 + static_cast<std::size_t>(std::log(static_cast<double>(k)));
+  const std::size_t trials = std::min<std::size_t>(
+      MB, n_trials > 0 ? static_cast<std::size_t>(n_trials)
+                       : std::max(MR, (sk_trials + MR / 2) / MR * MR));
   std::mt19937_64 rng(seed);
   auto uniform = [&rng]() { return static_cast<double>(rng() >> 11) * 0x1.0p-53; };
   auto uniform_index = [&](std::size_t m) {
     return std::min<std::size_t>(m - 1, static_cast<std::size_t>(uniform() * m));
   };
-
-  std::vector<float> closest(n), cand_dist(n * trials), centre(d * trials);
+  const Packed px = pack_centroids(x, n, d, Metric::euclidean);
+  Rows cand_rows;
+  cand_rows.d = d;
+  std::vector<float> raw(MB * d), centre(MB * d), cnorm(MB), cand_dist(trials * n), closest(n);
   std::vector<double> cumsum(n);
+  // cand_dist[t * n + i] = ||raw_t - x_i||^2 for the first `rows` candidate rows in `raw`.
+  auto distances = [&](std::size_t rows) {
+    cand_rows.data = raw.data();
+    cand_rows.n = rows;
+    load_tile(cand_rows, 0, rows, Metric::euclidean, centre.data(), cnorm.data());
+    const std::size_t npanels = px.kpad / NR;
+    parallel_for(npanels, 16, [&](std::size_t j0, std::size_t j1) {
+      std::vector<float> dot(MB * NR);
+      for (std::size_t jp = j0; jp < j1; ++jp) {
+        const MicroFn micro = kernels().micro;
+        for (std::size_t p0 = 0; p0 < d; p0 += KC) {
+          const std::size_t kc = std::min(KC, d - p0);
+          const float* panel = px.panels.data() + jp * d * NR + p0 * NR;
+          for (std::size_t r = 0; r < round_up(rows, MR); r += MR) {
+            micro(centre.data() + r * d + p0, d, panel, kc, dot.data() + r * NR, NR, p0 > 0);
+          }
+        }
+        const std::size_t i0 = jp * NR, i1 = std::min(n, i0 + NR);
+        for (std::size_t t = 0; t < rows; ++t) {
+          for (std::size_t i = i0; i < i1; ++i) {
+            cand_dist[t * n + i] =
+                std::max(0.f, cnorm[t] + px.norms[i] - 2.f * dot[t * NR + (i - i0)]);
+          }
+        }
+      }
+    });
+  };
+
   chosen[0] = static_cast<std::int64_t>(uniform_index(n));
-  sq_distances(x, n, x + chosen[0] * d, 1, d, closest.data());
+  std::memcpy(raw.data(), x + chosen[0] * d, d * sizeof(float));
+  distances(1);
+  std::copy(cand_dist.begin(), cand_dist.begin() + n, closest.begin());
+  std::vector<std::size_t> cand(trials);
   for (std::size_t c = 1; c < k; ++c) {
     double pot = 0.0;
     for (std::size_t i = 0; i < n; ++i) cumsum[i] = (pot += closest[i]);
-    std::vector<std::size_t> cand(trials);
     for (std::size_t t = 0; t < trials; ++t) {
+      std::size_t i;
       if (pot > 0.0) {
         const double u = uniform() * pot;
-        std::size_t i = std::upper_bound(cumsum.begin(), cumsum.end(), u) - cumsum.begin();
+        i = std::upper_bound(cumsum.begin(), cumsum.end(), u) - cumsum.begin();
         i = std::min(i, n - 1);
         while (closest[i] == 0.f && i > 0) --i;  // never land on a zero-weight point
         while (closest[i] == 0.f && i + 1 < n) ++i;
-        cand[t] = i;
       } else {
-        cand[t] = uniform_index(n);
+        i = uniform_index(n);
       }
-      std::memcpy(centre.data() + t * d, x + cand[t] * d, d * sizeof(float));
+      cand[t] = i;
+      std::memcpy(raw.data() + t * d, x + i * d, d * sizeof(float));
     }
-    sq_distances(x, n, centre.data(), trials, d, cand_dist.data());
+    distances(trials);
     std::size_t best = 0;
     double best_pot = std::numeric_limits<double>::infinity();
     for (std::size_t t = 0; t < trials; ++t) {
+      const float* dt = cand_dist.data() + t * n;
       double p = 0.0;
-      for (std::size_t i = 0; i < n; ++i) p += std::min(closest[i], cand_dist[i * trials + t]);
+      for (std::size_t i = 0; i < n; ++i) p += std::min(closest[i], dt[i]);
       if (p < best_pot) {
         best_pot = p;
         best = t;
       }
     }
     chosen[c] = static_cast<std::int64_t>(cand[best]);
-    for (std::size_t i = 0; i < n; ++i) closest[i] = std::min(closest[i], cand_dist[i * trials + best]);
+    const float* db = cand_dist.data() + best * n;
+    for (std::size_t i = 0; i < n; ++i) closest[i] = std::min(closest[i], db[i]);
   }
 }
 

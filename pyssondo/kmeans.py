@@ -12,12 +12,15 @@ What ``fit`` does (all heavy loops are C++ kernels in ``csrc/kmeans.cpp``, threa
    array (normalised for cosine). With ``m = N`` all rows are used and steps 2-4 are exact
    full-batch k-means.
 2. **Seeding.** Greedy k-means++ (each step keeps the best of ``2 + ln k`` D^2-sampled
-   candidates, rounded up to the kernel's block of 6 rows) on ``min(m, 32 k)`` of those rows.
+   candidates, rounded to the kernel's block of 6 rows) on ``min(m, max(32 k, 1024))`` of
+   those rows.
    With ``n_init > 1`` steps 2-4 run ``n_init`` times and the run with the lowest sample
    inertia is kept.
-3. **Mini-batch warm start.** ``minibatch_epochs`` epochs of mini-batch k-means over the
-   sample in batches of ``batch_size`` (Sculley 2010, per-centroid learning rate
-   ``n_batch / n_seen``, accumulated over each batch).
+3. **Mini-batch warm start** (optional, ``minibatch_epochs``, default 0): epochs of mini-batch
+   k-means over the sample in batches of ``batch_size`` (Sculley 2010, per-centroid learning
+   rate ``n_batch / n_seen``, accumulated over each batch). Off by default: on the benchmark
+   mixture (bench/kmeans.py) an epoch cost as much as a Lloyd iteration and did not lower the
+   final inertia; greedy k-means++ seeds are good enough for Lloyd to converge in ~10 steps.
 4. **Lloyd iterations** on the sample (full batch over the sample: the objective never rises)
    until the relative decrease of the inertia is ``<= tol`` or ``max_iter`` iterations.
 5. **Refinement on all rows** (only when ``m < N``): ``refine_passes`` Lloyd steps over the full
@@ -192,7 +195,9 @@ class KMeans:
     n_init : number of seedings; the one with the lowest sample inertia is kept (>= 1).
     seed : random seed (sample, seeding); same seed, data and thread count -> same result.
     init : "k-means++", "random" (k distinct random rows), or an array [k, D] of centroids.
-    tol : stop when the relative decrease of the sample inertia is <= tol (>= 0).
+    tol : stop when the relative decrease of the sample inertia is <= tol (>= 0; the default
+        1e-3 saves the last few slow Lloyd steps on the sample, which the refinement pass over
+        all rows makes up for).
     sample_per_cluster : training-sample rows per cluster (faiss's max_points_per_centroid);
         None uses all rows.
     minibatch_epochs : mini-batch epochs over the sample before the Lloyd iterations (>= 0).
@@ -212,8 +217,8 @@ class KMeans:
 
     def __init__(self, k: int, *, metric: str = "cosine", batch_size: int = 4096,
                  max_iter: int = 100, n_init: int = 1, seed: int = 0,
-                 init: Union[str, np.ndarray] = "k-means++", tol: float = 1e-4,
-                 sample_per_cluster: Optional[int] = 256, minibatch_epochs: int = 1,
+                 init: Union[str, np.ndarray] = "k-means++", tol: float = 1e-3,
+                 sample_per_cluster: Optional[int] = 256, minibatch_epochs: int = 0,
                  refine_passes: int = 1, block_rows: Optional[int] = None,
                  progress: Optional[bool] = None) -> None:
         if int(k) < 1:

@@ -90,7 +90,7 @@ class BalancedSampler:
     batches actually trained; a trainer that needs the exact position should store the
     number of consumed samples and pass it to ``load_state_dict``.) When an epoch is exhausted
     the next ``iter()`` moves to the next epoch; ``set_epoch(e)`` jumps to the start of epoch
-    e (and keeps the position if e is the current epoch, as after a resume).
+    e (but continues a partly consumed current epoch, as after a resume).
     """
 
     def __init__(self, cluster_ids, num_samples: int, alpha: float = 1.0, seed: int = 0,
@@ -133,10 +133,11 @@ class BalancedSampler:
         return self.per_rank
 
     def set_epoch(self, epoch: int) -> None:
-        """Starts epoch ``epoch`` (keeps the position when it is the current epoch)."""
+        """Starts epoch ``epoch`` from its beginning; when ``epoch`` is the current epoch and it
+        is partly consumed (as after :meth:`load_state_dict`), continues from the position."""
         if int(epoch) < 0:
             raise ParameterError(f"epoch must be >= 0, got {epoch}")
-        if int(epoch) != self.epoch:
+        if int(epoch) != self.epoch or self.position >= self.per_rank:
             self.epoch = int(epoch)
             self.position = 0
 
