@@ -11,8 +11,9 @@ torch.jit.script of it, as exported). Training step: train mode, backbone -> S-S
 head (Linear(d, 1280), Hardswish, Dropout 0.2, Linear(1280, D), D = --teacher-dim) -> loss
 1 - cos(head(student(x)), target) -> backward -> Adam step. Each time is the median of
 --repeats runs after two warm-up runs. The "vs mn10" column is the time relative to S-SONDO's
-default student mn10 at the same thread count (when mn10 is in the run); "2t/1t" is the speed-up
-from the lowest to the highest thread count.
+default student mn10 at the same thread count (when mn10 is in the run; it is timed first);
+the last column is the speed-up from the first to the last thread count. Rows print as each
+student finishes.
 """
 from __future__ import annotations
 
@@ -108,33 +109,32 @@ def main(argv=None) -> int:
     if args.batch < 1 or args.frames < 1 or args.repeats < 1 or min(threads) < 1:
         p.error("--batch, --frames, --repeats and --threads must be >= 1")
 
-    print(f"torch {torch.__version__}; batch {args.batch} x {args.frames} frames x 128 mels; "
-          f"head mlp -> {args.teacher_dim}; median of {args.repeats}; threads {threads}",
-          flush=True)
+    if "mn10" in names:  # the reference row goes first so every row can show its ratio
+        names.remove("mn10")
+        names.insert(0, "mn10")
     kinds = ["infer"] + (["script"] if args.script else []) + ["train"]
-    all_results = {}
+    print(f"torch {torch.__version__}; batch {args.batch} x {args.frames} frames x 128 mels; "
+          f"head mlp -> {args.teacher_dim}; median of {args.repeats}; threads {threads}")
+    print(f"{'student':<11} {'params':>7} {'MMACs':>6} {'what':<7} "
+          + " ".join(f"{f'{n}t ms':>9} {f'{n}t clip/s':>10} {'vs mn10':>7}" for n in threads)
+          + f" {f'{threads[-1]}t/{threads[0]}t':>6}", flush=True)
+    ref = None
     for name in names:
         model = create_student(name)
-        info = (count_params(model) / 1e6, count_macs(model, 128, args.frames) / 1e6)
-        all_results[name] = (info, bench_student(name, args.batch, args.frames,
-                                                 args.teacher_dim, threads, args.repeats,
-                                                 args.script))
-        print(f"  done {name}", file=sys.stderr, flush=True)
-
-    ref = all_results.get("mn10")
-    print(f"\n{'student':<11} {'params':>7} {'MMACs':>6} {'what':<7} "
-          + " ".join(f"{f'{n}t ms':>9} {f'{n}t clip/s':>10} {'vs mn10':>7}" for n in threads)
-          + f" {'2t/1t' if len(threads) > 1 else '':>6}")
-    for name, ((params, mmacs), res) in all_results.items():
+        params, mmacs = count_params(model) / 1e6, count_macs(model, 128, args.frames) / 1e6
+        res = bench_student(name, args.batch, args.frames, args.teacher_dim, threads,
+                            args.repeats, args.script)
+        if name == "mn10":
+            ref = res
         for kind in kinds:
             cells = []
             for n in threads:
                 sec = res[(n, kind)]
-                rel = f"{sec / ref[1][(n, kind)]:.2f}x" if ref else "-"
+                rel = f"{sec / ref[(n, kind)]:.2f}x" if ref else "-"
                 cells.append(f"{1e3 * sec:>9.0f} {args.batch / sec:>10.1f} {rel:>7}")
-            speedup = res[(threads[0], kind)] / res[(threads[-1], kind)] if len(threads) > 1 else 1
+            speedup = res[(threads[0], kind)] / res[(threads[-1], kind)]
             print(f"{name:<11} {params:>6.2f}M {mmacs:>6.0f} {kind:<7} " + " ".join(cells)
-                  + f" {speedup:>5.2f}x")
+                  + f" {speedup:>5.2f}x", flush=True)
     return 0
 
 

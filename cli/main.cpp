@@ -7,6 +7,7 @@
 // package uses, runs the student and prints one embedding per file (or writes .npy / CSV).
 // Every input is read and checked before any output is written: on error the program prints one
 // line naming the file and the problem, exits with status 1 and leaves no output file behind.
+#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <chrono>
@@ -113,12 +114,12 @@ Student load_student(const std::string& path) {
   return s;
 }
 
-// Mono float32 samples at `sample_rate`, read and resampled with the ssondo core.
+// Mono float32 samples at `sample_rate`, read, mixed down and resampled with the ssondo core.
 std::vector<float> read_mono(const std::string& path, int sample_rate) {
-  const ssondo::WavAudio wav = ssondo::read_wav_file(path);  // throws with the file's name
+  const ssondo::WavAudio wav = ssondo::read_wav_file(path);  // throws naming the file and the problem
   std::vector<float> mono = ssondo::mix_to_mono(wav);
   if (wav.sample_rate == sample_rate) return mono;
-  return ssondo::resample(mono.data(), 1, mono.size(), wav.sample_rate, sample_rate);
+  return ssondo::resample(mono.data(), 1, wav.frames, wav.sample_rate, sample_rate);
 }
 
 void write_npy_atomically(const std::string& path, const std::vector<std::vector<float>>& rows) {
@@ -158,7 +159,7 @@ void write_npy_atomically(const std::string& path, const std::vector<std::vector
 
 int run(const Options& o) {
   if (o.threads > 0) {
-    torch::set_num_threads(o.threads);
+    at::set_num_threads(o.threads);
     ssondo::set_num_threads(o.threads);
   }
   Student student = load_student(o.model);

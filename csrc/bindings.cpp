@@ -17,6 +17,7 @@
 
 #include "parallel.hpp"
 #include "fft.hpp"
+#include "losses.hpp"
 #include "mel.hpp"
 #include "resample.hpp"
 #include "kmeans.hpp"

@@ -7,7 +7,8 @@
 // No kernel allocates more than a few B x B buffers: the RKD angle loss needs O(B^3) time and
 // O(B^2) memory instead of the textbook B x B x D tensor. The formulas, and the conventions at
 // zero vectors, are documented next to the reference implementations in pyssondo/losses.py.
-// Sums of many terms are accumulated in double; T is float or double.
+// T is float or double. Rows are computed independently and their partial sums combined in
+// double in a fixed order, so the results do not depend on the thread count.
 #pragma once
 
 #include <cstddef>

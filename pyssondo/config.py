@@ -35,8 +35,9 @@ class MelConfig:
         f_max: highest band edge in Hz, f_max <= sample_rate / 2. Default 16000.
         mel_scale: "slaney" (linear below 1 kHz, log above) or "htk" (2595 log10(1 + f/700)).
         mel_norm: "slaney" (each band divided by its width in Hz, area-normalised) or "none".
-        center: pad the signal by n_fft // 2 on both sides so frame t is centred at t * hop.
-            Default False (S-SONDO).
+        center: pad n_fft // 2 samples on the left and n_fft - n_fft // 2 on the right (equal
+            for even n_fft), so frame t starts at t * hop in the padded signal and is centred
+            on sample t * hop of the input. Default False (S-SONDO).
         pad_mode: "reflect" or "constant" (zeros); used only when center is True.
         power: exponent of the magnitude spectrum: 1 (magnitude) or 2 (power). Default 2.
         log_offset: the output is log(mel + log_offset), natural log (> 0). Default 0.001.

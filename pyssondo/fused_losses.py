@@ -21,6 +21,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from .errors import ParameterError
 
@@ -45,6 +46,7 @@ class _GramLoss(torch.autograd.Function):
         return torch.tensor(loss, dtype=xs.dtype)
 
     @staticmethod
+    @once_differentiable  # S is a constant here: no second derivatives
     def backward(ctx, grad_out: torch.Tensor):
         s, xs = ctx.saved_tensors
         return torch.matmul(s, xs) * grad_out, None, None
@@ -96,13 +98,20 @@ def pairwise_cosine_fused(student: torch.Tensor, teacher: torch.Tensor) -> torch
 
 
 def _sp_kernel(gs, gt, s, t, want_grad):
+    """Stacked Grams [n_grams, n, n] (one per utterance for IUSP)."""
     return _core().similarity_preserving_loss(gs, gt, want_grad)
+
+
+def _sp_clip_kernel(gs, gt, s, t, want_grad):
+    """One [B, B] Gram: a single-item stack, so that the products stay 2-D (mm, not bmm)."""
+    loss, grad = _sp_kernel(gs[None], gt[None], s, t, want_grad)
+    return loss, (grad[0] if grad is not None else None)
 
 
 def similarity_preserving_fused(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving loss; student [B, Ds], teacher [B, Dt] -> scalar."""
     xs, xt = _prepare(student, teacher, center=False)
-    return _GramLoss.apply(xs.unsqueeze(0), xt.unsqueeze(0), _sp_kernel)
+    return _GramLoss.apply(xs, xt, _sp_clip_kernel)
 
 
 def iusp_fused(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

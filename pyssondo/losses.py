@@ -6,7 +6,8 @@ class attribute ``level``:
 - ``"clip"``: student [B, Ds] and teacher [B, Dt] (one embedding per clip);
 - ``"frame"``: student [B, Fs, Ds] and teacher [B, Ft, Dt] (frame embeddings).
 
-The teacher is a target: it is detached and never receives a gradient. Feature losses
+The teacher is a target: it is detached, cast to the student's dtype, and never receives a
+gradient. Feature losses
 (cosine, mse, l1, kl, infonce) compare embeddings coordinate by coordinate and need Ds == Dt
 (map the student with a head from :mod:`pyssondo.heads` first). Relational losses (rkd-dist,
 rkd-angle, pairwise-cosine, sp, iusp) compare similarity structures inside the batch (or inside
@@ -222,8 +223,9 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Loss of student against teacher (cast to the student's dtype, e.g. a float16 cache)."""
         self.check(student, teacher)
-        return self.compute(student, teacher)
+        return self.compute(student, teacher.detach().to(student.dtype))
 
     def extra_repr(self) -> str:
         return f"level={self.level}"
@@ -274,7 +276,7 @@ class _Tempered(DistillLoss):
 
 
 class KLLoss(_Tempered):
-    """KL divergence over embedding dims with temperature ``tau`` (default 1). See :func:`kl_loss`."""
+    """KL divergence over embedding dims, temperature ``tau`` (default 1). See :func:`kl_loss`."""
 
     name, summary = "kl", "tau^2 KL(softmax(t/tau) || softmax(s/tau)) over embedding dims (tau=1)"
 

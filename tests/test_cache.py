@@ -26,13 +26,13 @@ WINDOW, HOP = 2.0, 1.5  # seconds: a 1.5 s note is one padded segment, a 4 s poo
 OPTS = dict(window_s=WINDOW, hop_s=HOP, batch_size=4, shard_rows=4, workers=2, progress=False)
 
 
-def _make_audio(shared_data: Path, dest: Path) -> Path:
-    """6 notes (3 in a subfolder) and 3 pool clips copied from ../shared/data."""
-    notes = sorted(p.name for p in (shared_data / "notes").glob("*.flac"))[:6]
+def _make_audio(shared_data: Path, dest: Path, notes: int = 6, pool: int = 3) -> Path:
+    """Notes (the first 3 in a subfolder) and 4 s pool clips copied from ../shared/data."""
+    names = sorted(p.name for p in (shared_data / "notes").glob("*.flac"))[:notes]
     (dest / "notes").mkdir(parents=True)
-    for i, name in enumerate(notes):
+    for i, name in enumerate(names):
         shutil.copy2(shared_data / "notes" / name, dest / ("notes" if i < 3 else "") / name)
-    for i in range(3):
+    for i in range(pool):
         shutil.copy2(shared_data / "pool" / f"pool_000{i}.flac", dest / f"pool_000{i}.flac")
     return dest
 
@@ -120,7 +120,7 @@ def test_cache_contents_match_teacher_on_hand_cut_segments(built, capsys):
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), pooled)
 
     from pyssondo.cli import main
-    assert main(["cache", "--info", str(folder)]) == 0
+    assert main(["cache", "--info", str(folder.parent)]) == 0  # the root holds one cache
     out = capsys.readouterr().out
     assert "segments     15" in out and "files        9" in out and "float16" in out
 
@@ -225,7 +225,7 @@ def test_torn_shard_is_detected_and_recomputed(copy, damage):
 
 
 def test_kill_9_mid_run_then_resume_equals_uninterrupted_run(tmp_path, shared_data, monkeypatch):
-    audio = _make_audio(shared_data, tmp_path / "audio")
+    audio = _make_audio(shared_data, tmp_path / "audio", notes=4, pool=2)  # 10 segments
     spec = "tests.test_cache_helpers:slow_crepe"
     env = dict(os.environ, PYTHONPATH=str(ROOT), SSONDO_TEST_SLEEP="0.2")
     cmd = [sys.executable, "-m", "pyssondo", "cache", spec, str(audio), "--out",
@@ -245,13 +245,13 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted_run(tmp_path, shared_da
     assert proc.returncode == -signal.SIGKILL  # it was killed mid-run, not finished
     folder = next((tmp_path / "killed").iterdir())
     partial = layout.read_manifest(folder)
-    assert partial is not None and 0 < len(partial["files"]) < 9
+    assert partial is not None and 0 < len(partial["files"]) < 6
     monkeypatch.delenv("SSONDO_TEST_SLEEP", raising=False)
     opts = dict(OPTS, batch_size=2, shard_rows=2)
     resumed = EmbeddingCache(build_cache(spec, audio, tmp_path / "killed", **opts))
     straight = EmbeddingCache(build_cache(spec, audio, tmp_path / "straight", **opts))
     assert resumed.path.name == straight.path.name
-    assert resumed.ids == straight.ids and len(resumed) == 15
+    assert resumed.ids == straight.ids and len(resumed) == 10
     assert resumed.segments() == straight.segments()
     np.testing.assert_allclose(resumed.embeddings(pool=None).astype(np.float32),
                                straight.embeddings(pool=None).astype(np.float32),
@@ -277,6 +277,7 @@ def test_unreadable_audio_is_skipped_with_warning(tmp_path, shared_data):
 
 @pytest.mark.parametrize("factory, pattern", [
     ("nan_crepe", r"NaN/inf for .*\.flac \(segment at sample \d+\); output shape \(\d+, 31, 256\)"),
+    ("huge_crepe", r"beyond the float16 range \(use --dtype float32\) for .*\.flac"),
     ("shape_crepe", r"returned \(\d+,\) for a batch \[\d+, 32000\] from .*\.flac.*expected"),
     ("raising_crepe", r"failed on a batch \[\d+, 32000\] from .*\.flac.*boom from the test"),
 ])
@@ -287,6 +288,16 @@ def test_bad_teacher_output_stops_with_file_and_shape(tmp_path, shared_data, fac
         shutil.copy2(shared_data / "notes" / name, audio / name)
     with pytest.raises(ValueError, match=pattern):
         build_cache(f"tests.test_cache_helpers:{factory}", audio, tmp_path / "c", **OPTS)
+
+
+def test_second_concurrent_build_is_refused(copy):
+    fcntl = pytest.importorskip("fcntl")
+    audio, root, folder = copy
+    with open(folder / ".lock", "a") as f:  # as a running build holds it
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="another 'ssondo cache' run"):
+            build_cache(COUNTING, audio, root, **OPTS)
+    build_cache(COUNTING, audio, root, **OPTS)  # free again
 
 
 def test_empty_folder_and_unknown_rate_are_errors(tmp_path, shared_data):

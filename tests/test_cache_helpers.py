@@ -35,6 +35,8 @@ class _Wrap(nn.Module):
             out[-1, 0, 0] = float("nan")
         if self.mode == "clip":
             out = out.mean(dim=1)
+        if self.mode == "huge":
+            out = out * 1e6
         if self.mode == "shape":
             out = out[:, 0, 0]
         if self.mode == "raise":
@@ -58,6 +60,11 @@ def clip_crepe() -> nn.Module:
 
 def nan_crepe() -> nn.Module:
     return _Wrap("nan")
+
+
+def huge_crepe() -> nn.Module:
+    """Values far beyond float16's range (65504)."""
+    return _Wrap("huge")
 
 
 def shape_crepe() -> nn.Module:

@@ -73,11 +73,13 @@ def test_shapes(name):
         assert torch.isfinite(clip).all() and torch.isfinite(frame).all()
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.filterwarnings("ignore:`torch.jit.[a-z]*` is deprecated")
 @pytest.mark.parametrize("name", ["mn10", "dymn04", "eres2net16"])
-def test_scripted_equals_eager(name):
+def test_scripted_equals_eager(name, tmp_path):
+    """Scripted, saved and reloaded (as an export is) == eager, clip and frame outputs."""
     model = create_student(name).eval()
-    scripted = torch.jit.script(model)
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "student.pt"))
+    scripted = torch.jit.load(str(tmp_path / "student.pt"))
     for frames in (1, 37):
         x = torch.randn(2, 128, frames)
         with torch.no_grad():
@@ -225,6 +227,13 @@ def test_bad_input_shape(bad):
         create_student("mn01")(bad)
 
 
+def test_bad_constructor_arguments():
+    with pytest.raises(ParameterError, match="width=0"):
+        create_student("mn10").__class__(0.0)
+    with pytest.raises(ParameterError, match="frame_context=4"):
+        create_student("eres2net16", frame_context=4)
+
+
 def test_n_mels_option():
     model = create_student("eres2net16", n_mels=64).eval()
     with torch.no_grad():
@@ -244,7 +253,7 @@ def test_gradients_reach_every_parameter(name):
     assert sum(float(p.grad.abs().sum()) for p in model.parameters()) > 0
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.filterwarnings("ignore:`torch.jit.[a-z]*` is deprecated")
 @pytest.mark.parametrize("kind", ["mlp", "linear", "identity"])
 def test_heads_map_clips_and_frames(kind):
     d = 16

@@ -4,6 +4,6 @@
 ``EmbeddingCache(folder)`` reads it (see :mod:`.reader`); the layout is in :mod:`.layout`.
 """
 from .builder import DEFAULT_ROOT, build_cache
-from .reader import EmbeddingCache, Segment
+from .reader import EmbeddingCache, Segment, resolve_cache_dir
 
-__all__ = ["build_cache", "EmbeddingCache", "Segment", "DEFAULT_ROOT"]
+__all__ = ["build_cache", "EmbeddingCache", "Segment", "DEFAULT_ROOT", "resolve_cache_dir"]

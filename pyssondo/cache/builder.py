@@ -7,6 +7,7 @@ then a journal line that announces it (:mod:`.layout`), while the teacher works 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -113,10 +114,31 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
     folder = root_out / layout.cache_key(teacher.fingerprint, teacher.sample_rate, window_s,
                                          hop_s, dtype)
     folder.mkdir(parents=True, exist_ok=True)
-    builder = _Builder(teacher, folder, audio_root, window_s, hop_s, dtype, batch_size,
-                       workers or min(4, os.cpu_count() or 1), shard_rows, device, progress)
-    builder.run(files)
+    with _exclusive(folder):
+        builder = _Builder(teacher, folder, audio_root, window_s, hop_s, dtype, batch_size,
+                           workers or min(4, os.cpu_count() or 1), shard_rows, device, progress)
+        builder.run(files)
     return folder
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path):
+    """Holds an advisory lock on ``folder/.lock`` so two builds never write one cache."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(folder / ".lock", "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"{folder}: another 'ssondo cache' run is writing this cache; "
+                             f"wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _hash_or_none(path: Path) -> Optional[str]:
@@ -306,6 +328,7 @@ class _Builder:
                         except (ValueError, OSError) as e:  # AudioError, unreadable: skip the file
                             warnings.warn(f"{path}: skipped ({e})")
                             self.skipped[key] = str(e)
+                            done_files += 1
                             continue
                         if f.file_sr < self.sr:
                             self.upsampled.append((key, f.file_sr))
@@ -360,7 +383,8 @@ class _Builder:
         return finished
 
     def _forward(self, torch, batch: np.ndarray, owners) -> np.ndarray:
-        names = ", ".join(sorted({str(f.path) for f, _, _ in owners}))
+        paths = sorted({str(f.path) for f, _, _ in owners})
+        names = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         b = batch.shape[0]
         try:
             with torch.inference_mode():
@@ -385,7 +409,7 @@ class _Builder:
             for f, first, k in owners:
                 if row < off + k:
                     start = f.plan[first + row - off][0]
-                    what = ("NaN/inf" if bad.any() else
+                    what = ("NaN/inf" if bad[row] else
                             f"values beyond the {self.dtype} range (use --dtype float32)")
                     raise ValueError(f"teacher {self.teacher.source} returned {what} for "
                                      f"{f.path} (segment at sample {start}); output shape "

@@ -24,6 +24,22 @@ class Segment(NamedTuple):
     file_sr: int
 
 
+def resolve_cache_dir(path: PathLike) -> Path:
+    """The cache folder at ``path``, or the only one inside the cache root ``path``.
+
+    Raises:
+        ValueError: the root holds several caches (the message lists them).
+    """
+    p = Path(path)
+    if (p / layout.META).is_file() or not p.is_dir():
+        return p
+    found = sorted(d for d in p.iterdir() if (d / layout.META).is_file())
+    if len(found) > 1:
+        raise ValueError(f"{p} holds {len(found)} caches; give one of: "
+                         + ", ".join(str(d) for d in found))
+    return found[0] if found else p
+
+
 class EmbeddingCache:
     """A cache folder written by :func:`pyssondo.cache.build_cache`, opened read-only.
 
@@ -33,7 +49,8 @@ class EmbeddingCache:
     iteration yields ``(segment_id, row)``. Shards are memory-mapped.
 
     Args:
-        path: the cache folder (the keyed subfolder, as returned by build_cache).
+        path: the cache folder (the keyed subfolder, as returned by build_cache), or a
+            cache root holding exactly one.
         verify: also check every shard's sha256 (size is always checked).
 
     Raises:
@@ -42,7 +59,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, path: PathLike, verify: bool = False) -> None:
-        self.path = Path(path)
+        self.path = resolve_cache_dir(path)
         meta = layout.read_json(self.path / layout.META)
         manifest = layout.read_manifest(self.path)
         if meta is None or manifest is None:

@@ -22,7 +22,7 @@ examples:
   ssondo cache crepe_tiny.pt audio/ --out cache/
   ssondo cache crepe_tiny.pt audio/ --window 4 --hop 2 --dtype float32 --out cache/
   ssondo cache mypkg.models:teacher audio/ --teacher-sr 32000
-  ssondo cache --info cache/<key>/
+  ssondo cache --info cache/            (a root holding one cache, or cache/<key>/)
 """
 
 

@@ -46,7 +46,10 @@ def ten_second_frames() -> int:
 def count_macs(model: nn.Module, n_mels: int = 128, frames: Optional[int] = None) -> int:
     """Multiply-accumulates of one forward pass of ``model`` on one log-mel [1, n_mels, frames]
     (default frames: 10 s with the default front end, :func:`ten_second_frames`). Runs in
-    eval mode without gradients; the model's mode is restored."""
+    eval mode without gradients; the model's mode is restored. Needs an eager module (forward
+    hooks do not run inside TorchScript)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError("count_macs needs the eager module; TorchScript modules run no hooks")
     if frames is None:
         frames = ten_second_frames()
     if n_mels < 1 or frames < 1:

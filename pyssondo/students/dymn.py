@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ._common import ConvBNAct, as_image, batch_norm, init_weights, make_divisible
 from .mobilenetv3 import BlockSpec, scale_blocks
+from ..errors import ParameterError
 from .registry import register_student
 
 # EfficientAT's dymn get_model defaults: T_max, T_min, T0_slope, T1_slope.
@@ -183,9 +184,9 @@ class DyMN(nn.Module):
     def __init__(self, width: float = 1.0, *, n_mels: int = 128) -> None:
         super().__init__()
         if not width > 0:
-            raise ValueError(f"DyMN width={width!r} is invalid: expected > 0")
+            raise ParameterError(f"DyMN width={width!r} is invalid: expected > 0")
         if n_mels < 1:
-            raise ValueError(f"DyMN n_mels={n_mels!r} is invalid: expected >= 1")
+            raise ParameterError(f"DyMN n_mels={n_mels!r} is invalid: expected >= 1")
         blocks = scale_blocks(width)
         last = 6 * blocks[-1].out_ch
         self.stem = ConvBNAct(1, blocks[0].in_ch, 3, 2)

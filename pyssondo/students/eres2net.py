@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import as_image
+from ..errors import ParameterError
 from .registry import register_student
 
 
@@ -122,10 +123,10 @@ class ERes2Net(nn.Module):
                  frame_context: int = 5, num_blocks=(3, 4, 6, 3)) -> None:
         super().__init__()
         if m_channels < 1 or embed_dim < 1 or n_mels < 1:
-            raise ValueError(f"ERes2Net m_channels={m_channels}, embed_dim={embed_dim}, "
+            raise ParameterError(f"ERes2Net m_channels={m_channels}, embed_dim={embed_dim}, "
                              f"n_mels={n_mels}: all must be >= 1")
         if frame_context < 1 or frame_context % 2 == 0:
-            raise ValueError(f"ERes2Net frame_context={frame_context} is invalid: expected an "
+            raise ParameterError(f"ERes2Net frame_context={frame_context} is invalid: expected an "
                              "odd number >= 1")
         m = m_channels
         self.stem = nn.Sequential(nn.Conv2d(1, m, 3, 1, 1, bias=False), nn.BatchNorm2d(m),

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._common import ConvBNAct, as_image, init_weights, make_divisible
+from ..errors import ParameterError
 from .registry import register_student
 
 
@@ -125,9 +126,9 @@ class MobileNetV3(nn.Module):
     def __init__(self, width: float = 1.0, *, n_mels: int = 128) -> None:
         super().__init__()
         if not width > 0:
-            raise ValueError(f"MobileNetV3 width={width!r} is invalid: expected > 0")
+            raise ParameterError(f"MobileNetV3 width={width!r} is invalid: expected > 0")
         if n_mels < 1:
-            raise ValueError(f"MobileNetV3 n_mels={n_mels!r} is invalid: expected >= 1")
+            raise ParameterError(f"MobileNetV3 n_mels={n_mels!r} is invalid: expected >= 1")
         blocks = scale_blocks(width)
         last = 6 * blocks[-1].out_ch
         self.features = nn.Sequential(
