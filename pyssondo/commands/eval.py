@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, default=None, metavar="PNG",
                    help="2-D PCA / t-SNE of each model's embeddings (needs matplotlib); with "
                         "several tasks, one file per task: PNG stem + '-<task>'")
+    p.add_argument("--projection", choices=("pca", "tsne", "both"), default="both",
+                   help="2-D projections in --plot (default both; t-SNE needs scikit-learn)")
 
 
 def split_items(items, explicit_data):
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     models, data = split_items(args.items, args.data)
     if bool(args.compare) != bool(args.teacher):
         raise ValueError("--compare STUDENT and --teacher TEACHER go together")
+    if args.teacher_sr and not args.teacher:
+        raise ValueError("--teacher-sr applies to --teacher; use --sr for MODELs")
     if args.compare:
         models = [args.compare, args.teacher] + models
     if not models:
@@ -180,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             path = args.plot if len(result.tasks) == 1 else args.plot.with_name(
                 f"{args.plot.stem}-{task.name}{args.plot.suffix or '.png'}")
             plot_embeddings(result.embeddings[task.name], [e.labels[0] for e in task.examples],
-                            path, title=task.name, seed=args.seed)
+                            path, title=task.name, seed=args.seed,
+                            projection=args.projection)
             print(f"wrote {path}")
     return 0

@@ -2,7 +2,7 @@
 
 CSV layout: a header row, then one row per file. The path column (``path``, else the first
 column) holds paths relative to the CSV's folder; the label column (``--label-column``, else
-``label``, else the second column) holds one label, or several separated by ``;`` (the task is
+``label``, else the first other column that is not the split column) holds one label, or several separated by ``;`` (the task is
 then multi-label); an optional split column (``--split-column``, else ``fold`` when present)
 holds fixed folds. Other columns are ignored, so ``fsdd/labels.csv``
 (path,digit,speaker,split) serves as a digit task, a speaker task, or either with its split.
@@ -183,9 +183,9 @@ def _from_csv(path: Path, name: Optional[str], label_column: Optional[str],
         return col[given]
 
     path_i = col.get("path", 0)
-    label_i = pick(label_column, "label" if "label" in col else header[1 if path_i == 0 else 0],
-                   "label")
     split_i = pick(split_column, "fold" if "fold" in col and use_fold_column else None, "split")
+    others = [h for i, h in enumerate(header) if i not in (path_i, split_i)]
+    label_i = pick(label_column, "label" if "label" in col else (others or [header[0]])[0], "label")
     if label_i == path_i or (split_i is not None and split_i in (path_i, label_i)):
         raise ParameterError(f"{path}: the path, label and split columns must differ "
                              f"(got {header[path_i]!r}, {header[label_i]!r}"

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..atomic import atomic_open
-from ..audio import load_audio
+from ..audio import load_audio, resample
 from ..config import MelConfig
 from ..errors import AudioError, ParameterError
 from ..progress import Progress
@@ -126,7 +126,8 @@ def compute_embeddings(embedder: Embedder, paths: Sequence[Path], *, window_s: f
 
     Returns:
         (embeddings float32 [N, D], ok bool [N]); a file that fails to decode is warned about,
-        marked not ok and left as zeros.
+        marked not ok and left as zeros. Files below the model's rate are upsampled, with one
+        warning per rate.
     """
     if batch_size < 1 or window_s <= 0:
         raise ParameterError(f"batch_size={batch_size} must be >= 1 and window_s={window_s} > 0")
@@ -142,15 +143,20 @@ def compute_embeddings(embedder: Embedder, paths: Sequence[Path], *, window_s: f
             sums[i] = row.astype(np.float64) if sums[i] is None else sums[i] + row
             counts[i] += 1
 
+    upsampled: Dict[int, int] = {}  # file rate below the model's -> file count
     with Progress(len(paths), desc=f"embed {embedder.name}", unit="file",
                   enabled=None if progress else False) as bar:
         for i, path in enumerate(paths):
             try:
-                wav, _ = load_audio(path, embedder.sample_rate)
+                wav, file_sr = load_audio(path)
+                if file_sr != embedder.sample_rate:
+                    wav = resample(wav, file_sr, embedder.sample_rate)
             except AudioError as e:
                 warnings.warn(f"{e}; skipped", stacklevel=2)
                 bar.update(1)
                 continue
+            if file_sr < embedder.sample_rate:
+                upsampled[file_sr] = upsampled.get(file_sr, 0) + 1
             for start, length in plan_segments(len(wav), window, window):
                 pending.setdefault(length, []).append((i, wav[start:start + length]))
                 if len(pending[length]) >= batch_size:
@@ -161,6 +167,10 @@ def compute_embeddings(embedder: Embedder, paths: Sequence[Path], *, window_s: f
             bar.update(1)
         for length in list(pending):
             flush(length)
+    for rate, n in sorted(upsampled.items()):
+        warnings.warn(f"{embedder.name}: {n} file(s) recorded at {rate} Hz are upsampled to "
+                      f"{embedder.sample_rate} Hz; the band above {rate // 2} Hz is empty",
+                      stacklevel=2)
     ok = counts > 0
     if not ok.any():
         raise ValueError(f"{embedder.name}: none of the {len(paths)} files could be embedded")

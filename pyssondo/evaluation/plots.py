@@ -1,10 +1,11 @@
 """2-D views of embeddings, one panel per model, points coloured by label (PNG).
 
-The first row is PCA (numpy SVD of the standardised embeddings); a second row shows t-SNE
-when scikit-learn is installed. matplotlib is an optional extra (``pip install ssondo[plot]``).
+Rows: PCA (numpy SVD of the standardised embeddings) and t-SNE (when scikit-learn is
+installed; slow beyond a few thousand points). matplotlib is an optional extra (``pip install ssondo[plot]``).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -44,14 +45,19 @@ def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)
 
 
+PROJECTIONS = ("pca", "tsne", "both")
+
+
 def plot_embeddings(embeddings: Dict[str, np.ndarray], labels: Sequence[str], path: Path, *,
-                    title: str = "", seed: int = 0) -> Path:
+                    title: str = "", seed: int = 0, projection: str = "both") -> Path:
     """Saves one PNG with a panel per model.
 
     Args:
         embeddings: model name -> [N, D], rows aligned with ``labels``.
         labels: one label per row (the first label of a multi-label example).
         path: output PNG.
+        projection: "pca", "tsne" or "both" (rows); t-SNE is left out, with a warning, when
+            scikit-learn is missing.
     """
     require_matplotlib()
     import matplotlib
@@ -59,16 +65,24 @@ def plot_embeddings(embeddings: Dict[str, np.ndarray], labels: Sequence[str], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    try:
-        import sklearn  # noqa: F401
-        methods = [("PCA", pca_2d), ("t-SNE", lambda x: tsne_2d(x, seed))]
-    except ImportError:
-        methods = [("PCA", pca_2d)]
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection {projection!r}: expected one of {PROJECTIONS}")
+    methods = [("PCA", pca_2d)] if projection != "tsne" else []
+    if projection != "pca":
+        try:
+            import sklearn  # noqa: F401
+            methods.append(("t-SNE", lambda x: tsne_2d(x, seed)))
+        except ImportError:
+            warnings.warn("t-SNE needs scikit-learn (pip install scikit-learn); plotting PCA only",
+                          stacklevel=2)
+            methods = methods or [("PCA", pca_2d)]
     classes = sorted(set(labels))
     colour = np.array([classes.index(label) for label in labels])
     cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
+    legend = len(classes) <= 20
+    width = 4 * len(embeddings) + (1.8 if legend else 0)
     fig, axes = plt.subplots(len(methods), len(embeddings), squeeze=False,
-                             figsize=(4 * len(embeddings), 4 * len(methods) + 0.6))
+                             figsize=(width, 4 * len(methods) + 0.4))
     for col, (name, x) in enumerate(embeddings.items()):
         for row, (method, fn) in enumerate(methods):
             ax = axes[row, col]
@@ -78,13 +92,13 @@ def plot_embeddings(embeddings: Dict[str, np.ndarray], labels: Sequence[str], pa
             ax.set_title(f"{name} ({method})")
             ax.set_xticks([])
             ax.set_yticks([])
-    if len(classes) <= 20:
+    if legend:
         handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i % cmap.N), label=c)
                    for i, c in enumerate(classes)]
-        fig.legend(handles=handles, loc="lower center", ncol=min(10, len(classes)), fontsize=8)
+        fig.legend(handles=handles, loc="center right", fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08 if len(classes) <= 20 else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0, 1 - (1.8 / width if legend else 0), 1))
     path = Path(path)
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)

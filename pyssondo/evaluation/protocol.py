@@ -70,19 +70,21 @@ def stratified_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
 def carve_validation(train: np.ndarray, groups: np.ndarray, fraction: float,
                      rng: np.random.Generator) -> tuple:
     """Splits training rows into (train, val), stratified: each stratum gives
-    ``round(fraction * n)`` rows to validation, keeping at least one in train.
+    ``round(fraction * n)`` rows to validation, keeping at least one in train; when that
+    gives none at all, the largest stratum gives one.
 
     Returns:
         (train, val), sorted int64 arrays of row indices.
     """
     if not 0.0 < fraction < 1.0:
         raise ParameterError(f"validation fraction {fraction} must lie in (0, 1)")
-    val = []
-    for g in np.unique(groups[train]):
-        rows = rng.permutation(train[groups[train] == g])
-        n_val = min(int(round(fraction * len(rows))), len(rows) - 1)
-        val.append(rows[:n_val])
-    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    per_stratum = [rng.permutation(train[groups[train] == g]) for g in np.unique(groups[train])]
+    n_val = [min(int(round(fraction * len(rows))), len(rows) - 1) for rows in per_stratum]
+    if per_stratum and sum(n_val) == 0:  # tiny data: one row from the largest stratum
+        largest = int(np.argmax([len(rows) for rows in per_stratum]))
+        n_val[largest] = min(1, len(per_stratum[largest]) - 1)
+    val = np.sort(np.concatenate([rows[:n] for rows, n in zip(per_stratum, n_val)]
+                                 + [np.zeros(0, np.int64)]))
     rest = np.setdiff1d(train, val)
     if len(val) == 0 or len(rest) == 0:
         raise ValueError(f"too few training files ({len(train)}) to carve a validation part")
