@@ -247,6 +247,20 @@ def test_student_head_dim_mismatch(work, tmp_path):
         distill(config(work, tmp_path / "r", init=str(init)))
 
 
+def test_init_starts_from_the_given_weights(work, tmp_path, one_thread):
+    from pyssondo.students import create_student
+
+    torch.manual_seed(123)
+    weights = create_student("mn01", n_mels=64).state_dict()
+    torch.save(weights, tmp_path / "init.pt")
+    cfg = config(work, tmp_path / "r", init=str(tmp_path / "init.pt"), epochs=1, lr=1e-12,
+                 samples_per_epoch=8, val_fraction=0.0)
+    result = distill(cfg, progress=False, export=False)
+    _, got = state_of(result.run.last)
+    convs = [k for k, v in weights.items() if k.endswith("weight") and v.dim() == 4]
+    assert convs and all(torch.allclose(got[f"s.{k}"], weights[k], atol=1e-9) for k in convs)
+
+
 @pytest.mark.parametrize("content", [None, b"RIFF not really a wav file"])
 def test_empty_or_corrupt_audio_folder(work, tmp_path, content):
     audio = tmp_path / "audio"
