@@ -1,0 +1,144 @@
+"""The C++ app in cli/: built with CMake against the libtorch inside the torch wheel, it must give
+the same embeddings as `ssondo embed` and fail cleanly on bad input.
+
+Skipped only when no C++ compiler or CMake is present (CI has both and runs it).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.app,
+    pytest.mark.skipif(shutil.which("cmake") is None or shutil.which(os.environ.get("CXX", "c++")) is None,
+                       reason="the C++ app needs CMake and a C++ compiler"),
+]
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory) -> Path:
+    """Builds ssondo-embed exactly as README documents it."""
+    import torch
+
+    build = tmp_path_factory.mktemp("app-build")
+    subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-DSSONDO_BUILD_APP=ON",
+                    f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                   check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
+    exe = build / "cli" / "ssondo-embed"
+    assert exe.is_file()
+    return exe
+
+
+@pytest.fixture(scope="session")
+def student_file(tmp_path_factory) -> Path:
+    """An (untrained, seeded) mn01 student exported with its front end at 32 kHz."""
+    import torch
+
+    from pyssondo.config import MelConfig
+    from pyssondo.export import save_export, wrap
+    from pyssondo.students import create_student
+
+    torch.manual_seed(0)
+    module = wrap(create_student("mn01"), None, MelConfig(), window_s=2.0)
+    out = tmp_path_factory.mktemp("export") / "student.pt"
+    save_export(module, out, {"teacher": "none (untrained test student)"}, measure=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def wav_files(tmp_path_factory, shared_data) -> list:
+    """Real FSDD WAVs (8 kHz, 16-bit) plus files in the other encodings the app reads."""
+    folder = tmp_path_factory.mktemp("wavs")
+    files = [shared_data / "fsdd" / name for name in ("3_jackson_0.wav", "7_theo_12.wav")]
+    notes = sorted((shared_data / "notes").glob("*.flac"))[:1]
+    audio, sr = sf.read(str(notes[0]), dtype="float32")
+    stereo = np.stack([audio, 0.5 * audio[::-1]], axis=1)
+    for subtype in ("PCM_16", "PCM_24", "FLOAT"):
+        path = folder / f"note_{subtype}.wav"
+        sf.write(str(path), stereo, sr, subtype=subtype)
+        files.append(path)
+    long = folder / "long_44k.wav"  # 5 s at 44.1 kHz: resampled, split into 2 s segments
+    t = np.arange(5 * 44100) / 44100
+    sf.write(str(long), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100, subtype="PCM_16")
+    files.append(long)
+    return files
+
+
+def run_py_embed(model: Path, files, out: Path) -> np.ndarray:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "pyssondo", "embed", str(model), *map(str, files),
+                    "-o", str(out)], check=True, env=env, capture_output=True)
+    return np.load(out)
+
+
+def test_app_matches_ssondo_embed(app, student_file, wav_files, tmp_path):
+    expected = run_py_embed(student_file, wav_files, tmp_path / "py.npy")
+    out = tmp_path / "app.npy"
+    r = subprocess.run([str(app), str(student_file), *map(str, wav_files), "--threads", "2",
+                        "--out", str(out), "-v"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = np.load(out)
+    assert got.shape == expected.shape == (len(wav_files), expected.shape[1])
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert r.stderr.count(" ms (") == len(wav_files)  # -v: one timing line per file
+
+
+def test_app_prints_csv_rows_in_input_order(app, student_file, wav_files, tmp_path):
+    expected = run_py_embed(student_file, wav_files[:2], tmp_path / "py.npy")
+    r = subprocess.run([str(app), str(student_file), *map(str, wav_files[:2]), "--csv"],
+                       capture_output=True, text=True, check=True)
+    rows = [line.split(",") for line in r.stdout.strip().splitlines()]
+    assert [row[0] for row in rows] == [str(f) for f in wav_files[:2]]
+    np.testing.assert_allclose(np.array([[float(v) for v in row[1:]] for row in rows]), expected,
+                               atol=1e-4, rtol=0)
+
+
+def _bad_inputs(folder: Path, good_wav: Path):
+    data = good_wav.read_bytes()
+    (folder / "truncated_header.wav").write_bytes(data[:30])
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "not_wav.wav").write_bytes(b"OggS" + bytes(100))
+    sf.write(str(folder / "zero_frames.wav"), np.zeros((0,), np.float32), 16000)
+    return {
+        "missing.wav": folder / "missing.wav",
+        "truncated_header.wav": folder / "truncated_header.wav",
+        "empty.wav": folder / "empty.wav",
+        "not_wav.wav": folder / "not_wav.wav",
+        "zero_frames.wav": folder / "zero_frames.wav",
+    }
+
+
+def test_bad_audio_fails_with_one_line_and_no_output(app, student_file, wav_files, tmp_path):
+    for name, bad in _bad_inputs(tmp_path, wav_files[0]).items():
+        out = tmp_path / f"out_{name}.npy"
+        r = subprocess.run([str(app), str(student_file), str(wav_files[0]), str(bad), "--out", str(out)],
+                           capture_output=True, text=True)
+        assert r.returncode != 0, name
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0], (name, r.stderr)
+        assert not out.exists() and not list(tmp_path.glob(f"out_{name}*")), name
+
+
+def test_a_model_that_is_not_a_ssondo_export_is_refused(app, wav_files, tmp_path):
+    import torch
+
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(plain))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a zip file at all")
+    for model, problem in ((plain, "not a ssondo export"), (garbage, "not a TorchScript file"),
+                           (tmp_path / "absent.pt", "cannot open")):
+        r = subprocess.run([str(app), str(model), str(wav_files[0])], capture_output=True, text=True)
+        assert r.returncode != 0
+        assert str(model) in r.stderr and problem in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
