@@ -281,7 +281,8 @@ def format_report(r: ExportReport) -> str:
         speed = (f", {r.latency_ms:.1f} ms vs fp32 {i['fp32_latency_ms']:.1f} ms"
                  if "fp32_latency_ms" in i else "")
         lines.append(f"int8: {r.size_bytes / 1e6:.2f} MB vs fp32 {i['fp32_size_bytes'] / 1e6:.2f} MB"
-                     f"{speed}, cosine to fp32 output {i['cosine_to_fp32']:.5f}")
+                     f"{speed}, cosine to fp32 output {i['cosine_to_fp32']:.6f} "
+                     f"(1 - cos = {1 - i['cosine_to_fp32']:.1e})")
     lines.append("C++ app: cmake -S . -B build -DSSONDO_BUILD_APP=ON -DCMAKE_PREFIX_PATH=\"$(python -c "
                  "'import torch;print(torch.utils.cmake_prefix_path)')\" && cmake --build build")
     lines.append(f"          build/ssondo-embed {r.path} input.wav")
