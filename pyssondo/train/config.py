@@ -157,11 +157,6 @@ class DistillConfig:
     def from_json(cls, text: str) -> "DistillConfig":
         return cls.from_dict(json.loads(text))
 
-    @classmethod
-    def from_file(cls, path: "os.PathLike[str] | str") -> "DistillConfig":
-        """Reads a ``.toml`` (Python >= 3.11) or ``.json`` file of settings."""
-        return cls.from_dict(read_settings(path), source=str(path))
-
     def hash(self) -> str:
         """sha256 (16 hex digits) of the settings that determine the run's numbers."""
         d = self.to_dict()

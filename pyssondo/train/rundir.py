@@ -38,13 +38,6 @@ class RunDir:
     plot = property(lambda self: self.path / "loss.png")
     export = property(lambda self: self.path / "student.pt")
 
-    def read_config(self) -> DistillConfig:
-        if not self.config.is_file():
-            raise FileNotFoundError(f"{self.path}: not a run folder (no config.json)")
-        data = json.loads(self.config.read_text())
-        data.pop("config_hash", None)
-        return DistillConfig.from_dict(data, source=str(self.config))
-
     def write_config(self, cfg: DistillConfig, extra: Optional[Dict[str, Any]] = None) -> None:
         d = {**cfg.to_dict(), "config_hash": cfg.hash(), **(extra or {})}
         atomic_write_text(self.config, json.dumps(d, indent=2, sort_keys=True) + "\n")
