@@ -1,0 +1,160 @@
+"""ssondo distill: teacher + unlabeled audio -> a small exported student (the main job)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+HELP = "distill a teacher into a small student on unlabeled audio (the main job)"
+DESCRIPTION = """\
+Distills TEACHER (a TorchScript file or pkg.module:factory) into a small student using only the
+teacher's embeddings of the audio in AUDIO_DIR (S-SONDO): fills or reuses the teacher cache,
+clusters it for balanced sampling, trains student + mapping head with a cosine loss, and writes
+a run folder OUT/<date-time>-<student>-<teacher>/ holding config.json (every setting),
+log.jsonl, checkpoints/{last,best}.pt, loss.png and student.pt (the export).
+
+Settings come from the defaults below, then --config FILE (TOML or JSON; keys are the names
+used in a run's config.json, e.g. window_s, batch_size, with the front end in a [mel] table),
+then the options given.
+The student's front end runs at its own rate (--student-sr, default 32 kHz), independent of the
+teacher's; a warning says when source audio is upsampled for it.
+
+examples:
+  ssondo distill crepe-tiny.pt audio/                        # S-SONDO defaults, mn10
+  ssondo distill teacher.pt audio/ --student mn04 --epochs 20 --batch-size 32
+  ssondo distill teacher.pt audio/ --config cfg.toml --device cuda --precision bf16
+  ssondo distill teacher.pt audio/ --resume auto              # continue an interrupted run
+  ssondo distill --resume runs/20260101-120000-mn10-teacher   # continue that run
+"""
+
+# (flag, DistillConfig field, type, help). Defaults are read from DistillConfig.
+OPTIONS = [
+    ("--teacher-sr", "teacher_sr", int, "teacher input rate in Hz, when the file does not say"),
+    ("--cache-dir", "cache_dir", str, "teacher cache root or one cache folder (default OUT/cache)"),
+    ("--window", "window_s", float, "segment window in seconds"),
+    ("--hop", "hop_s", float, "segment hop in seconds (default: the window)"),
+    ("--cache-dtype", "cache_dtype", str, "float16 or float32 teacher embeddings on disk"),
+    ("--student", "student", str, "student architecture (see 'ssondo students')"),
+    ("--head", "head", str, "mapping head: mlp, linear or identity"),
+    ("--init", "init", str, "start from these student weights (run folder or checkpoint)"),
+    ("--loss", "loss", str, "distillation loss (cosine, infonce, kl, l1, mse, rkd-*, ...)"),
+    ("--clusters", "clusters", int, "K of the k-means behind balanced sampling"),
+    ("--cluster-metric", "cluster_metric", str, "k-means metric: cosine or euclidean"),
+    ("--balance-alpha", "balance_alpha", float, "0 = uniform, 1 = every cluster equally often"),
+    ("--val-fraction", "val_fraction", float, "share of files held out for validation"),
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--batch-size", "batch_size", int, "segments per step"),
+    ("--samples-per-epoch", "samples_per_epoch", int, "segments per epoch (default: all)"),
+    ("--lr", "lr", float, "peak Adam learning rate"),
+    ("--warmup-epochs", "warmup_epochs", int, "warm-up epochs (default min(8, epochs // 4))"),
+    ("--final-lr-scale", "final_lr_scale", float, "lr at the end as a fraction of --lr"),
+    ("--weight-decay", "weight_decay", float, "Adam weight decay"),
+    ("--grad-clip", "grad_clip", float, "max gradient norm (0 = off)"),
+    ("--seed", "seed", int, "seed of sampling, augmentation and initialisation"),
+    ("--precision", "precision", str,
+     "fp32, bf16 or fp16 (autocast; fp16 uses a grad scaler on cuda)"),
+    ("--device", "device", str, "cpu or cuda"),
+    ("--workers", "workers", int, "DataLoader worker processes (0 = load in the main process)"),
+    ("--threads", "threads", int, "torch and C++ threads (0 = library default)"),
+    ("--gain-db", "gain_db", float, "augmentation: random gain within +-dB (0 = off)"),
+    ("--time-mask", "time_mask", int, "augmentation: max masked frames (0 = off)"),
+    ("--freq-mask", "freq_mask", int, "augmentation: max masked mel bands (0 = off)"),
+    ("--mixup", "mixup", float, "augmentation: Beta(a, a) mixup of inputs and targets (0 = off)"),
+    ("--out", "out", str, "folder that receives the run folder"),
+    ("--save-every", "save_every", int, "also checkpoint every N steps (0 = each epoch only)"),
+    ("--log-every", "log_every", int, "steps between log.jsonl lines"),
+]
+FLAGS = [
+    ("--cache-mel", "cache_mel", "keep the students' log-mel in a float16 file next to the cache"),
+    ("--projected", "projected", "export the teacher-space embedding (through the head)"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pyssondo.config import MelConfig
+    from pyssondo.train.config import DistillConfig
+
+    defaults = DistillConfig()
+    p.add_argument("teacher", nargs="?", default=argparse.SUPPRESS,
+                   help="teacher TorchScript file or pkg.module:factory")
+    p.add_argument("audio", nargs="?", default=argparse.SUPPRESS, metavar="AUDIO_DIR",
+                   help="folder of unlabeled audio (scanned recursively)")
+    p.add_argument("--config", help="TOML or JSON file of settings (options override it)")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="'auto': continue the newest run under --out with the same settings; "
+                        "or a run folder / checkpoint to continue")
+    for flag, name, typ, text in OPTIONS:
+        p.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
+                       metavar=typ.__name__.upper().replace("STR", "TEXT"),
+                       help=f"{text} (default: {getattr(defaults, name)})")
+    for flag, name, text in FLAGS:
+        p.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
+    mel = MelConfig()
+    p.add_argument("--student-sr", dest="mel_sample_rate", type=int, default=argparse.SUPPRESS,
+                   help=f"student front-end rate in Hz; f_max becomes min(f_max, rate / 2) "
+                        f"(default: {mel.sample_rate})")
+    p.add_argument("--n-mels", dest="mel_n_mels", type=int, default=argparse.SUPPRESS,
+                   help=f"student mel bands (default: {mel.n_mels})")
+
+
+def resolve_config(args: argparse.Namespace):
+    """DistillConfig from defaults < --config file < options given."""
+    from pyssondo.train.config import DistillConfig, read_settings
+
+    settings = read_settings(args.config) if args.config else {}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)
+             if f.name != "mel" and hasattr(args, f.name)}
+    cfg = DistillConfig.from_dict({**settings, **given}, source=args.config or "options")
+    mel = {}
+    if hasattr(args, "mel_sample_rate"):
+        mel["sample_rate"] = args.mel_sample_rate
+        mel["f_max"] = min(cfg.mel.f_max, args.mel_sample_rate / 2)
+    if hasattr(args, "mel_n_mels"):
+        mel["n_mels"] = args.mel_n_mels
+    if mel:
+        cfg = cfg.replace(mel=cfg.mel.replace(**mel))
+    for name in ("teacher", "audio", "init"):
+        value = getattr(cfg, name)
+        if value and not (":" in value and not _exists(value)):
+            cfg = cfg.replace(**{name: _absolute(value)})
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyssondo.train.loop import distill
+
+    cfg = resolve_config(args)
+    if not args.resume and not (cfg.teacher and cfg.audio) and not cfg.cache_dir:
+        raise ValueError("give TEACHER and AUDIO_DIR (or --resume, or --cache-dir of a cache)")
+    try:
+        result = distill(cfg, resume=args.resume)
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        print(f"ssondo distill: error: {e}; the previous checkpoint is intact, free space and "
+              f"rerun with --resume auto", file=sys.stderr)
+        return 1
+    run_dir = result.run
+    print(f"run folder   {run_dir.path}")
+    print(f"config       {run_dir.config}")
+    print(f"log          {run_dir.log}")
+    print(f"checkpoints  {run_dir.last} (best: {run_dir.best})")
+    if run_dir.plot.is_file():
+        print(f"plot         {run_dir.plot}")
+    if result.best_val_cos is not None:
+        print(f"validation   best cosine similarity to the teacher {result.best_val_cos:.4f}")
+    if result.export:
+        print(f"export       {result.export}  (embed with: ssondo embed {result.export} audio.wav)")
+    return 0
+
+
+def _exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).exists()
+
+
+def _absolute(path: str) -> str:
+    from pathlib import Path
+
+    return str(Path(path).expanduser().resolve())

@@ -1,0 +1,303 @@
+"""Balanced Data Sampling (BDS): draw segments with probability proportional to |cluster|^-alpha.
+
+- :class:`BalancedSampler`: an index sampler (a ``torch.utils.data.DataLoader`` ``sampler=``
+  without importing torch here) drawing with replacement; reproducible from its seed,
+  resumable from ``state_dict()``, shardable across ranks.
+- :func:`effective_balance`: how balanced the expected draws over clusters are.
+- :func:`cluster_embeddings`: k-means on an embedding array -> cluster ids.
+- :func:`load_or_fit_clusters` / :func:`fit_or_load_labels`: the same, stored next to the data
+  (``clusters-k{K}-{metric}-s{seed}.npy`` + ``.json`` summary, written atomically) and reused
+  while the data's fingerprint is unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
+
+import numpy as np
+
+from .errors import ParameterError
+
+_CHUNK = 1 << 16  # draws per independently seeded chunk of a global stream
+
+
+def _cluster_sizes(cluster_ids: np.ndarray) -> np.ndarray:
+    return np.bincount(cluster_ids).astype(np.int64)
+
+
+def _check_ids(cluster_ids) -> np.ndarray:
+    ids = np.asarray(cluster_ids)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ParameterError(f"cluster_ids must be a non-empty 1-D array, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ParameterError(f"cluster_ids must be integers, got {ids.dtype}")
+    if ids.min() < 0:
+        raise ParameterError(f"cluster_ids must be >= 0, got {int(ids.min())} "
+                             f"at index {int(np.argmin(ids))}")
+    return ids.astype(np.int64, copy=False)
+
+
+def _check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ParameterError(f"alpha must be a finite number >= 0, got {alpha}")
+    return alpha
+
+
+def effective_balance(cluster_ids, alpha: float = 1.0) -> Dict[str, Any]:
+    """Expected share of draws per cluster under weights |cluster|^-alpha, and its balance.
+
+    Returns a dict: ``share`` float64 [max id + 1] (expected fraction of draws landing in each
+    cluster; 0 for empty ids), ``num_clusters`` (non-empty), ``entropy_ratio`` = H(share) /
+    log(num_clusters) (1 = every cluster drawn equally often), ``effective_clusters`` =
+    exp(H(share)), ``max_over_min`` (largest / smallest non-zero share).
+    """
+    sizes = _cluster_sizes(_check_ids(cluster_ids)).astype(np.float64)
+    alpha = _check_alpha(alpha)
+    mass = np.where(sizes > 0, sizes ** (1.0 - alpha), 0.0)  # |c| * |c|^-alpha
+    share = mass / mass.sum()
+    nz = share[share > 0]
+    entropy = float(-(nz * np.log(nz)).sum())
+    k = int(nz.size)
+    return {
+        "share": share,
+        "num_clusters": k,
+        "entropy_ratio": entropy / math.log(k) if k > 1 else 1.0,
+        "effective_clusters": math.exp(entropy),
+        "max_over_min": float(nz.max() / nz.min()),
+    }
+
+
+class BalancedSampler:
+    """Indices 0..N-1 drawn with replacement with probability proportional to
+    ``|cluster(i)|^-alpha`` (alpha = 0: uniform over items; 1: S-SONDO, every cluster equally
+    often).
+
+    Each epoch is one global stream of ``ceil(num_samples / world_size) * world_size`` draws,
+    a pure function of (seed, epoch) generated in independently seeded chunks; rank ``r`` takes
+    the global positions ``r, r + world_size, r + 2 world_size, ...``, so ranks draw disjoint
+    parts of the same stream and their union is the global stream. ``len(sampler)`` is the
+    per-rank count per epoch.
+
+    Iterating yields Python ints from the current position and advances it, so
+    ``state_dict()`` taken after consuming j items and loaded into a new sampler continues with
+    item j + 1 of the same stream. (With DataLoader workers the sampler runs ahead of the
+    batches actually trained; a trainer that needs the exact position should store the
+    number of consumed samples and pass it to ``load_state_dict``.) When an epoch is exhausted
+    the next ``iter()`` moves to the next epoch; ``set_epoch(e)`` jumps to the start of epoch
+    e (but continues a partly consumed current epoch, as after a resume).
+    """
+
+    def __init__(self, cluster_ids, num_samples: int, alpha: float = 1.0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        ids = _check_ids(cluster_ids)
+        if int(num_samples) < 1:
+            raise ParameterError(f"num_samples must be >= 1, got {num_samples}")
+        if int(world_size) < 1:
+            raise ParameterError(f"world_size must be >= 1, got {world_size}")
+        if not 0 <= int(rank) < int(world_size):
+            raise ParameterError(f"rank must be in [0, {int(world_size) - 1}], got {rank}")
+        if int(seed) < 0:
+            raise ParameterError(f"seed must be >= 0, got {seed}")
+        self.alpha = _check_alpha(alpha)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.num_samples = int(num_samples)
+        self.num_items = int(ids.size)
+        self.cluster_ids = ids
+        sizes = _cluster_sizes(ids).astype(np.float64)
+        weights = sizes[ids] ** -self.alpha
+        cdf = np.cumsum(weights / weights.sum())
+        cdf[-1] = 1.0
+        self._cdf = cdf
+        self.per_rank = -(-self.num_samples // self.world_size)
+        self.epoch = 0
+        self.position = 0  # items of this epoch already handed out by this rank
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Draw probability of each item, float64 [N]."""
+        return np.diff(self._cdf, prepend=0.0)
+
+    def effective_balance(self) -> Dict[str, Any]:
+        """:func:`effective_balance` of this sampler's clusters and alpha."""
+        return effective_balance(self.cluster_ids, self.alpha)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` from its beginning; when ``epoch`` is the current epoch and it
+        is partly consumed (as after :meth:`load_state_dict`), continues from the position."""
+        if int(epoch) < 0:
+            raise ParameterError(f"epoch must be >= 0, got {epoch}")
+        if int(epoch) != self.epoch or self.position >= self.per_rank:
+            self.epoch = int(epoch)
+            self.position = 0
+
+    def _chunk(self, epoch: int, c: int) -> np.ndarray:
+        u = np.random.default_rng([self.seed, epoch, c]).random(_CHUNK)
+        return np.minimum(np.searchsorted(self._cdf, u, side="right"), self.num_items - 1)
+
+    def global_stream(self, epoch: int) -> np.ndarray:
+        """All draws of an epoch across ranks, int64 [per_rank * world_size] (for checks)."""
+        total = self.per_rank * self.world_size
+        chunks = [self._chunk(epoch, c) for c in range(-(-total // _CHUNK))]
+        return np.concatenate(chunks)[:total]
+
+    def __iter__(self) -> Iterator[int]:
+        if self.position >= self.per_rank:
+            self.epoch += 1
+            self.position = 0
+        epoch = self.epoch
+        while self.position < self.per_rank and self.epoch == epoch:
+            g = self.rank + self.world_size * self.position
+            c = g // _CHUNK
+            chunk = self._chunk(epoch, c)
+            # This rank's positions inside chunk c, from the current one on.
+            offsets = np.arange(g - c * _CHUNK, _CHUNK, self.world_size)
+            offsets = offsets[: self.per_rank - self.position]
+            for v in chunk[offsets].tolist():
+                if self.epoch != epoch:
+                    return
+                self.position += 1
+                yield v
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Position (epoch, items handed out) plus the settings it is only valid with."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "alpha": self.alpha, "num_samples": self.num_samples,
+                "world_size": self.world_size, "rank": self.rank,
+                "num_items": self.num_items}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continues the stream saved by :meth:`state_dict`. The settings must match (the rank
+        may differ: every rank is at the same position)."""
+        for key in ("seed", "alpha", "num_samples", "world_size", "num_items"):
+            if key in state and state[key] != getattr(self, key):
+                raise ParameterError(f"sampler state has {key}={state[key]!r} but this sampler "
+                                     f"has {key}={getattr(self, key)!r}; resume with the same "
+                                     "data and settings")
+        position = int(state["position"])
+        if not 0 <= position <= self.per_rank:
+            raise ParameterError(f"sampler state position must be in [0, {self.per_rank}], "
+                                 f"got {position}")
+        self.epoch = int(state["epoch"])
+        self.position = position
+
+
+# --------------------------------------------------------------------------------------------
+# clustering embeddings into cluster ids
+
+
+def cluster_embeddings(X, k: int = 50, metric: str = "cosine", seed: int = 0,
+                       **kmeans_kw: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """k-means on the rows of X [N, D] (float16/32 array or memmap, read in blocks).
+
+    Returns ``(labels int32 [N], info)``; ``info`` holds k, metric, seed, n, d, inertia,
+    n_iter, seconds, ``sizes`` (list, per cluster id), ``centers`` (float32 [k, D]) and the
+    balance (entropy ratio) of uniform (alpha 0) and BDS (alpha 1) sampling.
+    """
+    from .kmeans import KMeans
+
+    t0 = time.perf_counter()
+    km = KMeans(k, metric=metric, seed=seed, **kmeans_kw).fit(X)
+    labels = km.labels_.astype(np.int32, copy=False)
+    sizes = np.bincount(labels, minlength=k)
+    info = {
+        "k": int(k), "metric": metric, "seed": int(seed),
+        "n": int(X.shape[0]), "d": int(X.shape[1]),
+        "inertia": float(km.inertia_), "n_iter": int(km.n_iter_),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "sizes": sizes.tolist(),
+        "balance_uniform": effective_balance(labels, 0.0)["entropy_ratio"],
+        "balance_bds": effective_balance(labels, 1.0)["entropy_ratio"],
+        "centers": km.cluster_centers_,
+    }
+    return labels, info
+
+
+def data_fingerprint(X, extra: str = "") -> Dict[str, Any]:
+    """Identifies an embedding array: shape, dtype and a sha256 of 64 evenly spaced rows plus
+    the last one (read without loading the array), combined with ``extra`` (e.g. a hash of the
+    cache manifest)."""
+    n = int(X.shape[0])
+    rows = np.unique(np.concatenate([np.linspace(0, n - 1, 64).astype(np.int64), [n - 1]]))
+    h = hashlib.sha256()
+    for r in rows.tolist():
+        h.update(np.ascontiguousarray(X[r]).tobytes())
+    h.update(extra.encode())
+    return {"n": n, "d": int(X.shape[1]), "dtype": str(X.dtype), "sha256": h.hexdigest()}
+
+
+def cluster_file(folder: Union[str, os.PathLike], k: int, metric: str, seed: int,
+                 stem: str = "clusters") -> Path:
+    """Where the cluster ids live: ``folder/{stem}-k{k}-{metric}-s{seed}.npy``."""
+    return Path(folder) / f"{stem}-k{int(k)}-{metric}-s{int(seed)}.npy"
+
+
+def fit_or_load_labels(X, folder: Union[str, os.PathLike], k: int = 50, metric: str = "cosine",
+                       seed: int = 0, *, stem: str = "clusters", extra_fingerprint: str = "",
+                       force: bool = False, **kmeans_kw: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """Cluster ids of X stored in ``folder``: reused when the stored fingerprint matches X (and
+    ``extra_fingerprint``), else recomputed with :func:`cluster_embeddings` and written
+    atomically (ids ``.npy``, centres ``.centers.npy``, then the ``.json`` summary, which marks
+    the set complete). Returns ``(labels int32 [N], summary)``; ``summary["reused"]`` says
+    which happened."""
+    from .atomic import atomic_open, atomic_write_text
+
+    path = cluster_file(folder, k, metric, seed, stem)
+    meta_path = path.with_suffix(".json")
+    fp = data_fingerprint(X, extra_fingerprint)
+    if not force and meta_path.exists() and path.exists():
+        try:
+            summary = json.loads(meta_path.read_text())
+            labels = np.load(path)
+        except (OSError, ValueError):
+            summary, labels = {}, None
+        if (summary.get("fingerprint") == fp and labels is not None
+                and labels.shape == (fp["n"],) and labels.dtype == np.int32):
+            summary["reused"] = True
+            return labels, summary
+    labels, info = cluster_embeddings(X, k, metric, seed, **kmeans_kw)
+    centers = info.pop("centers")
+    with atomic_open(path) as f:
+        np.save(f, labels)
+    with atomic_open(path.with_suffix(".centers.npy")) as f:
+        np.save(f, centers)
+    summary = {**info, "fingerprint": fp, "labels_file": path.name}
+    atomic_write_text(meta_path, json.dumps(summary, indent=1) + "\n")
+    summary["reused"] = False
+    return labels, summary
+
+
+def _cache_files_hash(cache_dir: Path) -> str:
+    """sha256 of the cache's metadata files (meta.json, manifest*), when present."""
+    h = hashlib.sha256()
+    for p in sorted(cache_dir.iterdir()):
+        if p.is_file() and (p.name == "meta.json" or p.name.startswith("manifest")):
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def load_or_fit_clusters(cache_dir: Union[str, os.PathLike], k: int = 50,
+                         metric: str = "cosine", seed: int = 0, *, force: bool = False,
+                         **kmeans_kw: Any) -> np.ndarray:
+    """Cluster ids (int32 [N], one per cache row) of an embedding cache's clip embeddings
+    (``EmbeddingCache(cache_dir).embeddings(pool="mean")``), stored as
+    ``clusters-k{K}-{metric}-s{seed}.npy`` (+ ``.json``) inside the cache folder and reused
+    while the cache is unchanged."""
+    from .cache import EmbeddingCache
+
+    cache_dir = Path(cache_dir)
+    X = EmbeddingCache(cache_dir).embeddings(pool="mean")
+    labels, _ = fit_or_load_labels(X, cache_dir, k, metric, seed, force=force,
+                                   extra_fingerprint=_cache_files_hash(cache_dir), **kmeans_kw)
+    return labels

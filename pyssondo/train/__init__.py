@@ -1,0 +1,7 @@
+"""Distillation training: settings, data pipeline, loop, checkpoints and run folders.
+
+Entry point: :func:`pyssondo.train.loop.distill` with a :class:`DistillConfig`.
+"""
+from .config import DistillConfig
+
+__all__ = ["DistillConfig"]

@@ -1,0 +1,196 @@
+"""DistillConfig: every setting of a distillation run, held once.
+
+The same dataclass gives the library defaults, the ``ssondo distill`` argparse defaults, the
+``--config`` file schema (TOML or JSON, keys = field names, the front end as a ``[mel]`` table)
+and the run folder's ``config.json``. Defaults are S-SONDO's: mn10 student with the MLP head,
+cosine loss, K = 50 clusters with alpha = 1 balanced sampling, Adam lr 8e-4 with warm-up and a
+linear decay to 0.01x, gradient clipping at 5, 10 s segments, and a 32 kHz 128-band log-mel
+front end whose rate is independent of the teacher's (each model sees its own resampled audio).
+
+Warm-up: S-SONDO warms up for 8 epochs of a long run. ``warmup_epochs = None`` resolves to
+``min(8, epochs // 4)`` so a short run spends at most a quarter of its steps warming up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ..config import MelConfig
+from ..errors import ParameterError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda")
+
+# Settings that change neither the data, the model nor the numbers a run produces: two
+# configs that differ only here are the same run for ``--resume auto``.
+NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every")
+
+
+@dataclass
+class DistillConfig:
+    """Resolved settings of one distillation run (units in the comments)."""
+
+    # Inputs.
+    teacher: str = ""                    # TorchScript file or pkg.mod:fn
+    audio: str = ""                      # folder of unlabeled audio
+    teacher_sr: Optional[int] = None     # Hz; only when the teacher does not state its rate
+    cache_dir: Optional[str] = None      # cache root (default: OUT/cache) or one cache folder
+    window_s: float = 10.0               # segment window, seconds
+    hop_s: Optional[float] = None        # segment hop, seconds (None = window)
+    cache_dtype: str = "float16"         # teacher embeddings on disk
+    # Model.
+    student: str = "mn10"
+    head: str = "mlp"                    # mlp | linear | identity
+    init: Optional[str] = None           # student weights to start from (a checkpoint or run)
+    mel: MelConfig = field(default_factory=MelConfig)
+    # Objective and sampling.
+    loss: str = "cosine"
+    clusters: int = 50                   # K of the k-means behind balanced sampling
+    cluster_metric: str = "cosine"
+    balance_alpha: float = 1.0           # 0 = uniform sampling, 1 = every cluster equally often
+    val_fraction: float = 0.1            # share of FILES held out for validation
+    # Optimisation.
+    epochs: int = 30
+    batch_size: int = 64
+    samples_per_epoch: Optional[int] = None  # None = number of training segments
+    lr: float = 8e-4
+    warmup_epochs: Optional[int] = None  # None = min(8, epochs // 4)
+    final_lr_scale: float = 0.01         # lr at the last step, as a fraction of lr
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0               # max global gradient norm (0 = off)
+    seed: int = 0
+    precision: str = "fp32"
+    device: str = "cpu"
+    # Data pipeline and augmentation (student side only; targets stay the teacher's).
+    cache_mel: bool = False              # keep the students' log-mel in a float16 file
+    workers: int = 2                     # DataLoader worker processes (0 = main process)
+    threads: int = 0                     # torch and C++ core threads (0 = library default)
+    gain_db: float = 0.0                 # random gain in [-gain_db, +gain_db] dB
+    time_mask: int = 0                   # max frames of one time mask (0 = off)
+    freq_mask: int = 0                   # max bands of one frequency mask (0 = off)
+    mixup: float = 0.0                   # Beta(mixup, mixup) mixing weight (0 = off)
+    # Bookkeeping.
+    out: str = "runs"
+    save_every: int = 0                  # also checkpoint every N steps (0 = each epoch only)
+    log_every: int = 10                  # steps between log.jsonl lines
+    projected: bool = False              # the run's student.pt outputs teacher-space embeddings
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mel, dict):
+            self.mel = MelConfig.from_dict(self.mel)
+
+    # -- derived values ------------------------------------------------------------------
+    @property
+    def resolved_warmup_epochs(self) -> int:
+        return self.warmup_epochs if self.warmup_epochs is not None else min(8, self.epochs // 4)
+
+    @property
+    def resolved_hop_s(self) -> float:
+        return self.hop_s if self.hop_s is not None else self.window_s
+
+    def validate(self) -> None:
+        """Raises ParameterError naming the first invalid setting and its valid range."""
+        def bad(name: str, valid: str) -> ParameterError:
+            return ParameterError(f"distill: {name}={getattr(self, name)!r} is invalid: {valid}")
+
+        checks = [
+            ("window_s", self.window_s > 0, "expected seconds > 0"),
+            ("hop_s", self.hop_s is None or self.hop_s > 0, "expected seconds > 0"),
+            ("cache_dtype", self.cache_dtype in ("float16", "float32"), "float16 or float32"),
+            ("clusters", self.clusters >= 1, "expected an integer >= 1"),
+            ("balance_alpha", 0.0 <= self.balance_alpha <= 1.0, "expected 0 <= alpha <= 1"),
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "expected 0 <= fraction < 1"),
+            ("epochs", self.epochs >= 1, "expected an integer >= 1"),
+            ("batch_size", self.batch_size >= 2, "expected >= 2 (batch norm needs two items)"),
+            ("samples_per_epoch", self.samples_per_epoch is None or self.samples_per_epoch >= 1,
+             "expected >= 1 or unset"),
+            ("lr", self.lr > 0, "expected > 0"),
+            ("warmup_epochs", self.warmup_epochs is None or 0 <= self.warmup_epochs <= self.epochs,
+             f"expected 0 <= warmup_epochs <= epochs={self.epochs}"),
+            ("final_lr_scale", 0.0 <= self.final_lr_scale <= 1.0, "expected in [0, 1]"),
+            ("weight_decay", self.weight_decay >= 0, "expected >= 0"),
+            ("grad_clip", self.grad_clip >= 0, "expected >= 0 (0 = off)"),
+            ("precision", self.precision in PRECISIONS, f"expected one of {PRECISIONS}"),
+            ("device", self.device.split(":")[0] in DEVICES, f"expected one of {DEVICES}"),
+            ("workers", self.workers >= 0, "expected >= 0"),
+            ("threads", self.threads >= 0, "expected >= 0"),
+            ("gain_db", self.gain_db >= 0, "expected >= 0 dB"),
+            ("time_mask", self.time_mask >= 0, "expected >= 0 frames"),
+            ("freq_mask", 0 <= self.freq_mask <= self.mel.n_mels,
+             f"expected 0 <= freq_mask <= n_mels={self.mel.n_mels}"),
+            ("mixup", self.mixup >= 0, "expected >= 0 (0 = off)"),
+            ("save_every", self.save_every >= 0, "expected >= 0 steps"),
+            ("log_every", self.log_every >= 1, "expected >= 1 step"),
+        ]
+        for name, ok, valid in checks:
+            if not ok:
+                raise bad(name, valid)
+        self.mel.validate()
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mel"] = self.mel.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], *, source: str = "config") -> "DistillConfig":
+        """Builds a config; unknown keys raise ParameterError (they are typos)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ParameterError(f"{source}: unknown settings {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if "mel" in d and not isinstance(d["mel"], MelConfig):
+            d["mel"] = MelConfig.from_dict(dict(d["mel"]))
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DistillConfig":
+        return cls.from_dict(json.loads(text))
+
+    def hash(self) -> str:
+        """sha256 (16 hex digits) of the settings that determine the run's numbers."""
+        d = self.to_dict()
+        for name in NOT_HASHED:
+            d.pop(name, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> "DistillConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def read_settings(path: "os.PathLike[str] | str") -> Dict[str, Any]:
+    """Parses a TOML or JSON settings file into a dict (ParameterError on bad syntax)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:
+            raise ParameterError(f"{path}: reading TOML needs Python >= 3.11; "
+                                 f"write the settings as JSON instead") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ParameterError(f"{path}: invalid TOML ({e})") from None
+    elif path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ParameterError(f"{path}: invalid JSON ({e})") from None
+    else:
+        raise ParameterError(f"{path}: config files must end in .toml or .json")
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: expected a table/object of settings at the top level")
+    return data

@@ -1,0 +1,418 @@
+"""The distillation run: teacher cache -> clusters -> balanced sampler -> student + head training.
+
+:func:`distill` is what ``ssondo distill`` calls. It resolves the teacher cache (building or
+reusing it), clusters it for balanced sampling, trains student + mapping head on the cached
+targets, checkpoints every epoch (and every ``save_every`` steps), keeps the best checkpoint by
+validation cosine similarity to the teacher, and exports the student at the end.
+
+Resuming restores model, head, optimizer, scheduler, grad scaler, RNG states and the sampler
+position, so an interrupted-and-resumed run ends with the same weights as an uninterrupted one
+(data order and augmentation are seeded per (epoch, position), see :mod:`.data`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ParameterError
+from ..progress import Progress
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import DistillConfig
+from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
+                   make_loader, mel_cache, split_by_file, warn_upsampled)
+from .rundir import RunDir, find_resumable, new_run_dir, plot_curves
+
+log = logging.getLogger("ssondo.distill")
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class StudentWithHead(nn.Module):
+    """Student backbone + mapping head: log-mel [B, M, F] -> teacher space [B, D] (or
+    [B, F', D] per student frame when ``frame_level``)."""
+
+    def __init__(self, student: nn.Module, head: nn.Module, frame_level: bool = False) -> None:
+        super().__init__()
+        self.student = student
+        self.head = head
+        self.frame_level = frame_level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frame_level:
+            return self.head(self.student.forward_frames(x))
+        return self.head(self.student(x))
+
+
+@dataclass
+class RunResult:
+    """What a finished (or already complete) run produced."""
+
+    run: RunDir
+    epochs_done: int
+    best_val_cos: Optional[float]
+    export: Optional[Path]
+    summary: Dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving inputs
+# ---------------------------------------------------------------------------------------------
+def teacher_name(spec: str) -> str:
+    """Short id of a teacher spec: file stem or factory function name."""
+    return spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
+
+
+def resolve_cache(cfg: DistillConfig, progress: bool = True) -> Path:
+    """Builds or reuses the teacher cache for ``cfg`` and checks it matches the run.
+
+    ``cfg.cache_dir`` is a cache root (default ``OUT/cache``) in which :func:`build_cache`
+    keeps one folder per teacher/rate/window/hop, or one such folder itself (holding
+    meta.json), which is then used as is after checking it was built by this teacher with this
+    window and hop.
+    """
+    from ..cache import build_cache
+
+    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
+    if (root / "meta.json").is_file():
+        check_cache_matches(root, cfg)
+        return root
+    if not cfg.teacher or not cfg.audio:
+        raise ParameterError("distill: give a teacher and an audio folder "
+                             "(or --cache-dir pointing at an existing teacher cache)")
+    path = Path(build_cache(cfg.teacher, cfg.audio, root, window_s=cfg.window_s,
+                            hop_s=cfg.hop_s, dtype=cfg.cache_dtype, teacher_sr=cfg.teacher_sr,
+                            progress=progress))
+    check_cache_matches(path, cfg)
+    return path
+
+
+def check_cache_matches(path: Path, cfg: DistillConfig) -> None:
+    """Raises ValueError when the cache at ``path`` was built for another teacher or setup."""
+    from ..models import file_sha256, is_factory_spec
+
+    meta = json.loads((path / "meta.json").read_text())
+    problems = []
+    fp = meta["teacher"]["fingerprint"]
+    if cfg.teacher and not is_factory_spec(cfg.teacher) and Path(cfg.teacher).is_file():
+        mine = file_sha256(cfg.teacher)
+        if fp != mine:
+            problems.append(f"built by teacher {meta['teacher']['name']} (sha256 {fp[:12]}), "
+                            f"not {Path(cfg.teacher).name} (sha256 {mine[:12]})")
+    if not math.isclose(float(meta["window_s"]), cfg.window_s):
+        problems.append(f"window {meta['window_s']:g} s, not --window {cfg.window_s:g} s")
+    if not math.isclose(float(meta["hop_s"]), cfg.resolved_hop_s):
+        problems.append(f"hop {meta['hop_s']:g} s, not --hop {cfg.resolved_hop_s:g} s")
+    if cfg.teacher_sr and int(meta["teacher_sample_rate"]) != cfg.teacher_sr:
+        problems.append(f"teacher rate {meta['teacher_sample_rate']} Hz, not --teacher-sr "
+                        f"{cfg.teacher_sr} Hz")
+    if problems:
+        raise ValueError(f"{path}: this teacher cache does not match the run: "
+                         f"{'; '.join(problems)}; point --cache-dir at a cache root (a matching "
+                         f"cache is made there) or at the matching cache folder")
+
+
+def build_model(cfg: DistillConfig, target_dim: int, frame_level: bool) -> StudentWithHead:
+    """Student + head for ``cfg``, checked to map log-mel to ``target_dim`` dimensions."""
+    from ..heads import make_head
+    from ..students import create_student
+
+    student = create_student(cfg.student, n_mels=cfg.mel.n_mels)
+    head = make_head(cfg.head, int(student.embed_dim), int(target_dim))
+    model = StudentWithHead(student, head, frame_level)
+    frames = cfg.mel.num_frames(int(round(cfg.window_s * cfg.mel.sample_rate)))
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, cfg.mel.n_mels, frames))
+    if out.shape[-1] != target_dim:
+        raise ValueError(f"distill: student {cfg.student} (dim {student.embed_dim}) with head "
+                         f"{cfg.head} outputs {out.shape[-1]} dims but the teacher's embeddings "
+                         f"have {target_dim}; use --head mlp or --head linear")
+    return model
+
+
+def load_init(model: StudentWithHead, spec: str) -> None:
+    """Loads student weights from a run folder, a checkpoint, or a saved state dict."""
+    path = Path(spec)
+    if path.is_dir():
+        path = RunDir(path).last
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec}: --init weights not found (a run folder or checkpoint)")
+    try:
+        state = load_checkpoint(path)["student"]
+    except ValueError:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{spec}: --init expects a ssondo checkpoint or a state dict")
+    own = model.student.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise ValueError(f"{spec}: --init weight {k} has shape {tuple(v.shape)}, the "
+                             f"{model.student.__class__.__name__} here needs {tuple(own[k].shape)}")
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{spec}: --init weights do not fit this student "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.student.load_state_dict(state)
+
+
+def lr_lambda(step: int, total: int, warmup: int, final: float) -> float:
+    """S-SONDO schedule per step: linear warm-up to 1, then linear decay to ``final``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 1.0 + (final - 1.0) * min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool = True,
+            export: bool = True) -> RunResult:
+    """Runs (or resumes) a distillation and returns where everything is.
+
+    Args:
+        cfg: resolved settings (:class:`DistillConfig`).
+        resume: None (new run), "auto" (newest run under ``cfg.out`` with the same config hash,
+            else a new run) or the path of a run folder or checkpoint to continue; a resumed
+            run keeps its stored settings (only out/workers/threads/log_every may differ).
+        progress: draw progress bars.
+        export: write ``student.pt`` into the run folder when training finishes.
+
+    Raises:
+        ValueError: bad settings or inputs; TrainingDiverged when the loss becomes NaN/inf.
+        OSError: a checkpoint could not be written (the previous one is intact).
+    """
+    from ..cache import EmbeddingCache
+    from ..losses import make_loss
+    from ..sampling import BalancedSampler, load_or_fit_clusters
+
+    run, state = _open_run(cfg, resume)
+    if state is not None:
+        stored = DistillConfig.from_json(state["config"])
+        recorded = json.loads(run.config.read_text()).get("cache") if run.config.is_file() else None
+        cfg = stored.replace(out=cfg.out, workers=cfg.workers, threads=cfg.threads,
+                             log_every=cfg.log_every,
+                             cache_dir=cfg.cache_dir or recorded or stored.cache_dir)
+    cfg.validate()
+    if cfg.threads:
+        from ..threads import set_num_threads
+        torch.set_num_threads(cfg.threads)
+        set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("distill: --device cuda but torch sees no CUDA device")
+    torch.manual_seed(cfg.seed)
+
+    cache_path = resolve_cache(cfg, progress)
+    cache = EmbeddingCache(cache_path)
+    segments = cache.segments()
+    if len(segments) == 0:
+        raise ValueError(f"{cfg.audio or cache_path}: no usable audio segments (the folder is "
+                         f"empty or every file failed to decode)")
+    meta = cache.meta
+    teacher_fp = str(meta["teacher"]["fingerprint"])
+    if run is not None and state["teacher"]["fingerprint"] != teacher_fp:
+        raise ValueError(f"{run.path}: the run was trained on teacher "
+                         f"{state['teacher']['fingerprint'][:12]} but the cache now holds "
+                         f"{teacher_fp[:12]}; start a new run")
+    loss_fn = make_loss(cfg.loss)
+    frame_level = loss_fn.level == "frame"
+    targets = cache.embeddings(pool=None if frame_level else "mean")
+    if frame_level and targets.ndim != 3:
+        raise ValueError(f"distill: loss {cfg.loss} needs frame-level teacher embeddings, but "
+                         f"{cache_path} holds clip embeddings; pick a clip-level loss")
+    model = build_model(cfg, targets.shape[-1], frame_level)
+    if cfg.init and state is None:
+        load_init(model, cfg.init)
+    model.to(device)
+    warn_upsampled(segments, cfg.mel.sample_rate)
+
+    # Data: clusters over the whole cache, a by-file validation split, a balanced sampler.
+    train_rows, val_rows = split_by_file(segments, cfg.val_fraction, cfg.seed)
+    k = min(cfg.clusters, len(segments))
+    labels = load_or_fit_clusters(cache_path, k=k, metric=cfg.cluster_metric, seed=cfg.seed)
+    samples = cfg.samples_per_epoch or len(train_rows)
+    steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
+    sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
+                              alpha=cfg.balance_alpha, seed=cfg.seed)
+    audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta["window_s"]))
+    mel = mel_cache(cache_path, audio, cfg.mel, cache.ids) if cfg.cache_mel else None
+    dataset = DistillDataset(audio, targets, mel)
+    augment = Augment(cfg.gain_db, cfg.time_mask, cfg.freq_mask, cfg.mixup)
+
+    # Optimisation.
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = cfg.resolved_warmup_epochs * steps_per_epoch
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_lambda(s, total_steps, warmup, cfg.final_lr_scale))
+    use_scaler = cfg.precision == "fp16" and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+
+    epoch, position, step, best, resumed_losses = 0, 0, 0, None, []
+    if state is not None:
+        model.student.load_state_dict(state["student"])
+        model.head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        epoch, position = int(state["sampler"]["epoch"]), int(state["sampler"]["position"])
+        step, best = int(state["step"]), state.get("best_metric")
+        resumed_losses = [float(v) for v in state["epoch_losses"]]
+        sampler.load_state_dict(state["sampler"])
+        run.truncate_log(step)
+        log.info("resuming %s at epoch %d, step %d", run.path, epoch + 1, step)
+    else:
+        run = _fresh(cfg)
+        run.write_config(cfg, {"teacher_fingerprint": teacher_fp, "cache": str(cache_path),
+                               "train_segments": int(len(train_rows)),
+                               "val_segments": int(len(val_rows)),
+                               "steps_per_epoch": steps_per_epoch})
+
+    teacher = {"name": str(meta["teacher"]["name"]), "fingerprint": teacher_fp,
+               "dim": int(targets.shape[-1]), "sample_rate": int(meta["teacher_sample_rate"]),
+               "level": str(meta["level"])}
+
+    def checkpoint(epoch_: int, position_: int, metric: Optional[float], is_best: bool) -> None:
+        st = {"config": cfg.to_json(), "config_hash": cfg.hash(), "teacher": teacher,
+              "student_name": cfg.student, "student": model.student.state_dict(),
+              "head": model.head.state_dict(), "optimizer": opt.state_dict(),
+              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+              "rng": capture_rng(),
+              "sampler": {**sampler.state_dict(), "epoch": epoch_, "position": position_},
+              "step": step, "best_metric": best, "metric": metric, "epochs_done": epoch_,
+              "epoch_losses": list(losses) if position_ else []}
+        save_checkpoint(run.last, st)
+        if is_best:
+            save_checkpoint(run.best, st)
+
+    def diverged(what: str) -> TrainingDiverged:
+        kept = run.last if run.last.is_file() else None
+        return TrainingDiverged(
+            f"distill: {what} became NaN/inf at epoch {epoch + 1}, step {step + 1}; "
+            + (f"the last good checkpoint is kept at {kept}" if kept
+               else "no checkpoint was written yet")
+            + f"; lower --lr (now {cfg.lr:g}) or use --precision fp32 (now {cfg.precision})")
+
+    loader = make_loader(dataset, KeyBatches(sampler, train_rows, cfg.batch_size, epoch,
+                                             cfg.epochs),
+                         Collate(cfg.mel, augment, cfg.seed), cfg.workers)
+    batches = iter(loader)
+    while epoch < cfg.epochs:
+        model.train()
+        losses, resumed_losses, t0 = resumed_losses, [], time.perf_counter()
+        with Progress(steps_per_epoch * cfg.batch_size, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                      unit="seg", enabled=None if progress else False) as bar:
+            bar.done = position
+            while position < steps_per_epoch * cfg.batch_size:
+                x, y, _ = next(batches)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    pred = model(x)
+                loss = loss_fn(pred.float(), y)
+                if not torch.isfinite(loss):
+                    raise diverged("the loss")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+                if not torch.isfinite(norm) and not use_scaler:
+                    raise diverged("the gradient")
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step += 1
+                position += x.shape[0]
+                losses.append(float(loss.detach()))
+                bar.update(x.shape[0], loss=losses[-1])
+                if step % cfg.log_every == 0:
+                    run.append_log({"kind": "step", "epoch": epoch + 1, "step": step,
+                                    "loss": float(np.mean(losses[-cfg.log_every:])),
+                                    "lr": sched.get_last_lr()[0]})
+                if cfg.save_every and step % cfg.save_every == 0 \
+                        and position < steps_per_epoch * cfg.batch_size:
+                    checkpoint(epoch, position, None, False)
+        val = evaluate(model, dataset, val_rows, cfg, device) if len(val_rows) else None
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        metric = val if val is not None else -train_loss
+        is_best = best is None or metric > best
+        best = metric if is_best else best
+        epoch, position = epoch + 1, 0
+        record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": train_loss,
+                  "val_cos": val, "seconds": round(time.perf_counter() - t0, 3),
+                  "samples_per_s": round(len(losses) * cfg.batch_size
+                                         / max(1e-9, time.perf_counter() - t0), 1)}
+        run.append_log(record)
+        checkpoint(epoch, 0, metric, is_best)
+        log.info("epoch %d/%d: train loss %.4f%s", epoch, cfg.epochs, train_loss,
+                 f", validation cosine {val:.4f}" if val is not None else "")
+    del batches, loader
+    plot_curves(run)
+    final = load_checkpoint(run.last)
+    best_val = final.get("best_metric") if len(val_rows) else None
+    out = None
+    if export:
+        from ..export import export_run
+        out = export_run(run.path, run.export, projected=cfg.projected, which="best",
+                         quiet=True).path
+    return RunResult(run, int(final["epochs_done"]), best_val, out,
+                     {"steps": step, "train_segments": int(len(train_rows)),
+                      "val_segments": int(len(val_rows))})
+
+
+@torch.no_grad()
+def evaluate(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
+             cfg: DistillConfig, device: torch.device) -> float:
+    """Mean cosine similarity between head(student(x)) and the teacher's target over ``rows``
+    (frame-level outputs and targets are mean-pooled over frames first)."""
+    model.eval()
+    loader = make_loader(dataset, fixed_batches(rows, cfg.batch_size), Collate(cfg.mel),
+                         min(cfg.workers, 1))
+    total, n = 0.0, 0
+    for x, y, _ in loader:
+        pred = model(x.to(device)).float()
+        y = y.to(device)
+        if pred.ndim == 3:
+            pred, y = pred.mean(1), y.mean(1)
+        total += float(torch.nn.functional.cosine_similarity(pred, y, dim=-1).sum())
+        n += x.shape[0]
+    return total / max(1, n)
+
+
+def _open_run(cfg: DistillConfig, resume: Optional[str]):
+    """The run folder and checkpoint to continue from, or (None, None) for a new run (whose
+    folder is made once the inputs have been checked)."""
+    if resume is None:
+        return None, None
+    if resume == "auto":
+        run = find_resumable(cfg.out, cfg.hash())
+        if run is None:
+            log.info("no run with this config under %s: starting a new one", cfg.out)
+            return None, None
+        return run, load_checkpoint(run.last)
+    path = Path(resume)
+    if path.is_dir():
+        run = RunDir(path)
+        return run, load_checkpoint(run.last)
+    run = RunDir(path.parent.parent)
+    return run, load_checkpoint(path)
+
+
+def _fresh(cfg: DistillConfig) -> RunDir:
+    cfg.validate()
+    return new_run_dir(cfg.out, cfg.student, teacher_name(cfg.teacher) if cfg.teacher else "cache")

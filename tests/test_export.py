@@ -1,0 +1,125 @@
+"""The exported student: any input length, per-window embeddings, scripted == eager, metadata,
+int8, and `ssondo embed` on the export."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pyssondo.config import MelConfig
+from pyssondo.export import ExportedStudent, save_export, wrap
+from pyssondo.frontend import LogMel
+from pyssondo.heads import make_head
+from pyssondo.models import load_model
+from pyssondo.students import create_student
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+MEL = MelConfig(sample_rate=16000, f_max=8000.0, n_mels=64)
+WINDOW_S = 1.0  # 16000 samples: small, so 25 s is 25 windows but still fast
+
+
+@pytest.fixture(scope="module")
+def module() -> ExportedStudent:
+    torch.manual_seed(0)
+    student = create_student("mn01", n_mels=MEL.n_mels)
+    head = make_head("mlp", int(student.embed_dim), 32)
+    # Non-trivial batch-norm statistics, so eval mode differs from an identity.
+    student.train()
+    with torch.no_grad():
+        student(torch.randn(8, MEL.n_mels, 30))
+    return wrap(student, head, MEL, WINDOW_S)
+
+
+@pytest.fixture(scope="module")
+def scripted(module):
+    return torch.jit.script(module)
+
+
+def reference(module: ExportedStudent, wav: torch.Tensor) -> torch.Tensor:
+    """Independent reference: cut windows with numpy-style slicing, embed each through the
+    eager parts one by one, average weighted by real samples."""
+    w, t = module.window, wav.shape[1]
+    embs, weights = [], []
+    for start in range(0, t, w):
+        piece = torch.zeros(wav.shape[0], w)
+        real = wav[:, start:start + w]
+        piece[:, :real.shape[1]] = real
+        embs.append(module.head(module.backbone(LogMel(MEL)(piece))))
+        weights.append(real.shape[1] / t)
+    return sum(e * wt for e, wt in zip(embs, weights))
+
+
+@pytest.mark.parametrize("seconds", [1 / 16000, 300 / 16000, 10.0, 25.0])
+def test_any_length_matches_reference_and_script(module, scripted, seconds):
+    t = max(1, int(round(seconds * 16000)))
+    wav = 0.1 * torch.randn(2, t, generator=torch.Generator().manual_seed(t))
+    with torch.no_grad():
+        eager, ref, script_out = module(wav), reference(module, wav), scripted(wav)
+    assert eager.shape == (2, 32)
+    assert torch.allclose(eager, ref, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(script_out, eager, atol=1e-5, rtol=1e-4)
+    segs = scripted.segments(wav)
+    assert segs.shape == (2, -(-t // module.window), 32)
+
+
+def test_segments_are_per_window_embeddings(module):
+    wav = 0.1 * torch.randn(1, int(2.5 * module.window), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        segs = module.segments(wav)
+        second = module.head(module.backbone(LogMel(MEL)(wav[:, module.window:2 * module.window])))
+    assert segs.shape == (1, 3, 32)
+    assert torch.allclose(segs[:, 1], second, atol=1e-5)
+
+
+def test_empty_input_is_an_error(scripted):
+    with pytest.raises(Exception, match="at least one sample"):
+        scripted(torch.zeros(1, 0))
+
+
+def test_save_reload_metadata_and_embed_cli(module, tmp_path):
+    out = tmp_path / "student.pt"
+    report = save_export(module, out, {"teacher": {"name": "x"}, "projected": True},
+                         measure=False)
+    assert report.max_rel_diff <= 1e-4
+    loaded = load_model(out, role="student")
+    assert loaded.sample_rate == 16000 and loaded.meta["embed_dim"] == 32
+    assert loaded.meta["format"] == "ssondo-student" and loaded.meta["segment_samples"] == 16000
+    # `ssondo embed` in a fresh process equals the module on the same audio.
+    rng = np.random.default_rng(0)
+    files = []
+    for i, seconds in enumerate((0.5, 2.3)):
+        path = tmp_path / f"a{i}.wav"
+        sf.write(path, (0.2 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000,
+                 subtype="FLOAT")
+        files.append(path)
+    emb = tmp_path / "emb.npy"
+    proc = subprocess.run([sys.executable, "-m", "pyssondo", "embed", str(out), *map(str, files),
+                           "-o", str(emb), "-v", "--threads", "1"], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert sum(line.endswith(" ms") for line in proc.stdout.splitlines()) == 2
+    got = np.load(emb)
+    with torch.no_grad():
+        want = np.stack([module(torch.from_numpy(sf.read(f, dtype="float32")[0])[None])[0].numpy()
+                         for f in files])
+    assert got.shape == (2, 32)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_int8_reports_size_and_cosine(module, tmp_path):
+    report = save_export(module, tmp_path / "int8.pt", {}, int8=True, measure=False)
+    assert report.meta["int8"] is True
+    assert report.int8["fp32_size_bytes"] > report.size_bytes  # the head's Linear layers shrink
+    assert 0.9 < report.int8["cosine_to_fp32"] <= 1.0 + 1e-6
+
+
+def test_embed_rejects_missing_file(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pyssondo", "embed", "nope.pt", "x.wav", "-o",
+                           str(tmp_path / "e.npy")], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 1 and "x.wav" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "e.npy").exists()
