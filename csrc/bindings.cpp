@@ -21,7 +21,6 @@
 #include "mel.hpp"
 #include "resample.hpp"
 #include "kmeans.hpp"
-#include "losses.hpp"
 #include "wav.hpp"
 
 namespace py = pybind11;
