@@ -12,7 +12,7 @@ What ``fit`` does (all heavy loops are C++ kernels in ``csrc/kmeans.cpp``, threa
    array (normalised for cosine). With ``m = N`` all rows are used and steps 2-4 are exact
    full-batch k-means.
 2. **Seeding.** Greedy k-means++ (each step keeps the best of ``2 + ln k`` D^2-sampled
-   candidates, rounded to the kernel's block of 6 rows) on ``min(m, max(32 k, 1024))`` of
+   candidates, rounded up to the kernel's block of 6 rows) on ``min(m, max(32 k, 1024))`` of
    those rows.
    With ``n_init > 1`` steps 2-4 run ``n_init`` times and the run with the lowest sample
    inertia is kept.
