@@ -297,8 +297,8 @@ void bind_kmeans(py::module_& m) {
       },
       py::arg("x"), py::arg("k"), py::arg("n_trials") = 0, py::arg("seed") = 0,
       "Greedy k-means++ seeding on float32 rows x [n, d] (squared Euclidean; normalise rows\n"
-      "first for cosine). Returns int64 [k] row indices. n_trials <= 0: 2 + ln(k), rounded to\n"
-      "the nearest multiple of 6.");
+      "first for cosine). Returns int64 [k] row indices. n_trials <= 0: 2 + ln(k), rounded up\n"
+      "to a multiple of 6.");
   m.def(
       "kmeans_update",
       [](F32& centroids, F64& weights, const F64& sums, const I64& counts,

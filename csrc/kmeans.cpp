@@ -429,11 +429,10 @@ void kmeanspp(const float* x, std::size_t n, std::size_t d, std::size_t k, int n
   if (d == 0) throw std::invalid_argument("kmeans++: d must be >= 1");
   // The candidates of one step form the rows of a tile and the points are packed once as
   // "centroid" panels, so the kernel computes rows in groups of MR: the default number of
-  // trials, 2 + ln k (scikit-learn's), is rounded to the nearest multiple of MR (at least MR).
+  // trials, 2 + ln k (scikit-learn's), is rounded up to a multiple of MR at no extra cost.
   const std::size_t sk_trials = 2 + static_cast<std::size_t>(std::log(static_cast<double>(k)));
   const std::size_t trials = std::min<std::size_t>(
-      MB, n_trials > 0 ? static_cast<std::size_t>(n_trials)
-                       : std::max(MR, (sk_trials + MR / 2) / MR * MR));
+      MB, n_trials > 0 ? static_cast<std::size_t>(n_trials) : round_up(sk_trials, MR));
   std::mt19937_64 rng(seed);
   auto uniform = [&rng]() { return static_cast<double>(rng() >> 11) * 0x1.0p-53; };
   auto uniform_index = [&](std::size_t m) {

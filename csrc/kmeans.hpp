@@ -55,8 +55,8 @@ void sq_distances(const float* x, std::size_t n, const float* c, std::size_t m, 
 // Greedy k-means++ seeding (Arthur & Vassilvitskii; greedy variant with n_trials candidates
 // per step, as in scikit-learn) on float rows x [n x d] with squared Euclidean distances.
 // Writes k row indices into chosen. Deterministic for a given seed and thread count.
-// n_trials <= 0 picks 2 + floor(ln k) rounded to the nearest multiple of 6 (the kernel's row
-// block; at least 6). Duplicated points are never picked twice while a point
+// n_trials <= 0 picks 2 + floor(ln k) rounded up to a multiple of 6 (the kernel's row block,
+// computed at the same cost). Duplicated points are never picked twice while a point
 // at positive distance remains; if all remaining points coincide with centres, an index is
 // drawn uniformly.
 void kmeanspp(const float* x, std::size_t n, std::size_t d, std::size_t k, int n_trials,
