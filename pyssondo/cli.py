@@ -25,18 +25,8 @@ COMMANDS = [
     "cluster",
     "students",
     "merge",
-    "adapt",
     "doctor",
 ]
-
-
-def _available_commands():
-    for name in COMMANDS:
-        try:
-            yield name, importlib.import_module(f"pyssondo.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"pyssondo.commands.{name}":
-                raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ssondo {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _available_commands():
+    for name in COMMANDS:
+        module = importlib.import_module(f"pyssondo.commands.{name}")
         p = sub.add_parser(
             name,
             help=module.HELP,

@@ -84,3 +84,29 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise ValueError(f"{path}: checkpoint version {state.get('version')} is not supported "
                          f"(this ssondo reads version {VERSION})")
     return state
+
+
+def load_student_weights(spec: PathLike) -> Dict[str, torch.Tensor]:
+    """Student weights from a run folder (its last checkpoint), a checkpoint, or a state dict
+    file saved with ``torch.save`` (loaded with ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: nothing at ``spec``. ValueError: the file holds no student weights.
+    """
+    from .rundir import RunDir
+
+    path = Path(spec)
+    if path.is_dir():
+        path = RunDir(path).last
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec}: student weights not found (a run folder or checkpoint)")
+    try:
+        state = load_checkpoint(path)["student"]
+    except ValueError:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            raise ValueError(f"{spec}: not a ssondo checkpoint or a state dict file") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{spec}: expected a ssondo checkpoint or a student state dict")
+    return state

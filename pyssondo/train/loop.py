@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..progress import Progress
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (capture_rng, load_checkpoint, load_student_weights, restore_rng,
+                         save_checkpoint)
 from .config import DistillConfig
 from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
                    make_loader, mel_cache, split_by_file, warn_upsampled)
@@ -143,17 +144,7 @@ def build_model(cfg: DistillConfig, target_dim: int, frame_level: bool) -> Stude
 
 def load_init(model: StudentWithHead, spec: str) -> None:
     """Loads student weights from a run folder, a checkpoint, or a saved state dict."""
-    path = Path(spec)
-    if path.is_dir():
-        path = RunDir(path).last
-    if not path.is_file():
-        raise FileNotFoundError(f"{spec}: --init weights not found (a run folder or checkpoint)")
-    try:
-        state = load_checkpoint(path)["student"]
-    except ValueError:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{spec}: --init expects a ssondo checkpoint or a state dict")
+    state = load_student_weights(spec)
     own = model.student.state_dict()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
