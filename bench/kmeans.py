@@ -122,7 +122,7 @@ def main() -> int:
                     k, algorithm="lloyd", n_init=1, random_state=args.seed).fit(X).cluster_centers_)
 
         ours_t, ours_i = rows[0][1], rows[0][2]
-        print(f"  ratios vs ours (time = theirs / ours: > 1 means ours is faster; "
+        print("  ratios vs ours (time = theirs / ours: > 1 means ours is faster; "
               f"inertia = ours / theirs: <= 1.01 is the target):")
         for name, dt, inert in rows[1:]:
             print(f"    {name:<30s} speed-up {dt / ours_t:7.2f}x   inertia ratio {ours_i / inert:.4f}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -166,27 +165,40 @@ def test_fit_or_load_labels_caches_and_refits_on_change(tmp_path):
     assert not info4["reused"]
 
 
-def test_load_or_fit_clusters_uses_the_cache_api(tmp_path, monkeypatch):
-    X = blobs(seed=1).astype(np.float16)
+def test_load_or_fit_clusters_on_a_real_teacher_cache(tmp_path, shared_data, capsys):
+    """CREPE tiny embeddings of real clips: ids fitted once, reused, refitted when the cache
+    changes, and `ssondo cluster` on the cache folder agrees with the library."""
+    import shutil
 
-    class FakeCache:  # the contract of pyssondo.cache.EmbeddingCache used here
-        def __init__(self, path):
-            self.path = Path(path)
+    from pyssondo import cli
+    from pyssondo.cache import EmbeddingCache, build_cache
+    from pyssondo.teachers import build_teacher_file
 
-        def embeddings(self, pool="mean"):
-            assert pool == "mean"
-            return X
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    pool = sorted((shared_data / "pool").glob("*.flac"))
+    for path in pool[:6]:
+        shutil.copy(path, audio / path.name)
+    teacher = tmp_path / "crepe-tiny.pt"
+    build_teacher_file("crepe-tiny", teacher)
+    cache_dir = build_cache(str(teacher), audio, tmp_path / "cache", window_s=1.0, progress=False)
+    X = EmbeddingCache(cache_dir).embeddings(pool="mean")
+    assert X.shape[0] == 24  # 6 clips x 4 one-second segments
 
-    monkeypatch.setitem(sys.modules, "pyssondo.cache", types.SimpleNamespace(EmbeddingCache=FakeCache))
-    (tmp_path / "meta.json").write_text('{"dim": 16}')
-    labels = sampling.load_or_fit_clusters(tmp_path, k=5)
-    assert (tmp_path / "clusters-k5-cosine-s0.npy").exists()
-    ref, _ = sampling.cluster_embeddings(X, 5, "cosine", 0)
+    labels = sampling.load_or_fit_clusters(cache_dir, k=3)
+    ref, _ = sampling.cluster_embeddings(np.asarray(X, np.float32), 3, "cosine", 0)
     np.testing.assert_array_equal(labels, ref)
-    (tmp_path / "meta.json").write_text('{"dim": 16, "changed": 1}')
-    mtime = (tmp_path / "clusters-k5-cosine-s0.json").stat().st_mtime_ns
-    sampling.load_or_fit_clusters(tmp_path, k=5)
-    assert (tmp_path / "clusters-k5-cosine-s0.json").stat().st_mtime_ns != mtime
+    ids_file = cache_dir / "clusters-k3-cosine-s0.npy"
+    mtime = ids_file.stat().st_mtime_ns
+    np.testing.assert_array_equal(sampling.load_or_fit_clusters(cache_dir, k=3), labels)
+    assert ids_file.stat().st_mtime_ns == mtime  # reused, not refitted
+
+    shutil.copy(pool[6], audio / pool[6].name)  # the cache grows: the ids must follow
+    build_cache(str(teacher), audio, tmp_path / "cache", window_s=1.0, progress=False)
+    assert sampling.load_or_fit_clusters(cache_dir, k=3).shape == (28,)
+
+    assert cli.main(["cluster", str(cache_dir), "-k", "3"]) == 0
+    assert "28 rows x 256 dims -> 3 clusters" in capsys.readouterr().out
 
 
 def test_cli_cluster_on_npy(tmp_path, capsys, monkeypatch):
