@@ -123,7 +123,7 @@ def main() -> int:
 
         ours_t, ours_i = rows[0][1], rows[0][2]
         print("  ratios vs ours (time = theirs / ours: > 1 means ours is faster; "
-              f"inertia = ours / theirs: <= 1.01 is the target):")
+              "inertia = ours / theirs: <= 1.01 is the target):")
         for name, dt, inert in rows[1:]:
             print(f"    {name:<30s} speed-up {dt / ours_t:7.2f}x   inertia ratio {ours_i / inert:.4f}")
     return 0
