@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from typing import List, Optional
 
 # Order is the order shown by --help: the main job first, then its steps, then the rest.
@@ -66,6 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         format="%(levelname)s: %(message)s",
     )
     logging.captureWarnings(True)
+    # Warnings name their file in the message; the source line of the warn() call is noise.
+    warnings.formatwarning = lambda message, category, *args, **kwargs: str(message)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

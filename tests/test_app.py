@@ -34,7 +34,7 @@ def app(tmp_path_factory) -> Path:
                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
                    check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
-    exe = build / "cli" / "ssondo-embed"
+    exe = build / "ssondo-embed"
     assert exe.is_file()
     return exe
 
