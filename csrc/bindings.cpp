@@ -388,32 +388,24 @@ void bind_losses(py::module_& m) {
         py::arg("gs").noconvert(), py::arg("gt").noconvert(), py::arg("xs").noconvert(),
         py::arg("xt").noconvert(), py::arg("want_grad"),
         "RKD angle loss from Grams gs, gt [B, B] and rows xs [B, Ds], xt [B, Dt].");
-    m.def(
-        "rkd_distance_loss",
-        [require_shape, run](const Array& gs, const Array& gt, bool want_grad) {
-          require_ndim(gs, 2, "gs");
-          const py::ssize_t b = gs.shape(0);
-          require_shape(gs, b, b, "gs");
-          require_shape(gt, b, b, "gt");
-          return run({b, b}, want_grad, [&](T* grad) {
-            return ssondo::rkd_distance_loss<T>(gs.data(), gt.data(), b, grad);
-          });
-        },
-        py::arg("gs").noconvert(), py::arg("gt").noconvert(), py::arg("want_grad"),
-        "RKD distance loss from Grams gs, gt [B, B].");
-    m.def(
-        "pairwise_cosine_loss",
-        [require_shape, run](const Array& gs, const Array& gt, bool want_grad) {
-          require_ndim(gs, 2, "gs");
-          const py::ssize_t b = gs.shape(0);
-          require_shape(gs, b, b, "gs");
-          require_shape(gt, b, b, "gt");
-          return run({b, b}, want_grad, [&](T* grad) {
-            return ssondo::pairwise_cosine_loss<T>(gs.data(), gt.data(), b, grad);
-          });
-        },
-        py::arg("gs").noconvert(), py::arg("gt").noconvert(), py::arg("want_grad"),
-        "Pairwise-cosine loss from Grams gs, gt [B, B].");
+    // Losses that need only the two [B, B] Gram matrices.
+    auto def_gram_pair = [&m, require_shape, run](const char* name, auto kernel, const char* doc) {
+      m.def(
+          name,
+          [require_shape, run, kernel](const Array& gs, const Array& gt, bool want_grad) {
+            require_ndim(gs, 2, "gs");
+            const py::ssize_t b = gs.shape(0);
+            require_shape(gs, b, b, "gs");
+            require_shape(gt, b, b, "gt");
+            return run({b, b}, want_grad,
+                       [&](T* grad) { return kernel(gs.data(), gt.data(), b, grad); });
+          },
+          py::arg("gs").noconvert(), py::arg("gt").noconvert(), py::arg("want_grad"), doc);
+    };
+    def_gram_pair("rkd_distance_loss", &ssondo::rkd_distance_loss<T>,
+                  "RKD distance loss from Grams gs, gt [B, B].");
+    def_gram_pair("pairwise_cosine_loss", &ssondo::pairwise_cosine_loss<T>,
+                  "Pairwise-cosine loss from Grams gs, gt [B, B].");
     m.def(
         "similarity_preserving_loss",
         [run](const Array& gs, const Array& gt, bool want_grad) {
