@@ -2,9 +2,12 @@
 
 Measured in one process, same student, batch, steps and thread counts:
 
-- in memory: the model trains on batches collated beforehand (the upper bound);
-- ours: DistillDataset + Collate (segments cut from decoded files, batched C++ log-mel in
-  DataLoader workers), and ours with --cache-mel (float16 log-mel memory-mapped);
+- in memory: the model trains on batches collated beforehand, already on the device (the
+  upper bound);
+- ours: what ``ssondo distill`` does by default (--cache-mel auto, on for this set): float16
+  log-mel computed once by the C++ core and memory-mapped, rows copied in DataLoader workers;
+  and ours with --cache-mel off (segments cut from decoded files, batched C++ log-mel in the
+  workers);
 - baseline (S-SONDO research code's pattern): one .npy file per segment, log-mel computed per
   item in torch (our LogMel module, eager) in the same number of DataLoader workers.
 
@@ -15,7 +18,11 @@ its workers, and their decoded files, for the whole run) and after four passes o
 projection of frame energies): the teacher never runs during training, so its cost is not
 part of what is measured.
 
-    python bench/train.py [--student mn04] [--batch-size 32] [--steps 20] [--workers 2] [--threads 2]
+On a CPU the model step dominates and every loader competes with it for the same cores; on a
+GPU (--device cuda) the model is fast and the loader sets the pace.
+
+    python bench/train.py [--student mn04] [--batch-size 32] [--steps 20] [--workers 2]
+                          [--threads 2] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -69,20 +76,26 @@ class NpyPerSegment(torch.utils.data.Dataset):
         return x, torch.from_numpy(np.asarray(self.targets[i], dtype=np.float32))
 
 
-def train_steps(model, loss_fn, opt, batches, steps):
+def train_steps(model, loss_fn, opt, batches, steps, device):
     """Steps/s of training over an iterator of (x, y, ...) batches (first 2 steps are warm-up)."""
     it = iter(batches)
     for _ in range(2):
-        x, y = next(it)[:2]
-        _step(model, loss_fn, opt, x, y)
+        _step(model, loss_fn, opt, *next(it)[:2], device)
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        x, y = next(it)[:2]
-        _step(model, loss_fn, opt, x, y)
+        _step(model, loss_fn, opt, *next(it)[:2], device)
+    _sync(device)
     return steps / (time.perf_counter() - t0)
 
 
-def _step(model, loss_fn, opt, x, y):
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step(model, loss_fn, opt, x, y, device):
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     loss = loss_fn(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -111,14 +124,16 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--window", type=float, default=4.0, help="segment seconds")
+    p.add_argument("--device", default="cpu", help="where the model trains: cpu or cuda")
     args = p.parse_args()
+    device = torch.device(args.device)
 
     from pyssondo.cache import EmbeddingCache, build_cache
     from pyssondo.losses import make_loss
     from pyssondo.sampling import BalancedSampler
     from pyssondo.train.config import DistillConfig
     from pyssondo.train.data import (Collate, DistillDataset, KeyBatches, SegmentAudio,
-                                     make_loader, mel_cache)
+                                     make_loader, mel_cache, mel_cache_path)
     from pyssondo.train.loop import build_model
 
     torch.set_num_threads(args.threads)
@@ -134,7 +149,7 @@ def main() -> int:
         segments, targets = cache.segments(), cache.embeddings()
         n = len(segments)
         cfg = DistillConfig(student=args.student, mel=mel_cfg, window_s=args.window)
-        model = build_model(cfg, targets.shape[1], frame_level=False).train()
+        model = build_model(cfg, targets.shape[1], frame_level=False).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         loss_fn = make_loss("cosine")
         total = args.steps + 3
@@ -147,7 +162,7 @@ def main() -> int:
             audio = SegmentAudio(segments, mel_cfg.sample_rate, args.window)
             return make_loader(DistillDataset(audio, targets, mel),
                                KeyBatches(sampler, rows, args.batch_size, 0, 1),
-                               Collate(mel_cfg), workers)
+                               Collate(mel_cfg), workers, pin_memory=device.type == "cuda")
 
         # Baseline data: one .npy per segment at the student's rate (written once, untimed).
         audio = SegmentAudio(segments, mel_cfg.sample_rate, args.window)
@@ -165,28 +180,33 @@ def main() -> int:
                 sampler=order.tolist(), num_workers=args.workers,
                 worker_init_fn=lambda _: torch.set_num_threads(1))
 
-        mel = mel_cache(cache_dir, audio, mel_cfg, cache.ids)
-        memory = [b for _, b in zip(range(total), ours_loader(workers=0))]
+        mel = mel_cache(mel_cache_path(cache_dir, audio, mel_cfg, cache.ids), audio, mel_cfg)
+        memory = [tuple(t.to(device) for t in b[:2])
+                  for _, b in zip(range(total), ours_loader(workers=0))]
 
-        print(f"student {args.student}, batch {args.batch_size}, {args.window:g} s segments at "
-              f"{mel_cfg.sample_rate} Hz, {n} segments; torch threads {args.threads}, C++ threads "
-              f"{args.threads}, DataLoader workers {args.workers} (1 thread each)")
-        rates = {}
-        rates["in memory"] = train_steps(model, loss_fn, opt, memory, args.steps)
-        rates["ours"] = train_steps(model, loss_fn, opt, ours_loader(), args.steps)
-        rates["ours --cache-mel"] = train_steps(model, loss_fn, opt, ours_loader(mel), args.steps)
-        rates["baseline"] = train_steps(model, loss_fn, opt, baseline_loader(), args.steps)
+        print(f"student {args.student} on {device}, batch {args.batch_size}, {args.window:g} s "
+              f"segments at {mel_cfg.sample_rate} Hz, {n} segments; torch threads {args.threads}, "
+              f"C++ threads {args.threads}, DataLoader workers {args.workers} (1 thread each); "
+              f"{os.cpu_count()} CPU cores")
+        rates = {"in memory": train_steps(model, loss_fn, opt, memory, args.steps, device),
+                 "ours": train_steps(model, loss_fn, opt, ours_loader(mel), args.steps, device),
+                 "ours --cache-mel off": train_steps(model, loss_fn, opt, ours_loader(),
+                                                     args.steps, device),
+                 "baseline": train_steps(model, loss_fn, opt, baseline_loader(), args.steps,
+                                         device)}
         for name, r in rates.items():
-            print(f"  train {name:18s} {r:7.2f} steps/s")
-        print(f"  ours / in memory          {rates['ours'] / rates['in memory']:.2f}  (target >= 0.9)")
-        print(f"  ours --cache-mel / memory {rates['ours --cache-mel'] / rates['in memory']:.2f}")
-        print(f"  ours / baseline           {rates['ours'] / rates['baseline']:.2f}  (target >= 3)")
-        loaders = {"ours (cold: decoding)": loader_rate(ours_loader(), args.steps),
-                   "ours (warm)": loader_rate(ours_loader(), args.steps, skip=warm),
-                   "ours --cache-mel": loader_rate(ours_loader(mel), args.steps),
+            print(f"  train {name:22s} {r:7.2f} steps/s")
+        for name in ("ours", "ours --cache-mel off"):
+            print(f"  {name + ' / in memory':32s} {rates[name] / rates['in memory']:5.2f}"
+                  + ("  (target >= 0.9)" if name == "ours" else ""))
+            print(f"  {name + ' / baseline':32s} {rates[name] / rates['baseline']:5.2f}"
+                  + ("  (target >= 3)" if name == "ours" else ""))
+        loaders = {"ours": loader_rate(ours_loader(mel), args.steps),
+                   "ours off (cold: decoding)": loader_rate(ours_loader(), args.steps),
+                   "ours off (warm)": loader_rate(ours_loader(), args.steps, skip=warm),
                    "baseline": loader_rate(baseline_loader(), args.steps)}
         for name, r in loaders.items():
-            print(f"  loader alone {name:22s} {r:7.2f} batches/s  "
+            print(f"  loader alone {name:26s} {r:7.2f} batches/s  "
                   f"({r / loaders['baseline']:.2f}x baseline)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

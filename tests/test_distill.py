@@ -59,7 +59,7 @@ def cli_args(cfg: DistillConfig):
             "--batch-size", str(cfg.batch_size), "--epochs", str(cfg.epochs), "--lr", str(cfg.lr),
             "--val-fraction", str(cfg.val_fraction), "--workers", str(cfg.workers),
             "--threads", str(cfg.threads), "--cache-dir", cfg.cache_dir, "--out", cfg.out,
-            "--log-every", "1", "--save-every", str(cfg.save_every)]
+            "--log-every", "1", "--save-every", str(cfg.save_every), "--cache-mel", cfg.cache_mel]
 
 
 def state_of(path: Path):
@@ -93,6 +93,8 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     stored = json.loads((run / "config.json").read_text())
     assert set(DistillConfig().to_dict()) <= set(stored)
     assert stored["mel"]["sample_rate"] == 16000 and stored["epochs"] == 3
+    assert stored["cache_mel"] == "auto" and stored["mel_cached"] is True  # a small set: cached
+    assert list(Path(stored["cache"]).glob("mel-*.npy"))
     epochs = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
               if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
@@ -126,14 +128,15 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
 
 
 def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
-    # Uninterrupted, in this process, loading in the main process.
-    cfg = config(work, tmp_path / "a", epochs=3, save_every=1, threads=1)
+    # Uninterrupted, in this process, loading in the main process; log-mel per batch (the
+    # end-to-end test above trains from the log-mel cache).
+    cfg = config(work, tmp_path / "a", epochs=3, save_every=1, threads=1, cache_mel="off")
     ref = distill(cfg, progress=False, export=False)
     _, want = state_of(ref.run.last)
     # Killed with SIGKILL right after its first checkpoint (a worker process loads data),
     # then resumed with --resume auto.
     out_b = tmp_path / "b"
-    args = cli_args(config(work, out_b, epochs=3, save_every=1, workers=1))
+    args = cli_args(config(work, out_b, epochs=3, save_every=1, workers=1, cache_mel="off"))
     proc = subprocess.Popen([sys.executable, "-m", "pyssondo", "distill", *args],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -278,17 +281,35 @@ def test_empty_or_corrupt_audio_folder(work, tmp_path, content):
 def test_mel_cache_holds_the_log_mel_of_each_segment(work, tmp_path):
     from pyssondo.cache import EmbeddingCache, build_cache
     from pyssondo.mel import log_mel
-    from pyssondo.train.data import SegmentAudio, mel_cache
+    from pyssondo.train.data import SegmentAudio, mel_cache, mel_cache_bytes, mel_cache_path
 
     folder = build_cache(work["teacher"], work["audio"], work["cache"], window_s=2.0,
                          progress=False)
     cache = EmbeddingCache(folder)
     audio = SegmentAudio(cache.segments(), 16000, 2.0)
-    mel = mel_cache(folder, audio, MEL, cache.ids, batch_size=5)
+    path = mel_cache_path(tmp_path, audio, MEL, cache.ids)
+    mel = mel_cache(path, audio, MEL, batch_size=5)
     assert mel.shape == (len(cache), 64, MEL.num_frames(32000)) and mel.dtype == np.float16
+    assert path.stat().st_size - mel_cache_bytes(len(cache), audio, MEL) <= 4096  # + npy header
     for row in (0, len(cache) - 1):
         np.testing.assert_allclose(mel[row], log_mel(audio(row), MEL), atol=1e-2, rtol=1e-3)
-    assert mel_cache(folder, audio, MEL, cache.ids).filename == mel.filename  # reused
+    assert mel_cache(path, audio, MEL).filename == mel.filename  # reused
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+    other = mel_cache_path(tmp_path, audio, MEL.replace(n_mels=32), cache.ids)
+    assert other != path  # keyed by the front end
+
+
+def test_mel_cache_auto_needs_a_quarter_of_the_free_disk(tmp_path):
+    from pyssondo.train.data import want_mel_cache
+
+    free = shutil.disk_usage(tmp_path).free
+    path = tmp_path / "mel-0.npy"
+    margin = free // 50  # other processes may write meanwhile
+    assert want_mel_cache("auto", path, free // 4 - margin)
+    assert not want_mel_cache("auto", path, free // 4 + margin)
+    assert want_mel_cache("on", path, 2 * free) and not want_mel_cache("off", path, 1)
+    path.write_bytes(b"")
+    assert want_mel_cache("auto", path, 2 * free)  # an existing file is used
 
 
 def test_gain_in_log_mel_equals_log_mel_of_scaled_audio():

@@ -65,7 +65,6 @@ OPTIONS = [
     ("--log-every", "log_every", int, "steps between log.jsonl lines"),
 ]
 FLAGS = [
-    ("--cache-mel", "cache_mel", "keep the students' log-mel in a float16 file next to the cache"),
     ("--projected", "projected", "export the teacher-space embedding (through the head)"),
 ]
 
@@ -89,6 +88,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"{text} (default: {getattr(defaults, name)})")
     for flag, name, text in FLAGS:
         p.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
+    p.add_argument("--cache-mel", dest="cache_mel", nargs="?", const="on",
+                   choices=("auto", "on", "off"), default=argparse.SUPPRESS,
+                   help="keep the students' log-mel in a float16 file next to the teacher cache, "
+                        "computed once instead of every epoch; auto: when it needs at most a "
+                        "quarter of the free disk space (default: auto; bare flag: on)")
     mel = MelConfig()
     p.add_argument("--student-sr", dest="mel_sample_rate", type=int, default=argparse.SUPPRESS,
                    help=f"student front-end rate in Hz; f_max becomes min(f_max, rate / 2) "

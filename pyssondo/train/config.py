@@ -24,6 +24,7 @@ from ..config import MelConfig
 from ..errors import ParameterError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+CACHE_MEL = ("auto", "on", "off")
 DEVICES = ("cpu", "cuda")
 
 # Settings that change neither the data, the model nor the numbers a run produces: two
@@ -67,7 +68,7 @@ class DistillConfig:
     precision: str = "fp32"
     device: str = "cpu"
     # Data pipeline and augmentation (student side only; targets stay the teacher's).
-    cache_mel: bool = False              # keep the students' log-mel in a float16 file
+    cache_mel: str = "auto"              # students' log-mel in a float16 file: auto | on | off
     workers: int = 2                     # DataLoader worker processes (0 = main process)
     threads: int = 0                     # torch and C++ core threads (0 = library default)
     gain_db: float = 0.0                 # random gain in [-gain_db, +gain_db] dB
@@ -83,6 +84,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if isinstance(self.mel, dict):
             self.mel = MelConfig.from_dict(self.mel)
+        if isinstance(self.cache_mel, bool):  # configs written before "auto" existed
+            self.cache_mel = "on" if self.cache_mel else "off"
 
     # -- derived values ------------------------------------------------------------------
     @property
@@ -117,6 +120,7 @@ class DistillConfig:
             ("grad_clip", self.grad_clip >= 0, "expected >= 0 (0 = off)"),
             ("precision", self.precision in PRECISIONS, f"expected one of {PRECISIONS}"),
             ("device", self.device.split(":")[0] in DEVICES, f"expected one of {DEVICES}"),
+            ("cache_mel", self.cache_mel in CACHE_MEL, f"expected one of {CACHE_MEL}"),
             ("workers", self.workers >= 0, "expected >= 0"),
             ("threads", self.threads >= 0, "expected >= 0"),
             ("gain_db", self.gain_db >= 0, "expected >= 0 dB"),

@@ -3,8 +3,10 @@
 Each cache row (a segment the teacher saw) is read back as audio at the STUDENT's sample rate:
 the file is decoded and resampled once (:func:`pyssondo.load_audio`), kept in a small per-worker
 LRU, and the segment is cut at the same time span the teacher saw. Log-mel is computed by the
-C++ core on the whole collated batch inside the DataLoader worker, or read from a float16
-log-mel file (``--cache-mel``) memory-mapped from the teacher cache folder.
+C++ core on the whole collated batch inside the DataLoader worker, or, by default when the disk
+has room (``--cache-mel auto``), computed once into a float16 log-mel file next to the teacher
+cache and memory-mapped: the segments are fixed, so recomputing their log-mel every epoch would
+only take CPU time from the model.
 
 Determinism: batches are lists of keys ``(epoch, position, row)``; every random choice of the
 augmentation is drawn from a generator seeded by ``(seed, epoch, position)``, so the data a step
@@ -22,6 +24,7 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,17 +222,18 @@ def fixed_batches(rows: np.ndarray, batch_size: int) -> List[List[Key]]:
 
 
 def make_loader(dataset: DistillDataset, batches: Iterable[List[Key]], collate: Collate,
-                workers: int) -> torch.utils.data.DataLoader:
+                workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over precomputed key batches.
 
     It has its own ``generator`` so creating it does not consume the global torch RNG (which
     the model's dropout uses): a resumed run draws the same dropout masks as an uninterrupted
     one. Workers use one C++/torch thread each, so they do not fight the model for cores.
+    ``pin_memory`` (for a CUDA model) lets batches copy to the GPU asynchronously.
     """
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
         worker_init_fn=_worker_init if workers else None, generator=torch.Generator(),
-        persistent_workers=False, prefetch_factor=4 if workers else None)
+        persistent_workers=False, prefetch_factor=4 if workers else None, pin_memory=pin_memory)
 
 
 def _worker_init(_: int) -> None:
@@ -256,18 +260,39 @@ def split_by_file(segments: Sequence[Any], fraction: float, seed: int
     return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
 
 
-def mel_cache(cache_dir: Path, audio: SegmentAudio, cfg: MelConfig, ids: Sequence[Any],
-              batch_size: int = 32) -> np.ndarray:
+def mel_cache_path(cache_dir: Path, audio: SegmentAudio, cfg: MelConfig,
+                   ids: Sequence[Any]) -> Path:
+    """Where the log-mel file of these segments lives: ``mel-<hash>.npy`` in the cache folder,
+    keyed by the front-end settings, the window and the segment ids."""
+    key = json.dumps({"mel": cfg.to_dict(), "window": audio.window,
+                      "ids": [list(map(str, i)) for i in ids]}, sort_keys=True)
+    return Path(cache_dir) / f"mel-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+
+
+def mel_cache_bytes(n_segments: int, audio: SegmentAudio, cfg: MelConfig) -> int:
+    """Size in bytes of the float16 log-mel of ``n_segments`` segments."""
+    return 2 * n_segments * cfg.n_mels * cfg.num_frames(audio.window)
+
+
+def want_mel_cache(setting: str, path: Path, n_bytes: int) -> bool:
+    """Resolves ``cache_mel``: "on", "off", or "auto" = on when the file exists already or
+    needs at most a quarter of the free space on its disk."""
+    if setting != "auto":
+        return setting == "on"
+    if path.is_file():
+        return True
+    return n_bytes <= shutil.disk_usage(path.parent).free // 4
+
+
+def mel_cache(path: Path, audio: SegmentAudio, cfg: MelConfig, batch_size: int = 32
+              ) -> np.ndarray:
     """The float16 log-mel of every cache segment, [N, n_mels, frames], memory-mapped.
 
-    Stored as ``mel-<hash>.npy`` in the cache folder, keyed by the front-end settings, the
-    window and the segment ids; written to a temporary name and renamed when complete.
+    Computed once (batched C++ log-mel with the process's threads) into a temporary name next
+    to ``path`` and renamed when complete; later runs map the finished file.
     """
     from ..mel import log_mel
 
-    key = json.dumps({"mel": cfg.to_dict(), "window": audio.window,
-                      "ids": [list(map(str, i)) for i in ids]}, sort_keys=True)
-    path = Path(cache_dir) / f"mel-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
     n = len(audio.segments)

@@ -29,7 +29,8 @@ from .checkpoint import (capture_rng, load_checkpoint, load_student_weights, res
                          save_checkpoint)
 from .config import DistillConfig
 from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
-                   make_loader, mel_cache, split_by_file, warn_upsampled)
+                   make_loader, mel_cache, mel_cache_bytes, mel_cache_path, split_by_file,
+                   want_mel_cache, warn_upsampled)
 from .rundir import RunDir, find_resumable, new_run_dir, plot_curves
 
 log = logging.getLogger("ssondo.distill")
@@ -189,12 +190,13 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     from ..sampling import BalancedSampler, load_or_fit_clusters
 
     run, state = _open_run(cfg, resume)
+    recorded: Dict[str, Any] = {}
     if state is not None:
         stored = DistillConfig.from_json(state["config"])
-        recorded = json.loads(run.config.read_text()).get("cache") if run.config.is_file() else None
+        recorded = json.loads(run.config.read_text()) if run.config.is_file() else {}
         cfg = stored.replace(out=cfg.out, workers=cfg.workers, threads=cfg.threads,
                              log_every=cfg.log_every,
-                             cache_dir=cfg.cache_dir or recorded or stored.cache_dir)
+                             cache_dir=cfg.cache_dir or recorded.get("cache") or stored.cache_dir)
     cfg.validate()
     if cfg.threads:
         from ..threads import set_num_threads
@@ -238,7 +240,18 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
                               alpha=cfg.balance_alpha, seed=cfg.seed)
     audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta["window_s"]))
-    mel = mel_cache(cache_path, audio, cfg.mel, cache.ids) if cfg.cache_mel else None
+    mel_path = mel_cache_path(cache_path, audio, cfg.mel, cache.ids)
+    mel_bytes = mel_cache_bytes(len(segments), audio, cfg.mel)
+    # A resumed run keeps the choice it started with, whatever the disk says now.
+    cached = recorded.get("mel_cached")
+    if cached is None:
+        cached = want_mel_cache(cfg.cache_mel, mel_path, mel_bytes)
+    if cached:
+        log.info("student log-mel: %s (%.2f GB float16)", mel_path, mel_bytes / 1e9)
+    elif cfg.cache_mel == "auto":
+        log.info("student log-mel computed per batch: %.2f GB to cache it exceeds a quarter "
+                 "of the free disk space at %s", mel_bytes / 1e9, cache_path)
+    mel = mel_cache(mel_path, audio, cfg.mel) if cached else None
     dataset = DistillDataset(audio, targets, mel)
     augment = Augment(cfg.gain_db, cfg.time_mask, cfg.freq_mask, cfg.mixup)
 
@@ -272,7 +285,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
         run.write_config(cfg, {"teacher_fingerprint": teacher_fp, "cache": str(cache_path),
                                "train_segments": int(len(train_rows)),
                                "val_segments": int(len(val_rows)),
-                               "steps_per_epoch": steps_per_epoch})
+                               "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
 
     teacher = {"name": str(meta["teacher"]["name"]), "fingerprint": teacher_fp,
                "dim": int(targets.shape[-1]), "sample_rate": int(meta["teacher_sample_rate"]),
@@ -301,7 +314,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
 
     loader = make_loader(dataset, KeyBatches(sampler, train_rows, cfg.batch_size, epoch,
                                              cfg.epochs),
-                         Collate(cfg.mel, augment, cfg.seed), cfg.workers)
+                         Collate(cfg.mel, augment, cfg.seed), cfg.workers,
+                         pin_memory=device.type == "cuda")
     batches = iter(loader)
     while epoch < cfg.epochs:
         model.train()
