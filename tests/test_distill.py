@@ -390,6 +390,11 @@ def test_config_file_then_options(tmp_path):
     cfg = resolve_config(args)
     assert (cfg.student, cfg.epochs, cfg.lr, cfg.mel.n_mels) == ("mn04", 9, 0.001, 96)
     assert cfg.batch_size == DistillConfig().batch_size
+    assert cfg.cache_mel == "auto"
+    for given, want in ((["--cache-mel"], "on"), (["--cache-mel", "off"], "off")):
+        args = cli.build_parser().parse_args(["distill", "t.pt", "audio", *given])
+        assert resolve_config(args).cache_mel == want
+    assert DistillConfig(cache_mel=True).cache_mel == "on"  # a config.json from before "auto"
     bad = tmp_path / "bad.json"
     bad.write_text('{"epoch": 3}')
     with pytest.raises(ValueError, match="unknown settings \\['epoch'\\]"):
