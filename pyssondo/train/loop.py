@@ -179,6 +179,9 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     run, state = open_run(cfg.out, cfg.hash(), resume)
     recorded: Dict[str, Any] = {}
     if state is not None:
+        if "adapt" in state:
+            raise ValueError(f"{run.path}: an adapt run; continue it with 'ssondo adapt "
+                             f"PARENT NEW_AUDIO --resume {run.path}'")
         stored = DistillConfig.from_json(state["config"])
         recorded = json.loads(run.config.read_text()) if run.config.is_file() else {}
         cfg = stored.replace(out=cfg.out, workers=cfg.workers, threads=cfg.threads,
