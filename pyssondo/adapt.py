@@ -235,6 +235,8 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     old_x, new_x = old.embeddings(pool="mean"), new.embeddings(pool="mean")
     dim = int(old_x.shape[1])
     model = build_model(train, dim, frame_level=False)
+    if cfg.self_weight:
+        keep_batchnorm_statistics(model)
     model.student.load_state_dict(parent.state["student"])
     model.head.load_state_dict(parent.state["head"])
     model.to(device)
@@ -356,6 +358,29 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
                "val_segments": {"old": int(len(old_val)), "new": int(len(new_val))}}
     best = final.get("best_metric") if len(old_val) or len(new_val) else None
     return RunResult(run, int(final["epochs_done"]), best, out, summary)
+
+
+def keep_batchnorm_statistics(model: torch.nn.Module) -> None:
+    """Keeps every batch-norm layer of ``model`` in eval mode, also while training: they
+    normalise with the parent's running statistics (their affine weights still learn).
+
+    With self-distillation this makes the student at step 0 equal the frozen previous model,
+    so the self term measures only how far the weights moved; in train mode the batch
+    statistics of mixed old/new batches would differ from the stored statistics the previous
+    embeddings were computed with, and the term would pull at that gap instead.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    plain_train = model.train
+
+    def train(mode: bool = True):
+        plain_train(mode)
+        for layer in layers:
+            layer.eval()
+        return model
+
+    model.train = train
 
 
 @torch.no_grad()
