@@ -235,8 +235,6 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     old_x, new_x = old.embeddings(pool="mean"), new.embeddings(pool="mean")
     dim = int(old_x.shape[1])
     model = build_model(train, dim, frame_level=False)
-    if cfg.self_weight:
-        keep_batchnorm_statistics(model)
     model.student.load_state_dict(parent.state["student"])
     model.head.load_state_dict(parent.state["head"])
     model.to(device)
@@ -307,8 +305,14 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     teacher = {"name": str(old.meta["teacher"]["name"]), "fingerprint": old_fp, "dim": dim,
                "sample_rate": int(old.meta["teacher_sample_rate"]),
                "level": str(old.meta["level"])}
+    # With self-distillation, batch norm keeps the parent's statistics: the student at step 0
+    # is then the frozen previous model and the self term measures only how far the weights
+    # moved. (In train mode the statistics of mixed old/new batches would differ from those
+    # the previous embeddings were computed with, and the term would pull at that gap.)
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     trainer = Trainer(run, train, model, sampler, steps_per_epoch, device, teacher,
-                      config_hash=cfg.hash(), extra={"adapt": cfg.to_json()}, command="adapt")
+                      config_hash=cfg.hash(), extra={"adapt": cfg.to_json()},
+                      frozen=frozen if cfg.self_weight else (), command="adapt")
 
     def validate() -> Tuple[Optional[float], Dict[str, Any]]:
         scores = {"val_cos_old": evaluate(model, plain, old_val, train, device)
@@ -358,29 +362,6 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
                "val_segments": {"old": int(len(old_val)), "new": int(len(new_val))}}
     best = final.get("best_metric") if len(old_val) or len(new_val) else None
     return RunResult(run, int(final["epochs_done"]), best, out, summary)
-
-
-def keep_batchnorm_statistics(model: torch.nn.Module) -> None:
-    """Keeps every batch-norm layer of ``model`` in eval mode, also while training: they
-    normalise with the parent's running statistics (their affine weights still learn).
-
-    With self-distillation this makes the student at step 0 equal the frozen previous model,
-    so the self term measures only how far the weights moved; in train mode the batch
-    statistics of mixed old/new batches would differ from the stored statistics the previous
-    embeddings were computed with, and the term would pull at that gap instead.
-    """
-    from torch.nn.modules.batchnorm import _BatchNorm
-
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    plain_train = model.train
-
-    def train(mode: bool = True):
-        plain_train(mode)
-        for layer in layers:
-            layer.eval()
-        return model
-
-    model.train = train
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -81,17 +81,20 @@ class Trainer:
         teacher: the teacher's record stored in checkpoints (name, fingerprint, dim, ...).
         config_hash: the hash ``--resume auto`` matches (default ``cfg.hash()``).
         extra: more entries for every checkpoint (e.g. the adaptation settings).
+        frozen: sub-modules kept in eval mode while the rest trains (e.g. batch-norm layers
+            that keep their running statistics).
         command: the command named in error messages.
     """
 
     def __init__(self, run: RunDir, cfg: DistillConfig, model: nn.Module, sampler: Any,
                  steps_per_epoch: int, device: torch.device, teacher: Dict[str, Any], *,
                  config_hash: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
-                 command: str = "distill") -> None:
+                 frozen: Sequence[nn.Module] = (), command: str = "distill") -> None:
         self.run, self.cfg, self.model, self.sampler = run, cfg, model, sampler
         self.steps_per_epoch, self.device, self.teacher = steps_per_epoch, device, teacher
         self.config_hash = config_hash or cfg.hash()
         self.extra = dict(extra or {})
+        self.frozen = list(frozen)
         self.command = command
         total_steps = cfg.epochs * steps_per_epoch
         warmup = cfg.resolved_warmup_epochs * steps_per_epoch
@@ -189,6 +192,8 @@ class Trainer:
         per_epoch = self.steps_per_epoch * cfg.batch_size
         while self.epoch < cfg.epochs:
             self.model.train()
+            for module in self.frozen:
+                module.eval()
             t0 = time.perf_counter()
             with Progress(per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="seg",
                           enabled=None if progress else False) as bar:
