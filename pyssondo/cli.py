@@ -26,6 +26,7 @@ COMMANDS = [
     "cluster",
     "students",
     "merge",
+    "adapt",
     "doctor",
 ]
 

@@ -3,6 +3,8 @@
 - :class:`BalancedSampler`: an index sampler (a ``torch.utils.data.DataLoader`` ``sampler=``
   without importing torch here) drawing with replacement; reproducible from its seed,
   resumable from ``state_dict()``, shardable across ranks.
+- :class:`StratifiedSampler`: batches that mix two sets in fixed proportions (continual
+  adaptation: replayed old data + new data), each part drawn with BDS over its own clusters.
 - :func:`effective_balance`: how balanced the expected draws over clusters are.
 - :func:`cluster_embeddings`: k-means on an embedding array -> cluster ids.
 - :func:`load_or_fit_clusters` / :func:`fit_or_load_labels`: the same, stored next to the data
@@ -187,6 +189,107 @@ class BalancedSampler:
         position = int(state["position"])
         if not 0 <= position <= self.per_rank:
             raise ParameterError(f"sampler state position must be in [0, {self.per_rank}], "
+                                 f"got {position}")
+        self.epoch = int(state["epoch"])
+        self.position = position
+
+
+def _part_seed(seed: int, part: int) -> int:
+    """Independent seed of one part of a stratified stream."""
+    return int(np.random.SeedSequence([int(seed), int(part)]).generate_state(1)[0])
+
+
+class StratifiedSampler:
+    """Batches mixing set A (e.g. replayed old data) and set B (new data) in fixed numbers.
+
+    Items are indices into the concatenation [A | B]: ``0 .. len(ids_a) - 1`` are A's items,
+    ``len(ids_a) ..`` B's. Every batch of ``batch_size`` items holds
+    ``n_a = floor(fraction_a * batch_size + 0.5)`` draws from A followed by
+    ``n_b = batch_size - n_a`` draws from B. Each part is the stream of a
+    :class:`BalancedSampler` over that part's own cluster ids (probability proportional to
+    ``|cluster|^-alpha`` within the part, with replacement), seeded from ``(seed, part)``, so an
+    epoch is a pure function of (seed, epoch) and the two parts draw independently.
+
+    The interface is :class:`BalancedSampler`'s (single rank): iterating yields the epoch's
+    items from the current position and advances it; ``state_dict()`` /
+    ``load_state_dict()`` resume at any position; ``set_epoch(e)`` starts epoch e (or
+    continues it when partly consumed); ``len()`` = ``batches * batch_size`` per epoch.
+    """
+
+    def __init__(self, ids_a, ids_b, batch_size: int, batches: int, fraction_a: float,
+                 alpha: float = 1.0, seed: int = 0) -> None:
+        fraction_a = float(fraction_a)
+        if not 0.0 <= fraction_a <= 1.0:
+            raise ParameterError(f"fraction_a must be in [0, 1], got {fraction_a}")
+        if int(batch_size) < 1 or int(batches) < 1:
+            raise ParameterError(f"batch_size and batches must be >= 1, got {batch_size}, "
+                                 f"{batches}")
+        if int(seed) < 0:
+            raise ParameterError(f"seed must be >= 0, got {seed}")
+        self.batch_size, self.batches = int(batch_size), int(batches)
+        self.n_a = int(math.floor(fraction_a * self.batch_size + 0.5))
+        self.n_b = self.batch_size - self.n_a
+        self.seed, self.alpha = int(seed), _check_alpha(alpha)
+        self.num_a, self.num_b = int(np.asarray(ids_a).size), int(np.asarray(ids_b).size)
+        self._parts = []
+        for part, (ids, n) in enumerate(((ids_a, self.n_a), (ids_b, self.n_b))):
+            if n and not np.asarray(ids).size:
+                raise ParameterError(f"set {'AB'[part]} is empty but every batch draws {n} "
+                                     f"items from it")
+            self._parts.append(BalancedSampler(ids, n * self.batches, self.alpha,
+                                               _part_seed(self.seed, part)) if n else None)
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.batches * self.batch_size
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """All items of an epoch in order, int64 [batches * batch_size]."""
+        order = np.empty((self.batches, self.batch_size), dtype=np.int64)
+        a, b = self._parts
+        if a is not None:
+            order[:, :self.n_a] = a.global_stream(epoch).reshape(self.batches, self.n_a)
+        if b is not None:
+            order[:, self.n_a:] = self.num_a + b.global_stream(epoch).reshape(self.batches,
+                                                                              self.n_b)
+        return order.reshape(-1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """As :meth:`BalancedSampler.set_epoch`."""
+        if int(epoch) < 0:
+            raise ParameterError(f"epoch must be >= 0, got {epoch}")
+        if int(epoch) != self.epoch or self.position >= len(self):
+            self.epoch = int(epoch)
+            self.position = 0
+
+    def __iter__(self) -> Iterator[int]:
+        if self.position >= len(self):
+            self.epoch += 1
+            self.position = 0
+        epoch = self.epoch
+        for v in self.epoch_order(epoch)[self.position:].tolist():
+            if self.epoch != epoch:
+                return
+            self.position += 1
+            yield v
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Position (epoch, items handed out) plus the settings it is only valid with."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "alpha": self.alpha, "batch_size": self.batch_size, "batches": self.batches,
+                "n_a": self.n_a, "num_a": self.num_a, "num_b": self.num_b}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continues the stream saved by :meth:`state_dict` (the settings must match)."""
+        for key in ("seed", "alpha", "batch_size", "batches", "n_a", "num_a", "num_b"):
+            if key in state and state[key] != getattr(self, key):
+                raise ParameterError(f"sampler state has {key}={state[key]!r} but this sampler "
+                                     f"has {key}={getattr(self, key)!r}; resume with the same "
+                                     "data and settings")
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ParameterError(f"sampler state position must be in [0, {len(self)}], "
                                  f"got {position}")
         self.epoch = int(state["epoch"])
         self.position = position

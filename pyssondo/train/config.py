@@ -161,15 +161,24 @@ class DistillConfig:
     def from_json(cls, text: str) -> "DistillConfig":
         return cls.from_dict(json.loads(text))
 
-    def hash(self) -> str:
-        """sha256 (16 hex digits) of the settings that determine the run's numbers."""
+    def hashed_settings(self) -> Dict[str, Any]:
+        """The settings that determine the run's numbers (all but NOT_HASHED)."""
         d = self.to_dict()
         for name in NOT_HASHED:
             d.pop(name, None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
+
+    def hash(self) -> str:
+        """sha256 (16 hex digits) of :meth:`hashed_settings`."""
+        return settings_hash(self.hashed_settings())
 
     def replace(self, **changes: Any) -> "DistillConfig":
         return dataclasses.replace(self, **changes)
+
+
+def settings_hash(settings: Dict[str, Any]) -> str:
+    """sha256 (16 hex digits) of a JSON-serialisable dict of settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_settings(path: "os.PathLike[str] | str") -> Dict[str, Any]:

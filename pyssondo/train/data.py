@@ -113,10 +113,11 @@ class DistillDataset(torch.utils.data.Dataset):
     ``x`` is the segment's waveform float32 [W] at the student's rate, or its log-mel float16
     [n_mels, frames] when a mel file is given; ``target`` is the cached teacher embedding of
     the row, [D] (clip level) or [F, D] (frame level), as stored (float16/float32).
+    ``targets`` and ``mel`` are arrays or row views (:class:`StackedRows`,
+    :class:`JoinedTargets`).
     """
 
-    def __init__(self, audio: SegmentAudio, targets: np.ndarray,
-                 mel: Optional[np.ndarray] = None) -> None:
+    def __init__(self, audio: SegmentAudio, targets: Any, mel: Optional[Any] = None) -> None:
         self.audio = audio
         self.targets = targets
         self.mel = mel
@@ -128,6 +129,37 @@ class DistillDataset(torch.utils.data.Dataset):
         row = key[2]
         x = self.mel[row] if self.mel is not None else self.audio(row)
         return key, np.asarray(x), np.asarray(self.targets[row])
+
+
+class StackedRows:
+    """Rows of several arrays [N_i, ...] one after another, read as one [sum N_i, ...] array
+    (``stacked[row]``, ``stacked.shape``) without copying them (memmaps stay on disk)."""
+
+    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [int(p.shape[0]) for p in self.parts])
+        self.shape = (int(self.starts[-1]),) + tuple(self.parts[0].shape[1:])
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        i = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return self.parts[i][row - int(self.starts[i])]
+
+
+class JoinedTargets:
+    """Targets of two kinds side by side: row r is ``concat(a[r], b[r])`` along the last axis,
+    float32 [Da + Db], for 2-D ``a`` [N, Da] and ``b`` [N, Db] (e.g. the teacher's embedding
+    and the previous student's). Mixup mixes both parts with the same weight."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        if a.shape[0] != b.shape[0] or len(a.shape) != 2 or len(b.shape) != 2:
+            raise ValueError(f"targets of shapes {tuple(a.shape)} and {tuple(b.shape)} cannot "
+                             f"be joined row by row")
+        self.a, self.b = a, b
+        self.shape = (int(a.shape[0]), int(a.shape[1]) + int(b.shape[1]))
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        return np.concatenate([np.asarray(self.a[row], np.float32),
+                               np.asarray(self.b[row], np.float32)])
 
 
 class Collate:

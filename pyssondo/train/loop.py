@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -24,20 +23,15 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError
-from ..progress import Progress
-from .checkpoint import (capture_rng, load_checkpoint, load_student_weights, restore_rng,
-                         save_checkpoint)
+from .checkpoint import load_student_weights
 from .config import DistillConfig
 from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
                    make_loader, mel_cache, mel_cache_bytes, mel_cache_path, split_by_file,
                    want_mel_cache, warn_upsampled)
-from .rundir import RunDir, find_resumable, new_run_dir, plot_curves
+from .engine import TrainingDiverged, Trainer, finish, lr_lambda, open_run  # noqa: F401
+from .rundir import RunDir, new_run_dir
 
 log = logging.getLogger("ssondo.distill")
-
-
-class TrainingDiverged(ValueError):
-    """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
 
 
 class StudentWithHead(nn.Module):
@@ -159,13 +153,6 @@ def load_init(model: StudentWithHead, spec: str) -> None:
     model.student.load_state_dict(state)
 
 
-def lr_lambda(step: int, total: int, warmup: int, final: float) -> float:
-    """S-SONDO schedule per step: linear warm-up to 1, then linear decay to ``final``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 1.0 + (final - 1.0) * min(1.0, (step - warmup) / max(1, total - 1 - warmup))
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -189,23 +176,18 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     from ..losses import make_loss
     from ..sampling import BalancedSampler, load_or_fit_clusters
 
-    run, state = _open_run(cfg, resume)
+    run, state = open_run(cfg.out, cfg.hash(), resume)
     recorded: Dict[str, Any] = {}
     if state is not None:
+        if "adapt" in state:
+            raise ValueError(f"{run.path}: an adapt run; continue it with 'ssondo adapt "
+                             f"PARENT NEW_AUDIO --resume {run.path}'")
         stored = DistillConfig.from_json(state["config"])
         recorded = json.loads(run.config.read_text()) if run.config.is_file() else {}
         cfg = stored.replace(out=cfg.out, workers=cfg.workers, threads=cfg.threads,
                              log_every=cfg.log_every,
                              cache_dir=cfg.cache_dir or recorded.get("cache") or stored.cache_dir)
-    cfg.validate()
-    if cfg.threads:
-        from ..threads import set_num_threads
-        torch.set_num_threads(cfg.threads)
-        set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("distill: --device cuda but torch sees no CUDA device")
-    torch.manual_seed(cfg.seed)
+    device = setup(cfg)
 
     cache_path = resolve_cache(cfg, progress)
     cache = EmbeddingCache(cache_path)
@@ -240,144 +222,84 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
                               alpha=cfg.balance_alpha, seed=cfg.seed)
     audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta["window_s"]))
-    mel_path = mel_cache_path(cache_path, audio, cfg.mel, cache.ids)
-    mel_bytes = mel_cache_bytes(len(segments), audio, cfg.mel)
     # A resumed run keeps the choice it started with, whatever the disk says now.
-    cached = recorded.get("mel_cached")
-    if cached is None:
-        cached = want_mel_cache(cfg.cache_mel, mel_path, mel_bytes)
-    if cached:
-        log.info("student log-mel: %s (%.2f GB float16)", mel_path, mel_bytes / 1e9)
-    elif cfg.cache_mel == "auto":
-        log.info("student log-mel computed per batch: %.2f GB to cache it exceeds a quarter "
-                 "of the free disk space at %s", mel_bytes / 1e9, cache_path)
-    mel = mel_cache(mel_path, audio, cfg.mel) if cached else None
+    cached = choose_mel_cache(cfg, [(cache_path, cache, audio)], recorded.get("mel_cached"))
+    mel = mel_cache(mel_cache_path(cache_path, audio, cfg.mel, cache.ids), audio, cfg.mel) \
+        if cached else None
     dataset = DistillDataset(audio, targets, mel)
     augment = Augment(cfg.gain_db, cfg.time_mask, cfg.freq_mask, cfg.mixup)
 
-    # Optimisation.
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = cfg.resolved_warmup_epochs * steps_per_epoch
-    params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_lambda(s, total_steps, warmup, cfg.final_lr_scale))
-    use_scaler = cfg.precision == "fp16" and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-
-    epoch, position, step, best, resumed_losses = 0, 0, 0, None, []
-    if state is not None:
-        model.student.load_state_dict(state["student"])
-        model.head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
-        epoch, position = int(state["sampler"]["epoch"]), int(state["sampler"]["position"])
-        step, best = int(state["step"]), state.get("best_metric")
-        resumed_losses = [float(v) for v in state["epoch_losses"]]
-        sampler.load_state_dict(state["sampler"])
-        run.truncate_log(step)
-        log.info("resuming %s at epoch %d, step %d", run.path, epoch + 1, step)
-    else:
+    if state is None:
         run = _fresh(cfg)
         run.write_config(cfg, {"teacher_fingerprint": teacher_fp, "cache": str(cache_path),
                                "train_segments": int(len(train_rows)),
                                "val_segments": int(len(val_rows)),
                                "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
-
     teacher = {"name": str(meta["teacher"]["name"]), "fingerprint": teacher_fp,
                "dim": int(targets.shape[-1]), "sample_rate": int(meta["teacher_sample_rate"]),
                "level": str(meta["level"])}
+    trainer = Trainer(run, cfg, model, sampler, steps_per_epoch, device, teacher)
+    if state is not None:
+        trainer.restore(state)
 
-    def checkpoint(epoch_: int, position_: int, metric: Optional[float], is_best: bool) -> None:
-        st = {"config": cfg.to_json(), "config_hash": cfg.hash(), "teacher": teacher,
-              "student_name": cfg.student, "student": model.student.state_dict(),
-              "head": model.head.state_dict(), "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-              "rng": capture_rng(),
-              "sampler": {**sampler.state_dict(), "epoch": epoch_, "position": position_},
-              "step": step, "best_metric": best, "metric": metric, "epochs_done": epoch_,
-              "epoch_losses": list(losses) if position_ else []}
-        save_checkpoint(run.last, st)
-        if is_best:
-            save_checkpoint(run.best, st)
+    def compute_loss(x: torch.Tensor, y: torch.Tensor):
+        with trainer.autocast():
+            pred = model(x)
+        return loss_fn(pred.float(), y), {}
 
-    def diverged(what: str) -> TrainingDiverged:
-        kept = run.last if run.last.is_file() else None
-        return TrainingDiverged(
-            f"distill: {what} became NaN/inf at epoch {epoch + 1}, step {step + 1}; "
-            + (f"the last good checkpoint is kept at {kept}" if kept
-               else "no checkpoint was written yet")
-            + f"; lower --lr (now {cfg.lr:g}) or use --precision fp32 (now {cfg.precision})")
+    def validate():
+        val = evaluate(model, dataset, val_rows, cfg, device) if len(val_rows) else None
+        return val, {"val_cos": val}
 
-    loader = make_loader(dataset, KeyBatches(sampler, train_rows, cfg.batch_size, epoch,
-                                             cfg.epochs),
+    loader = make_loader(dataset, KeyBatches(sampler, train_rows, cfg.batch_size,
+                                             trainer.epoch, cfg.epochs),
                          Collate(cfg.mel, augment, cfg.seed), cfg.workers,
                          pin_memory=device.type == "cuda")
     batches = iter(loader)
-    while epoch < cfg.epochs:
-        model.train()
-        losses, resumed_losses, t0 = resumed_losses, [], time.perf_counter()
-        with Progress(steps_per_epoch * cfg.batch_size, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                      unit="seg", enabled=None if progress else False) as bar:
-            bar.done = position
-            while position < steps_per_epoch * cfg.batch_size:
-                x, y, _ = next(batches)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    pred = model(x)
-                loss = loss_fn(pred.float(), y)
-                if not torch.isfinite(loss):
-                    raise diverged("the loss")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-                if not torch.isfinite(norm) and not use_scaler:
-                    raise diverged("the gradient")
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                step += 1
-                position += x.shape[0]
-                losses.append(float(loss.detach()))
-                bar.update(x.shape[0], loss=losses[-1])
-                if step % cfg.log_every == 0:
-                    run.append_log({"kind": "step", "epoch": epoch + 1, "step": step,
-                                    "loss": float(np.mean(losses[-cfg.log_every:])),
-                                    "lr": sched.get_last_lr()[0]})
-                if cfg.save_every and step % cfg.save_every == 0 \
-                        and position < steps_per_epoch * cfg.batch_size:
-                    checkpoint(epoch, position, None, False)
-        val = evaluate(model, dataset, val_rows, cfg, device) if len(val_rows) else None
-        train_loss = float(np.mean(losses)) if losses else float("nan")
-        metric = val if val is not None else -train_loss
-        is_best = best is None or metric > best
-        best = metric if is_best else best
-        epoch, position = epoch + 1, 0
-        record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": train_loss,
-                  "val_cos": val, "seconds": round(time.perf_counter() - t0, 3),
-                  "samples_per_s": round(len(losses) * cfg.batch_size
-                                         / max(1e-9, time.perf_counter() - t0), 1)}
-        run.append_log(record)
-        checkpoint(epoch, 0, metric, is_best)
-        log.info("epoch %d/%d: train loss %.4f%s", epoch, cfg.epochs, train_loss,
-                 f", validation cosine {val:.4f}" if val is not None else "")
+    trainer.fit(batches, compute_loss, validate, progress)
     del batches, loader
-    plot_curves(run)
-    final = load_checkpoint(run.last)
+    final, out = finish(run, projected=cfg.projected, export=export)
     best_val = final.get("best_metric") if len(val_rows) else None
-    out = None
-    if export:
-        from ..export import export_run
-        out = export_run(run.path, run.export, projected=cfg.projected, which="best",
-                         quiet=True).path
     return RunResult(run, int(final["epochs_done"]), best_val, out,
-                     {"steps": step, "train_segments": int(len(train_rows)),
+                     {"steps": trainer.step, "train_segments": int(len(train_rows)),
                       "val_segments": int(len(val_rows))})
+
+
+def setup(cfg: DistillConfig, command: str = "distill") -> torch.device:
+    """Validates ``cfg``, applies its thread count, seeds torch; returns the device."""
+    cfg.validate()
+    if cfg.threads:
+        from ..threads import set_num_threads
+        torch.set_num_threads(cfg.threads)
+        set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"{command}: --device {cfg.device} but torch sees no CUDA device")
+    torch.manual_seed(cfg.seed)
+    return device
+
+
+def choose_mel_cache(cfg: DistillConfig, caches, recorded: Optional[bool] = None) -> bool:
+    """Whether the students' log-mel is read from float16 files next to the teacher caches.
+
+    ``caches``: (cache folder, EmbeddingCache, SegmentAudio) of every cache the run reads.
+    ``recorded``: the choice a resumed run started with (kept, whatever the disk says now).
+    With ``cache_mel="auto"`` the files are used when each exists or needs at most a quarter
+    of the free disk space (:func:`want_mel_cache`); the choice is logged.
+    """
+    total = sum(mel_cache_bytes(len(audio.segments), audio, cfg.mel) for _, _, audio in caches)
+    cached = recorded
+    if cached is None:
+        cached = all(want_mel_cache(cfg.cache_mel, mel_cache_path(path, audio, cfg.mel, c.ids),
+                                    mel_cache_bytes(len(audio.segments), audio, cfg.mel))
+                     for path, c, audio in caches)
+    where = ", ".join(str(path) for path, _, _ in caches)
+    if cached:
+        log.info("student log-mel: cached next to %s (%.2f GB float16)", where, total / 1e9)
+    elif cfg.cache_mel == "auto":
+        log.info("student log-mel computed per batch: %.2f GB to cache it exceeds a quarter "
+                 "of the free disk space at %s", total / 1e9, where)
+    return bool(cached)
 
 
 @torch.no_grad()
@@ -397,25 +319,6 @@ def evaluate(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
         total += float(torch.nn.functional.cosine_similarity(pred, y, dim=-1).sum())
         n += x.shape[0]
     return total / max(1, n)
-
-
-def _open_run(cfg: DistillConfig, resume: Optional[str]):
-    """The run folder and checkpoint to continue from, or (None, None) for a new run (whose
-    folder is made once the inputs have been checked)."""
-    if resume is None:
-        return None, None
-    if resume == "auto":
-        run = find_resumable(cfg.out, cfg.hash())
-        if run is None:
-            log.info("no run with this config under %s: starting a new one", cfg.out)
-            return None, None
-        return run, load_checkpoint(run.last)
-    path = Path(resume)
-    if path.is_dir():
-        run = RunDir(path)
-        return run, load_checkpoint(run.last)
-    run = RunDir(path.parent.parent)
-    return run, load_checkpoint(path)
 
 
 def _fresh(cfg: DistillConfig) -> RunDir:

@@ -7,6 +7,8 @@ Layout (../shared/DESIGN.md, "Run folder")::
     checkpoints/last.pt    the newest checkpoint (every epoch and every --save-every steps)
     checkpoints/best.pt    the checkpoint with the best validation cosine so far
     loss.png               loss and validation curves (when matplotlib is installed)
+    validation.png         adapt runs: validation cosine on old and new data per epoch
+    previous-<key>.npy     adapt runs: the previous student's embeddings (self-distillation)
     student.pt             the exported student
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ class RunDir:
     last = property(lambda self: self.path / "checkpoints" / "last.pt")
     best = property(lambda self: self.path / "checkpoints" / "best.pt")
     plot = property(lambda self: self.path / "loss.png")
+    validation_plot = property(lambda self: self.path / "validation.png")
     export = property(lambda self: self.path / "student.pt")
 
     def write_config(self, cfg: DistillConfig, extra: Optional[Dict[str, Any]] = None) -> None:
@@ -107,17 +110,12 @@ def plot_curves(run: RunDir) -> Optional[Path]:
 
     Returns the path, or None when matplotlib is missing or nothing was logged yet.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    plt = _pyplot()
     records = run.read_log()
     steps = [(r["step"], r["loss"]) for r in records if r.get("kind") == "step"]
     epochs = [(r["step"], r["val_cos"]) for r in records
               if r.get("kind") == "epoch" and r.get("val_cos") is not None]
-    if not steps:
+    if plt is None or not steps:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(*zip(*steps), label="train loss", color="tab:blue")
@@ -128,12 +126,52 @@ def plot_curves(run: RunDir) -> Optional[Path]:
         ax2.plot(*zip(*epochs), "o-", label="validation cosine", color="tab:orange")
         ax2.set_ylabel("validation cosine to teacher")
     ax.set_title(run.path.name)
+    return _save(plt, fig, run.plot)
+
+
+def plot_epoch_metrics(run: RunDir, series: Dict[str, str], path: Path,
+                       ylabel: str = "validation cosine to teacher") -> Optional[Path]:
+    """Draws per-epoch log fields (``series``: log key -> legend label) against the epoch
+    number (epoch 0 = before training, when logged) to ``path``.
+
+    Returns the path, or None when matplotlib is missing or no epoch logged these fields.
+    """
+    plt = _pyplot()
+    records = [r for r in run.read_log() if r.get("kind") == "epoch"]
+    lines = {label: [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+             for key, label in series.items()}
+    if plt is None or not any(lines.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in lines.items():
+        if points:
+            ax.plot(*zip(*points), "o-", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.set_title(run.path.name)
+    return _save(plt, fig, path)
+
+
+def _pyplot():
+    """matplotlib.pyplot with the file-only backend, or None when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Saves ``fig`` to ``path`` through a temporary file (never a torn image)."""
     fig.tight_layout()
-    tmp = run.plot.with_name(".loss.tmp.png")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, run.plot)
-    return run.plot
+    os.replace(tmp, path)
+    return path
 
 
 def _slug(text: str) -> str:

@@ -1,0 +1,413 @@
+"""Continual adaptation of a distilled student to a new domain without forgetting (SONAR).
+
+:func:`adapt` is what ``ssondo adapt`` calls. It starts from a finished run (the *parent*: its
+settings, its teacher cache of the old domain, its best checkpoint's student + head) and
+trains on the new domain's unlabeled audio with three guards against forgetting:
+
+- **Stratified replay.** Every batch of B segments holds ``round(replay_fraction * B)``
+  segments of the old domain (the parent's training files) and the rest from the new one
+  (:class:`pyssondo.sampling.StratifiedSampler`), each part balanced over its clusters.
+- **A grown codebook.** The parent's cosine k-means centroids are kept and new clusters are
+  added for new-domain patterns far from all of them (:mod:`pyssondo.codebook`); old and new
+  segments are balanced over the grown codebook.
+- **Self-distillation.** The loss is ``loss(head(student(x)), teacher(x)) + self_weight *
+  (1 - cos(student(x), previous(x)))`` where ``previous`` is the parent's student, frozen. As
+  it is frozen and the segments are fixed, its embeddings of all old and new segments are
+  computed once (eval mode, no augmentation) and stored in the run folder
+  (``previous-<key>.npy``, written atomically): one forward pass per segment instead of a
+  second model's forward pass at every step of every epoch, and no second model in memory.
+  With mixup, the stored embeddings are mixed with the same weights as the teacher targets.
+
+Validation: the parent's held-out old files (the same by-file split, so the parent never
+trained on them) and held-out new files, scored separately as cosine to the teacher before
+training (epoch 0) and after every epoch; best.pt follows their mean. The run folder has the
+distill layout, so ``ssondo export``, ``merge``, ``embed`` and ``distill --init`` read it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import ParameterError
+from .train.config import DistillConfig, settings_hash
+from .train.rundir import RunDir
+
+log = logging.getLogger("ssondo.adapt")
+
+# DistillConfig settings an adaptation may change; the rest (student, head, front end, window,
+# loss, clusters) are the parent's. Unset ones are the parent's too, except ``out`` (the folder
+# holding the parent) and ``cache_dir`` (see :func:`adapt_config`).
+OVERRIDABLE = ("teacher", "cache_dir", "balance_alpha", "val_fraction", "epochs", "batch_size",
+               "samples_per_epoch", "lr", "warmup_epochs", "final_lr_scale", "weight_decay",
+               "grad_clip", "seed", "precision", "device", "cache_mel", "workers", "threads",
+               "gain_db", "time_mask", "freq_mask", "mixup", "out", "save_every", "log_every",
+               "projected")
+
+
+@dataclass
+class AdaptConfig:
+    """Resolved settings of one adaptation run (units in the comments)."""
+
+    parent: str = ""                        # the finished run folder adapted
+    new_audio: str = ""                     # folder of the new domain's unlabeled audio
+    replay_fraction: float = 0.5            # share of every batch drawn from the old data
+    self_weight: float = 1.0                # weight of 1 - cos(student, previous student)
+    grow_threshold: Optional[float] = None  # cosine; None = codebook.GROW_PERCENTILE rule
+    train: DistillConfig = field(default_factory=DistillConfig)  # the parent's, overridden
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = DistillConfig.from_dict(self.train, source="adapt config")
+
+    def validate(self) -> None:
+        """Raises ParameterError naming the first invalid setting and its valid range."""
+        checks = [
+            ("replay_fraction", 0.0 <= self.replay_fraction < 1.0, "expected 0 <= fraction < 1"),
+            ("self_weight", math.isfinite(self.self_weight) and self.self_weight >= 0,
+             "expected >= 0 (0 = off)"),
+            ("grow_threshold", self.grow_threshold is None or -1 <= self.grow_threshold <= 1,
+             "expected a cosine similarity in [-1, 1] or unset"),
+        ]
+        for name, ok, valid in checks:
+            if not ok:
+                raise ParameterError(f"adapt: {name}={getattr(self, name)!r} is invalid: {valid}")
+        self.train.validate()
+        if self.replay_per_batch >= self.train.batch_size:
+            raise ParameterError(f"adapt: replay_fraction={self.replay_fraction!r} fills every "
+                                 f"batch of {self.train.batch_size} with old segments; lower "
+                                 f"it or raise the batch size")
+
+    @property
+    def replay_per_batch(self) -> int:
+        """Old segments per batch: round(replay_fraction * batch_size), halves rounded up."""
+        return int(math.floor(self.replay_fraction * self.train.batch_size + 0.5))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name != "train"}, "train": self.train.to_dict()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AdaptConfig":
+        return cls(**json.loads(text))
+
+    def hash(self) -> str:
+        """sha256 (16 hex digits) of the settings that determine the run's numbers."""
+        return settings_hash({**self.to_dict(), "train": self.train.hashed_settings()})
+
+    def replace(self, **changes: Any) -> "AdaptConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class Parent:
+    """A finished run folder: its settings, its record and its best (else last) checkpoint.
+
+    Raises:
+        FileNotFoundError: not a run folder, or no checkpoint. ValueError: unreadable.
+    """
+
+    def __init__(self, path: "str | Path") -> None:
+        from .train.checkpoint import load_checkpoint
+
+        self.run = RunDir(Path(path).expanduser().resolve())
+        if not self.run.config.is_file():
+            raise FileNotFoundError(f"{path}: not a run folder (no config.json); give the "
+                                    f"folder 'ssondo distill' wrote")
+        self.checkpoint = self.run.best if self.run.best.is_file() else self.run.last
+        if not self.checkpoint.is_file():
+            raise FileNotFoundError(f"{path}: the run has no checkpoint yet (checkpoints/"
+                                    f"best.pt or last.pt); finish it with --resume first")
+        try:
+            self.record: Dict[str, Any] = json.loads(self.run.config.read_text())
+        except ValueError as e:
+            raise ValueError(f"{self.run.config}: unreadable ({e})") from None
+        self.state = load_checkpoint(self.checkpoint)
+        self.cfg = DistillConfig.from_json(self.state["config"])
+        if "cache" not in self.record:
+            raise ValueError(f"{self.run.config}: records no teacher cache ('cache'); adapt "
+                             f"needs a run made by 'ssondo distill'")
+        self.cache = Path(self.record["cache"])
+
+
+def adapt_config(parent: "str | Path", new_audio: "str | Path", *,
+                 replay_fraction: float = 0.5, self_weight: float = 1.0,
+                 grow_threshold: Optional[float] = None, **overrides: Any) -> AdaptConfig:
+    """Resolves the settings of adapting run ``parent`` to the audio in ``new_audio``.
+
+    ``overrides`` are DistillConfig settings named in :data:`OVERRIDABLE`; the others are the
+    parent's. Defaults that differ from the parent's: ``out`` is the folder holding the parent
+    run; ``cache_dir`` (the cache root of the new audio) is
+    ``<parent cache root>/<audio folder name>-<8 hex of its path>``: a cache folder is keyed by
+    teacher, rate, window and hop only, so caching the new audio in the parent's root itself
+    would replace the old domain's rows.
+    """
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    if unknown:
+        raise ParameterError(f"adapt: {unknown} cannot be changed when adapting (they are the "
+                             f"parent run's); changeable: {list(OVERRIDABLE)}")
+    p = Parent(parent)
+    audio = Path(new_audio).expanduser().resolve()
+    tag = hashlib.sha256(str(audio).encode()).hexdigest()[:8]
+    defaults = {"out": str(p.run.path.parent),
+                "cache_dir": str(p.cache.parent / f"{audio.name}-{tag}")}
+    train = p.cfg.replace(**{**defaults, **overrides}, init=str(p.checkpoint))
+    return AdaptConfig(parent=str(p.run.path), new_audio=str(audio),
+                       replay_fraction=float(replay_fraction), self_weight=float(self_weight),
+                       grow_threshold=grow_threshold, train=train)
+
+
+def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = True,
+          export: bool = True):
+    """Runs (or resumes) an adaptation and returns a :class:`pyssondo.train.loop.RunResult`
+    whose ``summary`` holds the codebook and the validation before and after.
+
+    Args:
+        cfg: resolved settings (:func:`adapt_config`).
+        resume: None, "auto" (newest run under ``cfg.train.out`` with the same settings, else
+            a new run) or a run folder / checkpoint; a resumed run keeps its stored settings
+            (only out/workers/threads/log_every may differ).
+        progress: draw progress bars. export: write student.pt when training finishes.
+
+    Raises:
+        ValueError: bad settings or inputs (not a run, another teacher, no usable new audio);
+            TrainingDiverged when the loss becomes NaN/inf. OSError: a checkpoint write failed.
+    """
+    from .cache import EmbeddingCache
+    from .codebook import GROW_PERCENTILE, grow_codebook, load_or_fit_codebook, nearest, \
+        similarity_percentile
+    from .losses import make_loss
+    from .sampling import StratifiedSampler
+    from .train.data import (Augment, Collate, DistillDataset, JoinedTargets, KeyBatches,
+                             SegmentAudio, StackedRows, make_loader, mel_cache, mel_cache_path,
+                             split_by_file, warn_upsampled)
+    from .train.engine import Trainer, finish, open_run
+    from .train.loop import (RunResult, build_model, choose_mel_cache, evaluate, resolve_cache,
+                             setup)
+    from .train.rundir import new_run_dir, plot_epoch_metrics
+
+    run, state = open_run(cfg.train.out, cfg.hash(), resume)
+    recorded: Dict[str, Any] = {}
+    if state is not None:
+        if "adapt" not in state:
+            raise ValueError(f"{run.path}: not an adapt run; continue it with "
+                             f"'ssondo distill --resume {run.path}'")
+        stored = AdaptConfig.from_json(state["adapt"])
+        t = cfg.train
+        cfg = stored.replace(train=stored.train.replace(
+            out=t.out, workers=t.workers, threads=t.threads, log_every=t.log_every))
+        recorded = json.loads(run.config.read_text()) if run.config.is_file() else {}
+    cfg.validate()
+    train = cfg.train
+    parent = Parent(cfg.parent)
+    device = setup(train, "adapt")
+
+    # Caches: the parent's (old domain) and the new audio's, by the same teacher.
+    if not parent.cache.joinpath("meta.json").is_file():
+        raise FileNotFoundError(f"{parent.cache}: the teacher cache of run {parent.run.path} "
+                                f"is gone; rebuild it with 'ssondo cache'")
+    old = EmbeddingCache(parent.cache)
+    old_fp = str(old.meta["teacher"]["fingerprint"])
+    _check_teacher(train.teacher, old_fp, parent)
+    if train.cache_dir and Path(train.cache_dir).resolve() in (parent.cache, parent.cache.parent):
+        raise ValueError(f"--cache-dir {train.cache_dir} holds the teacher cache of the old audio "
+                         f"({parent.cache}); caching the new audio there would replace it; give "
+                         f"another folder")
+    new_path = resolve_cache(train.replace(audio=cfg.new_audio), progress)
+    new = EmbeddingCache(new_path)
+    if len(new) == 0:
+        raise ValueError(f"{cfg.new_audio}: no usable audio segments (the folder is empty or "
+                         f"every file failed to decode)")
+    loss_fn = make_loss(train.loss)
+    if loss_fn.level == "frame":
+        raise ValueError(f"adapt: the parent's loss {train.loss} is frame-level; adapt trains "
+                         f"clip-level losses only")
+    old_x, new_x = old.embeddings(pool="mean"), new.embeddings(pool="mean")
+    dim = int(old_x.shape[1])
+    model = build_model(train, dim, frame_level=False)
+    model.student.load_state_dict(parent.state["student"])
+    model.head.load_state_dict(parent.state["head"])
+    model.to(device)
+    old_segs, new_segs = old.segments(), new.segments()
+    warn_upsampled(new_segs, train.mel.sample_rate)
+
+    # Splits: the parent's held-out old files, and held-out new files.
+    old_train, old_val = split_by_file(old_segs, parent.cfg.val_fraction, parent.cfg.seed)
+    new_train, new_val = split_by_file(new_segs, train.val_fraction, train.seed)
+    n_old = len(old_segs)
+    if cfg.replay_fraction > 0 and len(old_train) == 0:
+        raise ValueError(f"{parent.cache}: no old training segments to replay; use "
+                         f"--replay-fraction 0")
+
+    # The grown codebook and the stratified sampler over it.
+    k = min(parent.cfg.clusters, n_old)
+    _, centers = load_or_fit_codebook(parent.cache, k, parent.cfg.seed)
+    threshold = (cfg.grow_threshold if cfg.grow_threshold is not None
+                 else similarity_percentile(old_x, centers, GROW_PERCENTILE))
+    codebook = grow_codebook(centers, np.asarray(new_x[new_train]), threshold, train.seed)
+    old_labels, _ = nearest(old_x, codebook)
+    new_labels, _ = nearest(new_x, codebook)
+    per_new = train.batch_size - cfg.replay_per_batch
+    samples = train.samples_per_epoch or math.ceil(len(new_train) * train.batch_size / per_new)
+    steps_per_epoch = max(1, math.ceil(samples / train.batch_size))
+    sampler = StratifiedSampler(old_labels[old_train], new_labels[new_train], train.batch_size,
+                                steps_per_epoch, cfg.replay_fraction, train.balance_alpha,
+                                train.seed)
+    rows = np.concatenate([old_train, n_old + new_train])
+
+    # Inputs (log-mel files when chosen) and targets over the rows [old | new].
+    window = float(old.meta["window_s"])
+    parts = [(parent.cache, old, SegmentAudio(old_segs, train.mel.sample_rate, window)),
+             (new_path, new, SegmentAudio(new_segs, train.mel.sample_rate, window))]
+    cached = choose_mel_cache(train, parts, recorded.get("mel_cached"))
+    mel = StackedRows([mel_cache(mel_cache_path(p, a, train.mel, c.ids), a, train.mel)
+                       for p, c, a in parts]) if cached else None
+    audio = SegmentAudio(old_segs + new_segs, train.mel.sample_rate, window)
+    teacher_rows = StackedRows([old_x, new_x])
+    plain = DistillDataset(audio, teacher_rows, mel)
+
+    growth = {"old_clusters": int(k), "new_clusters": int(codebook.shape[0] - k),
+              "threshold": float(threshold),
+              "threshold_rule": ("given" if cfg.grow_threshold is not None else
+                                 f"{GROW_PERCENTILE:g}th percentile of the old embeddings' "
+                                 f"cosine to their centroid")}
+    fresh = state is None
+    if fresh:
+        run = new_run_dir(train.out, train.student, f"adapt-{Path(cfg.new_audio).name}")
+        run.write_config(train, {
+            "config_hash": cfg.hash(), "adapt": json.loads(cfg.to_json()),
+            "parent": str(parent.run.path), "parent_checkpoint": str(parent.checkpoint),
+            "teacher_fingerprint": old_fp, "cache": str(parent.cache),
+            "new_cache": str(new_path), "codebook": growth,
+            "train_segments_old": int(len(old_train)), "val_segments_old": int(len(old_val)),
+            "train_segments_new": int(len(new_train)), "val_segments_new": int(len(new_val)),
+            "replay_per_batch": sampler.n_a, "new_per_batch": sampler.n_b,
+            "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
+    targets: Any = teacher_rows
+    if cfg.self_weight:
+        key = hashlib.sha256(f"{parent.checkpoint}:{old.digest}:{new.digest}:"
+                             f"{train.mel.to_dict()}".encode()).hexdigest()[:16]
+        prev = previous_embeddings(run.path / f"previous-{key}.npy", model, plain,
+                                   n_old + len(new), train, device, progress)
+        targets = JoinedTargets(teacher_rows, prev)
+    dataset = DistillDataset(audio, targets, mel)
+
+    teacher = {"name": str(old.meta["teacher"]["name"]), "fingerprint": old_fp, "dim": dim,
+               "sample_rate": int(old.meta["teacher_sample_rate"]),
+               "level": str(old.meta["level"])}
+    # With self-distillation, batch norm keeps the parent's statistics: the student at step 0
+    # is then the frozen previous model and the self term measures only how far the weights
+    # moved. (In train mode the statistics of mixed old/new batches would differ from those
+    # the previous embeddings were computed with, and the term would pull at that gap.)
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    trainer = Trainer(run, train, model, sampler, steps_per_epoch, device, teacher,
+                      config_hash=cfg.hash(), extra={"adapt": cfg.to_json()},
+                      frozen=frozen if cfg.self_weight else (), command="adapt")
+
+    def validate() -> Tuple[Optional[float], Dict[str, Any]]:
+        scores = {"val_cos_old": evaluate(model, plain, old_val, train, device)
+                  if len(old_val) else None,
+                  "val_cos_new": evaluate(model, plain, n_old + new_val, train, device)
+                  if len(new_val) else None}
+        have = [v for v in scores.values() if v is not None]
+        mean = float(np.mean(have)) if have else None
+        return mean, {**scores, "val_cos": mean}
+
+    if fresh:
+        _, before = validate()
+        run.append_log({"kind": "epoch", "epoch": 0, "step": 0, **before})
+        log.info("before adapting: validation cosine old %s, new %s",
+                 _fmt(before["val_cos_old"]), _fmt(before["val_cos_new"]))
+    else:
+        trainer.restore(state)
+
+    def compute_loss(x: torch.Tensor, y: torch.Tensor):
+        with trainer.autocast():
+            emb = model.student(x)
+            pred = model.head(emb)
+        teacher_loss = loss_fn(pred.float(), y[:, :dim])
+        if not cfg.self_weight:
+            return teacher_loss, {"teacher_loss": teacher_loss}
+        self_loss = 1.0 - torch.nn.functional.cosine_similarity(
+            emb.float(), y[:, dim:], dim=-1).mean()
+        return (teacher_loss + cfg.self_weight * self_loss,
+                {"teacher_loss": teacher_loss, "self_loss": self_loss})
+
+    augment = Augment(train.gain_db, train.time_mask, train.freq_mask, train.mixup)
+    loader = make_loader(dataset, KeyBatches(sampler, rows, train.batch_size, trainer.epoch,
+                                             train.epochs),
+                         Collate(train.mel, augment, train.seed), train.workers,
+                         pin_memory=device.type == "cuda")
+    batches = iter(loader)
+    trainer.fit(batches, compute_loss, validate, progress)
+    del batches, loader
+    plot_epoch_metrics(run, {"val_cos_old": "old domain (held-out files)",
+                             "val_cos_new": "new domain (held-out files)"}, run.validation_plot)
+    final, out = finish(run, projected=train.projected, export=export)
+    epochs = [r for r in run.read_log() if r.get("kind") == "epoch"]
+    summary = {"steps": trainer.step, "codebook": growth, "parent": str(parent.run.path),
+               "before": {k: epochs[0].get(k) for k in ("val_cos_old", "val_cos_new")},
+               "after": {k: epochs[-1].get(k) for k in ("val_cos_old", "val_cos_new")},
+               "train_segments": {"old": int(len(old_train)), "new": int(len(new_train))},
+               "val_segments": {"old": int(len(old_val)), "new": int(len(new_val))}}
+    best = final.get("best_metric") if len(old_val) or len(new_val) else None
+    return RunResult(run, int(final["epochs_done"]), best, out, summary)
+
+
+@torch.no_grad()
+def previous_embeddings(path: Path, model, dataset, n: int, cfg: DistillConfig,
+                        device: torch.device, progress: bool = True) -> np.ndarray:
+    """The backbone embeddings ``model.student(x)`` of rows ``0 .. n - 1`` of ``dataset``,
+    float32 [n, d], computed once in eval mode without augmentation and stored at ``path``
+    (atomically; memory-mapped when read back). Reused when ``path`` holds [n, d] rows."""
+    from .atomic import atomic_open
+    from .progress import Progress
+    from .train.data import Collate, fixed_batches, make_loader
+
+    if path.is_file():
+        rows = np.load(path, mmap_mode="r")
+        if rows.shape[0] == n and rows.dtype == np.float32:
+            return rows
+    model.eval()
+    loader = make_loader(dataset, fixed_batches(np.arange(n), cfg.batch_size),
+                         Collate(cfg.mel), min(cfg.workers, 1))
+    out = []
+    with Progress(n, desc="previous student", unit="seg",
+                  enabled=None if progress else False) as bar:
+        for x, _, _ in loader:
+            out.append(model.student(x.to(device)).float().cpu().numpy())
+            bar.update(x.shape[0])
+    rows = np.concatenate(out)
+    with atomic_open(path) as f:
+        np.save(f, rows)
+    return np.load(path, mmap_mode="r")
+
+
+def _check_teacher(teacher: str, fingerprint: str, parent: Parent) -> None:
+    """The teacher must be the one that built the parent's cache (compared by sha256)."""
+    from .models import file_sha256, is_factory_spec
+
+    if not teacher or is_factory_spec(teacher):
+        return
+    if not Path(teacher).is_file():
+        raise FileNotFoundError(f"{teacher}: the teacher of run {parent.run.path} is not there; "
+                                f"give its file with --teacher")
+    mine = file_sha256(teacher)
+    if mine != fingerprint:
+        raise ValueError(f"{teacher}: teacher sha256 {mine[:12]} differs from {fingerprint[:12]}, "
+                         f"the teacher of run {parent.run.path} (cache {parent.cache}); adapt "
+                         f"with the run's own teacher")
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,256 @@
+"""The training loop shared by ``distill`` and ``adapt``: optimisation, NaN checks, checkpoints
+and resuming.
+
+:class:`Trainer` owns everything a checkpoint restores: student + head, Adam with the S-SONDO
+schedule (:func:`lr_lambda`, per step), the grad scaler, the RNG states, the sampler position
+(epoch, samples consumed), the step counter, the best validation metric and the losses of the
+epoch in progress. :meth:`Trainer.fit` runs the remaining epochs over key batches; the caller
+supplies the loss of a batch and the validation of an epoch, which is all that differs between
+the commands. A resumed run therefore ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..progress import Progress
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import DistillConfig
+from .rundir import RunDir, find_resumable
+
+log = logging.getLogger("ssondo.train")
+
+# compute_loss(x, y) -> (loss to minimise, named parts of it for the log)
+LossFn = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
+# validate() -> (metric to maximise or None, fields for the epoch's log record)
+ValidateFn = Callable[[], Tuple[Optional[float], Dict[str, Any]]]
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+def lr_lambda(step: int, total: int, warmup: int, final: float) -> float:
+    """S-SONDO schedule per step: linear warm-up to 1, then linear decay to ``final``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 1.0 + (final - 1.0) * min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+
+
+def open_run(out: str, config_hash: str, resume: Optional[str]
+             ) -> Tuple[Optional[RunDir], Optional[Dict[str, Any]]]:
+    """The run folder and checkpoint to continue from, or (None, None) for a new run.
+
+    ``resume``: None (new run), "auto" (the newest run under ``out`` whose config.json has
+    ``config_hash`` and a last checkpoint, else a new run), or a run folder or checkpoint path.
+    """
+    if resume is None:
+        return None, None
+    if resume == "auto":
+        run = find_resumable(out, config_hash)
+        if run is None:
+            log.info("no run with this config under %s: starting a new one", out)
+            return None, None
+        return run, load_checkpoint(run.last)
+    path = Path(resume)
+    if path.is_dir():
+        run = RunDir(path)
+        return run, load_checkpoint(run.last)
+    run = RunDir(path.parent.parent)
+    return run, load_checkpoint(path)
+
+
+class Trainer:
+    """Optimisation state and loop of one run.
+
+    Args:
+        run: the run folder (checkpoints and log.jsonl are written there).
+        cfg: the run's training settings; ``cfg.to_json()`` is stored as the checkpoint's
+            "config" (what export, merge and ``--init`` read).
+        model: student + head (``model.student``, ``model.head``), on ``device``.
+        sampler: the training sampler (``state_dict``/``load_state_dict``; its position is
+            stored with each checkpoint).
+        steps_per_epoch: optimiser steps per epoch, each of ``cfg.batch_size`` segments.
+        teacher: the teacher's record stored in checkpoints (name, fingerprint, dim, ...).
+        config_hash: the hash ``--resume auto`` matches (default ``cfg.hash()``).
+        extra: more entries for every checkpoint (e.g. the adaptation settings).
+        frozen: sub-modules kept in eval mode while the rest trains (e.g. batch-norm layers
+            that keep their running statistics).
+        command: the command named in error messages.
+    """
+
+    def __init__(self, run: RunDir, cfg: DistillConfig, model: nn.Module, sampler: Any,
+                 steps_per_epoch: int, device: torch.device, teacher: Dict[str, Any], *,
+                 config_hash: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
+                 frozen: Sequence[nn.Module] = (), command: str = "distill") -> None:
+        self.run, self.cfg, self.model, self.sampler = run, cfg, model, sampler
+        self.steps_per_epoch, self.device, self.teacher = steps_per_epoch, device, teacher
+        self.config_hash = config_hash or cfg.hash()
+        self.extra = dict(extra or {})
+        self.frozen = list(frozen)
+        self.command = command
+        total_steps = cfg.epochs * steps_per_epoch
+        warmup = cfg.resolved_warmup_epochs * steps_per_epoch
+        self.params = list(model.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_lambda(s, total_steps, warmup, cfg.final_lr_scale))
+        self.use_scaler = cfg.precision == "fp16" and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            cfg.precision]
+        self.epoch, self.position, self.step = 0, 0, 0
+        self.best: Optional[float] = None
+        self.losses: List[float] = []             # per step of the epoch in progress
+        self.parts: Dict[str, List[float]] = {}   # named loss parts, per step, same epoch
+
+    # -- state -----------------------------------------------------------------------------
+    def autocast(self) -> AbstractContextManager:
+        """The mixed-precision context for the model's forward pass (a no-op for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Continues from checkpoint ``state``: weights, optimiser, schedule, scaler, RNG,
+        sampler position and counters; drops log lines written after it."""
+        self.model.student.load_state_dict(state["student"])
+        self.model.head.load_state_dict(state["head"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        self.epoch = int(state["sampler"]["epoch"])
+        self.position = int(state["sampler"]["position"])
+        self.step, self.best = int(state["step"]), state.get("best_metric")
+        self.losses = [float(v) for v in state["epoch_losses"]]
+        self.parts = {k: [float(v) for v in vs] for k, vs in state.get("epoch_parts", {}).items()}
+        self.sampler.load_state_dict(state["sampler"])
+        self.run.truncate_log(self.step)
+        log.info("resuming %s at epoch %d, step %d", self.run.path, self.epoch + 1, self.step)
+
+    def save(self, metric: Optional[float], is_best: bool) -> None:
+        """Writes checkpoints/last.pt (and best.pt when ``is_best``) atomically."""
+        mid_epoch = bool(self.position)
+        state = {"config": self.cfg.to_json(), "config_hash": self.config_hash,
+                 "teacher": self.teacher, "student_name": self.cfg.student,
+                 "student": self.model.student.state_dict(), "head": self.model.head.state_dict(),
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "scaler": self.scaler.state_dict(), "rng": capture_rng(),
+                 "sampler": {**self.sampler.state_dict(), "epoch": self.epoch,
+                             "position": self.position},
+                 "step": self.step, "best_metric": self.best, "metric": metric,
+                 "epochs_done": self.epoch,
+                 "epoch_losses": list(self.losses) if mid_epoch else [],
+                 "epoch_parts": {k: list(v) for k, v in self.parts.items()} if mid_epoch else {},
+                 **self.extra}
+        save_checkpoint(self.run.last, state)
+        if is_best:
+            save_checkpoint(self.run.best, state)
+
+    # -- the loop --------------------------------------------------------------------------
+    def _diverged(self, what: str) -> TrainingDiverged:
+        kept = self.run.last if self.run.last.is_file() else None
+        return TrainingDiverged(
+            f"{self.command}: {what} became NaN/inf at epoch {self.epoch + 1}, step "
+            f"{self.step + 1}; "
+            + (f"the last good checkpoint is kept at {kept}" if kept
+               else "no checkpoint was written yet")
+            + f"; lower --lr (now {self.cfg.lr:g}) or use --precision fp32 "
+              f"(now {self.cfg.precision})")
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss`` (clipped; raises TrainingDiverged on NaN/inf)."""
+        if not torch.isfinite(loss):
+            raise self._diverged("the loss")
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or float("inf"))
+        if not torch.isfinite(norm) and not self.use_scaler:
+            raise self._diverged("the gradient")
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+
+    def fit(self, batches: Iterator, compute_loss: LossFn, validate: ValidateFn,
+            progress: bool = True) -> None:
+        """Trains from the current position to the end of the last epoch.
+
+        ``batches`` yields ``(x, y, rows)`` in training order from the current position (see
+        :class:`pyssondo.train.data.KeyBatches`). Each epoch ends with ``validate()``, a log
+        record (train loss, the parts' means, the validation fields, time) and a checkpoint;
+        best.pt follows the validation metric (or minus the train loss when there is none).
+        """
+        cfg, run = self.cfg, self.run
+        per_epoch = self.steps_per_epoch * cfg.batch_size
+        while self.epoch < cfg.epochs:
+            self.model.train()
+            for module in self.frozen:
+                module.eval()
+            t0 = time.perf_counter()
+            with Progress(per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="seg",
+                          enabled=None if progress else False) as bar:
+                bar.done = self.position
+                while self.position < per_epoch:
+                    x, y, _ = next(batches)
+                    x = x.to(self.device, non_blocking=True)
+                    y = y.to(self.device, non_blocking=True)
+                    loss, parts = compute_loss(x, y)
+                    self._update(loss)
+                    self.step += 1
+                    self.position += x.shape[0]
+                    self.losses.append(float(loss.detach()))
+                    for name, value in parts.items():
+                        self.parts.setdefault(name, []).append(float(value.detach()))
+                    bar.update(x.shape[0], loss=self.losses[-1])
+                    if self.step % cfg.log_every == 0:
+                        recent = {k: float(np.mean(v[-cfg.log_every:]))
+                                  for k, v in self.parts.items()}
+                        run.append_log({"kind": "step", "epoch": self.epoch + 1,
+                                        "step": self.step,
+                                        "loss": float(np.mean(self.losses[-cfg.log_every:])),
+                                        "lr": self.sched.get_last_lr()[0], **recent})
+                    if cfg.save_every and self.step % cfg.save_every == 0 \
+                            and self.position < per_epoch:
+                        self.save(None, False)
+            metric, fields = validate()
+            train_loss = float(np.mean(self.losses)) if self.losses else float("nan")
+            metric = metric if metric is not None else -train_loss
+            is_best = self.best is None or metric > self.best
+            self.best = metric if is_best else self.best
+            seconds = time.perf_counter() - t0
+            record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step,
+                      "train_loss": train_loss, **fields,
+                      **{k: float(np.mean(v)) for k, v in self.parts.items()},
+                      "seconds": round(seconds, 3),
+                      "samples_per_s": round(len(self.losses) * cfg.batch_size
+                                             / max(1e-9, seconds), 1)}
+            self.epoch, self.position = self.epoch + 1, 0
+            self.losses, self.parts = [], {}
+            run.append_log(record)
+            self.save(metric, is_best)
+            shown = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in sorted(fields.items())
+                            if v is not None)
+            log.info("epoch %d/%d: train loss %.4f%s", self.epoch, cfg.epochs, train_loss, shown)
+
+
+def finish(run: RunDir, *, projected: bool, export: bool) -> Tuple[Dict[str, Any], Optional[Path]]:
+    """After training: the loss plot, the final checkpoint, and (when ``export``) student.pt
+    exported from the best checkpoint. Returns (final checkpoint state, export path or None)."""
+    from .rundir import plot_curves
+
+    plot_curves(run)
+    final = load_checkpoint(run.last)
+    out = None
+    if export:
+        from ..export import export_run
+        out = export_run(run.path, run.export, projected=projected, which="best",
+                         quiet=True).path
+    return final, out
