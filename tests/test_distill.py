@@ -19,7 +19,8 @@ import torch
 from pyssondo import cli
 from pyssondo.config import MelConfig
 from pyssondo.train.config import DistillConfig
-from pyssondo.train.loop import TrainingDiverged, distill
+from pyssondo.train.engine import TrainingDiverged
+from pyssondo.train.loop import distill
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -370,7 +371,7 @@ def test_validation_split_holds_out_whole_files():
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_final_scale():
-    from pyssondo.train.loop import lr_lambda
+    from pyssondo.train.engine import lr_lambda
 
     values = [lr_lambda(s, 100, 20, 0.01) for s in range(100)]
     assert values[0] == pytest.approx(1 / 20) and values[19] == pytest.approx(1.0)

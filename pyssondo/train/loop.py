@@ -28,7 +28,7 @@ from .config import DistillConfig
 from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
                    make_loader, mel_cache, mel_cache_bytes, mel_cache_path, split_by_file,
                    want_mel_cache, warn_upsampled)
-from .engine import TrainingDiverged, Trainer, finish, lr_lambda, open_run  # noqa: F401
+from .engine import Trainer, finish, open_run
 from .rundir import RunDir, new_run_dir
 
 log = logging.getLogger("ssondo.distill")
