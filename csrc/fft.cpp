@@ -124,20 +124,23 @@ bool stockham(std::size_t n, const std::vector<int>& radices, const float* tw, f
 }
 
 // Splits the size-c complex FFT (zr, zi) of the packed even/odd samples into the c + 1 bins
-// of the size-2c real FFT: X[k] = E[k] + w^k O[k] (see RealFFT::forward).
+// of the size-2c real FFT: X[k] = E[k] + w^k O[k] (see RealFFT::forward). Bins 0 and c both
+// pair Z[0] with itself; bins k and c - k in between pair Z[k] with Z[c - k].
 SSONDO_MULTIVERSION
 void real_post(std::size_t c, const float* zr, const float* zi, const float* post_re,
                const float* post_im, float* out_re, float* out_im) {
-  for (std::size_t k = 0; k <= c; ++k) {
-    const std::size_t ip = (k % c) * L, iq = ((c - k) % c) * L;
-    const V8 pr = v8_load(zr + ip), pi = v8_load(zi + ip);
-    const V8 qr = v8_load(zr + iq), qi = v8_load(zi + iq);
+  auto bin = [&](std::size_t k, std::size_t ip, std::size_t iq) {
+    const V8 pr = v8_load(zr + ip * L), pi = v8_load(zi + ip * L);
+    const V8 qr = v8_load(zr + iq * L), qi = v8_load(zi + iq * L);
     const float wr = post_re[k], wi = post_im[k];
     const V8 er = 0.5f * (pr + qr), ei = 0.5f * (pi - qi);
     const V8 orr = 0.5f * (pi + qi), oi = 0.5f * (qr - pr);
     v8_store(out_re + k * L, er + wr * orr - wi * oi);
     v8_store(out_im + k * L, ei + wr * oi + wi * orr);
-  }
+  };
+  bin(0, 0, 0);
+  for (std::size_t k = 1; k < c; ++k) bin(k, k, c - k);
+  bin(c, 0, 0);
 }
 
 void check_size(std::size_t n, const char* what) {
