@@ -177,7 +177,8 @@ void LogMelPlan::compute(const float* x, std::int64_t batch, std::int64_t t, flo
       log_mel_bands(nb, power_, n_mels_, band_lo_.data(), band_hi_.data(), band_off_.data(),
                     weights_.data(), log_offset_, re.data(), im.data(), mel.data());
       for (std::int64_t m = 0; m < n_mels_; ++m) {
-        std::copy_n(mel.data() + m * L, valid, out + (b * n_mels_ + m) * frames + f0);
+        float* o = out + (b * n_mels_ + m) * frames + f0;
+        for (std::int64_t l = 0; l < valid; ++l) o[l] = mel[m * L + l];
       }
     }
   });

@@ -17,6 +17,14 @@
 #define SSONDO_MULTIVERSION
 #endif
 
+// For the larger helpers called from those kernels: an out-of-line copy would be compiled for
+// the baseline only (and take V8 through memory).
+#if defined(__GNUC__)
+#define SSONDO_FORCE_INLINE inline __attribute__((always_inline))
+#else
+#define SSONDO_FORCE_INLINE inline
+#endif
+
 namespace ssondo {
 
 #if defined(__GNUC__)
@@ -40,7 +48,7 @@ inline V8 v8_shuffle(V8 a, V8 b) {
 // Transposes the 8 x 8 matrix whose row i is r[i]: interleave pairs of rows, then pairs of
 // pairs within each 128-bit half, then combine halves (the classic AVX sequence; on the
 // baseline the compiler splits it into SSE shuffles).
-inline void v8_transpose(V8 r[8]) {
+SSONDO_FORCE_INLINE void v8_transpose(V8 r[8]) {
   V8 t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = v8_shuffle<0, 8, 1, 9, 4, 12, 5, 13>(r[i], r[i + 1]);
@@ -79,7 +87,7 @@ inline V8 v8_lt_select(V8 a, V8 b, V8 t, V8 f) {
   for (int l = 0; l < 8; ++l) t.v[l] = a.v[l] < b.v[l] ? t.v[l] : f.v[l];
   return t;
 }
-inline void v8_transpose(V8 r[8]) {
+SSONDO_FORCE_INLINE void v8_transpose(V8 r[8]) {
   for (int i = 0; i < 8; ++i) {
     for (int j = i + 1; j < 8; ++j) {
       const float x = r[i].v[j];
@@ -125,7 +133,7 @@ inline V8 v8_from_bits(U8 u) {
 // log(+inf) = +inf; negative lanes and NaN give NaN. x = 2^e m with m in [sqrt(1/2), sqrt(2))
 // split off by bit manipulation, then Cephes' logf polynomial in f = m - 1 and
 // e log(2) = e (0.693359375 - 2.12194440e-4) in two parts so that the first product is exact.
-inline V8 v8_log(V8 x) {
+SSONDO_FORCE_INLINE V8 v8_log(V8 x) {
   constexpr float kMinNormal = std::numeric_limits<float>::min();
   constexpr float kInf = std::numeric_limits<float>::infinity();
   // Subnormals are scaled by 2^23 into the normal range first.
@@ -137,15 +145,13 @@ inline V8 v8_log(V8 x) {
   const V8 m = v8_from_bits((u & 0x007fffffu) + 0x3f3504f3u);
   // e + 127 as a float without an int conversion: the bits 0x4b000000 | k are 2^23 + k.
   const V8 e = v8_from_bits((u >> 23) | 0x4b000000u) - (8388608.0f + 127.0f) - small;
-  const V8 f = m - 1.0f, z = f * f;
-  V8 p = 7.0376836292e-2f * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
+  // The degree-8 polynomial by Estrin's scheme (short dependency chains).
+  const V8 f = m - 1.0f, z = f * f, z2 = z * z;
+  const V8 p01 = 3.3333331174e-1f - 2.4999993993e-1f * f;
+  const V8 p23 = 2.0000714765e-1f - 1.6668057665e-1f * f;
+  const V8 p45 = 1.4249322787e-1f - 1.2420140846e-1f * f;
+  const V8 p67 = 1.1676998740e-1f - 1.1514610310e-1f * f;
+  const V8 p = (p01 + p23 * z) + ((p45 + p67 * z) + 7.0376836292e-2f * z2) * z2;
   const V8 y = p * f * z - 2.12194440e-4f * e - 0.5f * z;
   const V8 r = (f + y) + 0.693359375f * e;
   // x <= 0: -inf for zero, NaN below; +inf and NaN pass through.
