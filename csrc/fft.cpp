@@ -125,22 +125,28 @@ bool stockham(std::size_t n, const std::vector<int>& radices, const float* tw, f
 
 // Splits the size-c complex FFT (zr, zi) of the packed even/odd samples into the c + 1 bins
 // of the size-2c real FFT: X[k] = E[k] + w^k O[k] (see RealFFT::forward). Bins 0 and c both
-// pair Z[0] with itself; bins k and c - k in between pair Z[k] with Z[c - k].
+// come from Z[0]; bins k and c - k from Z[k] and Z[c - k], with E[c - k] = conj E[k] and
+// O[c - k] = conj O[k].
 SSONDO_MULTIVERSION
 void real_post(std::size_t c, const float* zr, const float* zi, const float* post_re,
                const float* post_im, float* out_re, float* out_im) {
-  auto bin = [&](std::size_t k, std::size_t ip, std::size_t iq) {
-    const V8 pr = v8_load(zr + ip * L), pi = v8_load(zi + ip * L);
-    const V8 qr = v8_load(zr + iq * L), qi = v8_load(zi + iq * L);
-    const float wr = post_re[k], wi = post_im[k];
+  const V8 z0r = v8_load(zr), z0i = v8_load(zi);
+  v8_store(out_re, z0r + z0i);
+  v8_store(out_im, v8_splat(0.0f));
+  v8_store(out_re + c * L, z0r - z0i);
+  v8_store(out_im + c * L, v8_splat(0.0f));
+  for (std::size_t k = 1; 2 * k <= c; ++k) {
+    const std::size_t ip = k * L, iq = (c - k) * L;
+    const V8 pr = v8_load(zr + ip), pi = v8_load(zi + ip);
+    const V8 qr = v8_load(zr + iq), qi = v8_load(zi + iq);
     const V8 er = 0.5f * (pr + qr), ei = 0.5f * (pi - qi);
     const V8 orr = 0.5f * (pi + qi), oi = 0.5f * (qr - pr);
-    v8_store(out_re + k * L, er + wr * orr - wi * oi);
-    v8_store(out_im + k * L, ei + wr * oi + wi * orr);
-  };
-  bin(0, 0, 0);
-  for (std::size_t k = 1; k < c; ++k) bin(k, k, c - k);
-  bin(c, 0, 0);
+    const float wr = post_re[k], wi = post_im[k], vr = post_re[c - k], vi = post_im[c - k];
+    v8_store(out_re + ip, er + wr * orr - wi * oi);
+    v8_store(out_im + ip, ei + wr * oi + wi * orr);
+    v8_store(out_re + iq, er + vr * orr + vi * oi);
+    v8_store(out_im + iq, vi * orr - ei - vr * oi);
+  }
 }
 
 void check_size(std::size_t n, const char* what) {
