@@ -329,13 +329,20 @@ void RealFFT::forward(const float* x, float* out_re, float* out_im, float* work)
     std::memcpy(out_im, zi, bins() * L * sizeof(float));
     return;
   }
-  // z[j] = x[2j] + i x[2j+1]; Z = FFT_{n/2}(z); X[k] = E[k] + w^k O[k] with
-  // E = (Z[k] + conj Z[h-k]) / 2 and O = (Z[k] - conj Z[h-k]) / 2i.
   for (std::size_t j = 0; j < c; ++j) {
     std::memcpy(zr + j * L, x + 2 * j * L, L * sizeof(float));
     std::memcpy(zi + j * L, x + (2 * j + 1) * L, L * sizeof(float));
   }
-  const ComplexFFT::Split z = inner_.transform(zr, zi, inner_work);
+  forward_split(zr, zi, out_re, out_im, work);
+}
+
+void RealFFT::forward_split(float* even, float* odd, float* out_re, float* out_im,
+                            float* work) const {
+  if (n_ % 2 == 1) throw std::logic_error("RealFFT::forward_split needs an even size");
+  // z[j] = x[2j] + i x[2j+1]; Z = FFT_{n/2}(z); X[k] = E[k] + w^k O[k] with
+  // E = (Z[k] + conj Z[h-k]) / 2 and O = (Z[k] - conj Z[h-k]) / 2i.
+  const std::size_t c = inner_.size();
+  const ComplexFFT::Split z = inner_.transform(even, odd, work + 2 * c * L);
   real_post(c, z.re, z.im, post_re_.data(), post_im_.data(), out_re, out_im);
 }
 

@@ -23,20 +23,25 @@ std::size_t checked_n_fft(std::int64_t n_fft) {
   return static_cast<std::size_t>(n_fft);
 }
 
-// kFftLanes windowed frames in the lane layout: frame[j * L + l] = rows[l][j] * window[j] for
-// j < n.
+// kFftLanes windowed frames in the lane layout, with even and odd samples apart: sample j of
+// lane l, rows[l][j] * window[j], goes to (j even ? even : odd)[(j / 2) * stride + l], j < n.
 SSONDO_MULTIVERSION
-void window_lanes(const float* const* rows, const float* window, std::int64_t n, float* frame) {
+void window_lanes(const float* const* rows, const float* window, std::int64_t n, float* even,
+                  float* odd, std::size_t stride) {
   std::int64_t j = 0;
   for (; j + static_cast<std::int64_t>(L) <= n; j += L) {
     const V8 w = v8_load(window + j);
     V8 r[L];
     for (std::size_t l = 0; l < L; ++l) r[l] = v8_load(rows[l] + j) * w;
     v8_transpose(r);
-    for (std::size_t i = 0; i < L; ++i) v8_store(frame + (j + i) * L, r[i]);
+    for (std::size_t i = 0; i < L; i += 2) {
+      v8_store(even + (j / 2 + i / 2) * stride, r[i]);
+      v8_store(odd + (j / 2 + i / 2) * stride, r[i + 1]);
+    }
   }
   for (; j < n; ++j) {
-    for (std::size_t l = 0; l < L; ++l) frame[j * L + l] = rows[l][j] * window[j];
+    float* dst = (j % 2 == 0 ? even : odd) + (j / 2) * stride;
+    for (std::size_t l = 0; l < L; ++l) dst[l] = rows[l][j] * window[j];
   }
 }
 
@@ -147,6 +152,8 @@ void LogMelPlan::compute(const float* x, std::int64_t batch, std::int64_t t, flo
   const std::int64_t blocks = (frames + static_cast<std::int64_t>(L) - 1) / L;
   const std::int64_t n = n_fft_, nb = bins(), left = center_ ? n_fft_ / 2 : 0;
   const PadMode mode = center_ ? pad_mode_ : PadMode::kConstant;
+  // Even n_fft: frames are written as the real FFT's even/odd halves, skipping its repacking.
+  const bool split = n % 2 == 0;
   parallel_for(static_cast<std::size_t>(batch * blocks), 1, [&](std::size_t begin,
                                                                 std::size_t end) {
     std::vector<float> frame(n * L), edge(n * L), re(nb * L), im(nb * L), mel(n_mels_ * L),
@@ -172,8 +179,14 @@ void LogMelPlan::compute(const float* x, std::int64_t batch, std::int64_t t, flo
         }
         rows[l] = row;
       }
-      window_lanes(rows, window_.data(), n, frame.data());
-      fft_.forward(frame.data(), re.data(), im.data(), work.data());
+      if (split) {
+        window_lanes(rows, window_.data(), n, frame.data(), frame.data() + n / 2 * L, L);
+        fft_.forward_split(frame.data(), frame.data() + n / 2 * L, re.data(), im.data(),
+                           work.data());
+      } else {
+        window_lanes(rows, window_.data(), n, frame.data(), frame.data() + L, 2 * L);
+        fft_.forward(frame.data(), re.data(), im.data(), work.data());
+      }
       log_mel_bands(nb, power_, n_mels_, band_lo_.data(), band_hi_.data(), band_off_.data(),
                     weights_.data(), log_offset_, re.data(), im.data(), mel.data());
       for (std::int64_t m = 0; m < n_mels_; ++m) {
