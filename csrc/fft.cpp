@@ -124,19 +124,28 @@ bool stockham(std::size_t n, const std::vector<int>& radices, const float* tw, f
 }
 
 // Splits the size-c complex FFT (zr, zi) of the packed even/odd samples into the c + 1 bins
-// of the size-2c real FFT: X[k] = E[k] + w^k O[k] (see RealFFT::forward).
+// of the size-2c real FFT: X[k] = E[k] + w^k O[k] (see RealFFT::forward). Bins 0 and c both
+// come from Z[0]; bins k and c - k from Z[k] and Z[c - k], with E[c - k] = conj E[k] and
+// O[c - k] = conj O[k].
 SSONDO_MULTIVERSION
 void real_post(std::size_t c, const float* zr, const float* zi, const float* post_re,
                const float* post_im, float* out_re, float* out_im) {
-  for (std::size_t k = 0; k <= c; ++k) {
-    const std::size_t ip = (k % c) * L, iq = ((c - k) % c) * L;
+  const V8 z0r = v8_load(zr), z0i = v8_load(zi);
+  v8_store(out_re, z0r + z0i);
+  v8_store(out_im, v8_splat(0.0f));
+  v8_store(out_re + c * L, z0r - z0i);
+  v8_store(out_im + c * L, v8_splat(0.0f));
+  for (std::size_t k = 1; 2 * k <= c; ++k) {
+    const std::size_t ip = k * L, iq = (c - k) * L;
     const V8 pr = v8_load(zr + ip), pi = v8_load(zi + ip);
     const V8 qr = v8_load(zr + iq), qi = v8_load(zi + iq);
-    const float wr = post_re[k], wi = post_im[k];
     const V8 er = 0.5f * (pr + qr), ei = 0.5f * (pi - qi);
     const V8 orr = 0.5f * (pi + qi), oi = 0.5f * (qr - pr);
-    v8_store(out_re + k * L, er + wr * orr - wi * oi);
-    v8_store(out_im + k * L, ei + wr * oi + wi * orr);
+    const float wr = post_re[k], wi = post_im[k], vr = post_re[c - k], vi = post_im[c - k];
+    v8_store(out_re + ip, er + wr * orr - wi * oi);
+    v8_store(out_im + ip, ei + wr * oi + wi * orr);
+    v8_store(out_re + iq, er + vr * orr + vi * oi);
+    v8_store(out_im + iq, vi * orr - ei - vr * oi);
   }
 }
 
@@ -320,13 +329,20 @@ void RealFFT::forward(const float* x, float* out_re, float* out_im, float* work)
     std::memcpy(out_im, zi, bins() * L * sizeof(float));
     return;
   }
-  // z[j] = x[2j] + i x[2j+1]; Z = FFT_{n/2}(z); X[k] = E[k] + w^k O[k] with
-  // E = (Z[k] + conj Z[h-k]) / 2 and O = (Z[k] - conj Z[h-k]) / 2i.
   for (std::size_t j = 0; j < c; ++j) {
     std::memcpy(zr + j * L, x + 2 * j * L, L * sizeof(float));
     std::memcpy(zi + j * L, x + (2 * j + 1) * L, L * sizeof(float));
   }
-  const ComplexFFT::Split z = inner_.transform(zr, zi, inner_work);
+  forward_split(zr, zi, out_re, out_im, work);
+}
+
+void RealFFT::forward_split(float* even, float* odd, float* out_re, float* out_im,
+                            float* work) const {
+  if (n_ % 2 == 1) throw std::logic_error("RealFFT::forward_split needs an even size");
+  // z[j] = x[2j] + i x[2j+1]; Z = FFT_{n/2}(z); X[k] = E[k] + w^k O[k] with
+  // E = (Z[k] + conj Z[h-k]) / 2 and O = (Z[k] - conj Z[h-k]) / 2i.
+  const std::size_t c = inner_.size();
+  const ComplexFFT::Split z = inner_.transform(even, odd, work + 2 * c * L);
   real_post(c, z.re, z.im, post_re_.data(), post_im_.data(), out_re, out_im);
 }
 

@@ -66,6 +66,9 @@ class RealFFT {
   std::size_t workspace_floats() const;
   // x: n * kFftLanes floats (lane layout). out_re/out_im: bins() * kFftLanes floats each.
   void forward(const float* x, float* out_re, float* out_im, float* work) const;
+  // forward() for even n with the samples already split by the caller: even and odd hold
+  // samples 2j and 2j + 1 of x (n/2 * kFftLanes floats each, lane layout) and are destroyed.
+  void forward_split(float* even, float* odd, float* out_re, float* out_im, float* work) const;
 
  private:
   std::size_t n_;

@@ -23,12 +23,35 @@ std::size_t checked_n_fft(std::int64_t n_fft) {
   return static_cast<std::size_t>(n_fft);
 }
 
-// Mel energies of kFftLanes spectra: power (or magnitude) of bins (re, im) [nb, L] (re is
-// overwritten), then out[m, l] = sum over band m's bins k of weight * power[k, l].
+// kFftLanes windowed frames in the lane layout, with even and odd samples apart: sample j of
+// lane l, rows[l][j] * window[j], goes to (j even ? even : odd)[(j / 2) * stride + l], j < n.
 SSONDO_MULTIVERSION
-void mel_bands(std::int64_t nb, int power, std::int64_t n_mels, const std::int64_t* lo,
-               const std::int64_t* hi, const std::int64_t* off, const float* weights, float* re,
-               const float* im, float* out) {
+void window_lanes(const float* const* rows, const float* window, std::int64_t n, float* even,
+                  float* odd, std::size_t stride) {
+  std::int64_t j = 0;
+  for (; j + static_cast<std::int64_t>(L) <= n; j += L) {
+    const V8 w = v8_load(window + j);
+    V8 r[L];
+    for (std::size_t l = 0; l < L; ++l) r[l] = v8_load(rows[l] + j) * w;
+    v8_transpose(r);
+    for (std::size_t i = 0; i < L; i += 2) {
+      v8_store(even + (j / 2 + i / 2) * stride, r[i]);
+      v8_store(odd + (j / 2 + i / 2) * stride, r[i + 1]);
+    }
+  }
+  for (; j < n; ++j) {
+    float* dst = (j % 2 == 0 ? even : odd) + (j / 2) * stride;
+    for (std::size_t l = 0; l < L; ++l) dst[l] = rows[l][j] * window[j];
+  }
+}
+
+// Log-mel of kFftLanes spectra: power (or magnitude) of bins (re, im) [nb, L] (re is
+// overwritten), then out[m, l] = log(sum over band m's bins k of weight * power[k, l] +
+// log_offset); out is [n_mels, L].
+SSONDO_MULTIVERSION
+void log_mel_bands(std::int64_t nb, int power, std::int64_t n_mels, const std::int64_t* lo,
+                   const std::int64_t* hi, const std::int64_t* off, const float* weights,
+                   float log_offset, float* re, const float* im, float* out) {
   for (std::int64_t k = 0; k < nb; ++k) {
     const V8 r = v8_load(re + k * L), i = v8_load(im + k * L);
     V8 p = r * r + i * i;
@@ -41,8 +64,10 @@ void mel_bands(std::int64_t nb, int power, std::int64_t n_mels, const std::int64
     V8 acc = v8_splat(0.0f);
     const float* w = weights + off[m] - lo[m];
     for (std::int64_t k = lo[m]; k < hi[m]; ++k) acc = acc + w[k] * v8_load(re + k * L);
-    v8_store(out + m * L, acc);
+    v8_store(out + m * L, acc + log_offset);
   }
+  // A separate pass: the logs are independent, so their polynomial chains overlap.
+  for (std::int64_t m = 0; m < n_mels; ++m) v8_store(out + m * L, v8_log(v8_load(out + m * L)));
 }
 
 }  // namespace
@@ -127,38 +152,46 @@ void LogMelPlan::compute(const float* x, std::int64_t batch, std::int64_t t, flo
   const std::int64_t blocks = (frames + static_cast<std::int64_t>(L) - 1) / L;
   const std::int64_t n = n_fft_, nb = bins(), left = center_ ? n_fft_ / 2 : 0;
   const PadMode mode = center_ ? pad_mode_ : PadMode::kConstant;
+  // Even n_fft: frames are written as the real FFT's even/odd halves, skipping its repacking.
+  const bool split = n % 2 == 0;
   parallel_for(static_cast<std::size_t>(batch * blocks), 1, [&](std::size_t begin,
                                                                 std::size_t end) {
-    std::vector<float> frame(n * L), re(nb * L), im(nb * L), mel(n_mels_ * L),
+    std::vector<float> frame(n * L), edge(n * L), re(nb * L), im(nb * L), mel(n_mels_ * L),
         work(fft_.workspace_floats());
-    const float* win = window_.data();
     for (std::size_t w = begin; w < end; ++w) {
       const std::int64_t b = static_cast<std::int64_t>(w) / blocks;
       const std::int64_t f0 = (static_cast<std::int64_t>(w) % blocks) * L;
       const std::int64_t valid = std::min<std::int64_t>(L, frames - f0);
       const float* xb = x + b * t;
+      // Lane l reads frame f0 + l from the signal itself, or, where the frame runs past an
+      // edge (or l >= valid), from its padded copy in edge.
+      const float* rows[L];
       for (std::int64_t l = 0; l < static_cast<std::int64_t>(L); ++l) {
-        float* dst = frame.data() + l;
         const std::int64_t start = (f0 + l) * hop_ - left;
-        if (l >= valid) {
-          for (std::int64_t j = 0; j < n; ++j) dst[j * L] = 0.0f;
-        } else if (start >= 0 && start + n <= t) {
-          const float* src = xb + start;
-          for (std::int64_t j = 0; j < n; ++j) dst[j * L] = src[j] * win[j];
-        } else {
-          for (std::int64_t j = 0; j < n; ++j) {
-            const std::int64_t i = padded_index(start + j, t, mode);
-            dst[j * L] = i < 0 ? 0.0f : xb[i] * win[j];
-          }
+        if (l < valid && start >= 0 && start + n <= t) {
+          rows[l] = xb + start;
+          continue;
         }
+        float* row = edge.data() + l * n;
+        for (std::int64_t j = 0; j < n; ++j) {
+          const std::int64_t i = l < valid ? padded_index(start + j, t, mode) : -1;
+          row[j] = i < 0 ? 0.0f : xb[i];
+        }
+        rows[l] = row;
       }
-      fft_.forward(frame.data(), re.data(), im.data(), work.data());
-      mel_bands(nb, power_, n_mels_, band_lo_.data(), band_hi_.data(), band_off_.data(),
-                weights_.data(), re.data(), im.data(), mel.data());
+      if (split) {
+        window_lanes(rows, window_.data(), n, frame.data(), frame.data() + n / 2 * L, L);
+        fft_.forward_split(frame.data(), frame.data() + n / 2 * L, re.data(), im.data(),
+                           work.data());
+      } else {
+        window_lanes(rows, window_.data(), n, frame.data(), frame.data() + L, 2 * L);
+        fft_.forward(frame.data(), re.data(), im.data(), work.data());
+      }
+      log_mel_bands(nb, power_, n_mels_, band_lo_.data(), band_hi_.data(), band_off_.data(),
+                    weights_.data(), log_offset_, re.data(), im.data(), mel.data());
       for (std::int64_t m = 0; m < n_mels_; ++m) {
-        const float* acc = mel.data() + m * L;
         float* o = out + (b * n_mels_ + m) * frames + f0;
-        for (std::int64_t l = 0; l < valid; ++l) o[l] = std::log(acc[l] + log_offset_);
+        for (std::int64_t l = 0; l < valid; ++l) o[l] = mel[m * L + l];
       }
     }
   });
