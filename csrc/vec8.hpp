@@ -130,9 +130,10 @@ inline V8 v8_from_bits(U8 u) {
 }
 
 // Natural log of each lane, within 1 ulp (relative error < 1e-7) for every positive float,
-// subnormals included. log(0) = -inf, log(+inf) = +inf; negative lanes and NaN give NaN. x = 2^e m with m in [sqrt(1/2), sqrt(2))
-// split off by bit manipulation, then Cephes' logf polynomial in f = m - 1 and
-// e log(2) = e (0.693359375 - 2.12194440e-4) in two parts so that the first product is exact.
+// subnormals included. log(0) = -inf, log(+inf) = +inf; negative lanes and NaN give NaN.
+// x = 2^e m with m in [sqrt(1/2), sqrt(2)) is split off by bit manipulation, then Cephes'
+// logf polynomial in f = m - 1 and e log(2) = e (0.693359375 - 2.12194440e-4) in two parts so
+// that the first product is exact.
 SSONDO_FORCE_INLINE V8 v8_log(V8 x) {
   constexpr float kMinNormal = std::numeric_limits<float>::min();
   constexpr float kInf = std::numeric_limits<float>::infinity();
