@@ -336,3 +336,62 @@ def test_fsdd_8k_is_resampled_to_the_teacher_rate(tmp_path, shared_data):
     with torch.no_grad():
         ref = _crepe()(torch.from_numpy(x)[None])[0].numpy()
     np.testing.assert_allclose(cache[0].astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+
+
+# -------------------------------------------------------------------------------------------
+# Rank-sharded builds
+# -------------------------------------------------------------------------------------------
+def _rank_build(rank, audio, root, barrier):
+    """One rank of a 2-rank build, in its own (spawned) process."""
+    build_cache(COUNTING, audio, root, rank=rank, world_size=2, barrier=barrier.wait, **OPTS)
+
+
+def test_two_ranks_build_the_same_cache_as_one_process(built, tmp_path):
+    import multiprocessing
+
+    audio, _, single = built
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_rank_build, args=(r, audio, tmp_path / "cache", barrier))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    folder = next((tmp_path / "cache").iterdir())
+    assert folder.name == single.name and not list(folder.glob("journal*"))
+    manifest = json.loads((folder / layout.MANIFEST).read_text())
+    assert {name[-7:] for name in manifest["shards"]} == {"-r0.npy", "-r1.npy"}  # both worked
+    got, want = EmbeddingCache(folder, verify=True), EmbeddingCache(single)
+    assert got.ids == want.ids
+    np.testing.assert_allclose(got.embeddings(), want.embeddings(), atol=1e-3)  # float16 rows
+
+
+def test_a_rank_that_finished_alone_is_kept_by_the_next_build(built, tmp_path):
+    audio, _, single = built
+    root = tmp_path / "cache"
+    # Rank 1 of 2 computes its half; rank 0 never ran (killed before it started).
+    build_cache(COUNTING, audio, root, rank=1, world_size=2, barrier=lambda: None, **OPTS)
+    folder = next(root.iterdir())
+    assert (folder / layout.journal_name(1)).is_file() and not (folder / layout.MANIFEST).exists()
+    half = EmbeddingCache(folder)  # readable from the journal alone
+    assert 0 < len(half) < len(EmbeddingCache(single))
+    _count_reset()
+    build_cache(COUNTING, audio, root, **OPTS)
+    full = EmbeddingCache(folder)
+    assert full.ids == EmbeddingCache(single).ids and not list(folder.glob("journal*"))
+    assert helpers.CALLS["rows"] == len(full) - len(half)  # only rank 0's share was computed
+
+
+def test_journal_lines_apply_in_the_order_they_were_written(tmp_path):
+    def entry(shard):
+        return layout.file_entry(1, 1, "h", 16000, 1, shard, 0, [0], [1])
+
+    record = {"rows": 1, "bytes": 1, "sha256": "0"}
+    old, new = layout.shard_name(3, rank=1), layout.shard_name(4, rank=0)
+    layout.append_journal(tmp_path, old, record, {"a.wav": entry(old)}, rank=1)
+    layout.append_journal(tmp_path, new, record, {"a.wav": entry(new)}, rank=0)
+    manifest = layout.read_manifest(tmp_path)
+    assert manifest["files"]["a.wav"]["shard"] == new  # rank 0's later line wins
+    assert manifest["next_shard"] == 5 and set(manifest["shards"]) == {old, new}

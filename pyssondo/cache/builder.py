@@ -4,6 +4,12 @@ Pipeline: a pool of reader threads decodes, hashes, resamples and segments files
 teacher (bounded prefetch, results taken in file order); the calling thread batches segments
 across files and runs the teacher; one writer thread writes each full shard atomically and
 then a journal line that announces it (:mod:`.layout`), while the teacher works on.
+
+Rank-sharded builds (``world_size > 1``, e.g. one process per GPU under torchrun): every rank
+plans from the same manifest and journals, computes every ``world_size``-th missing file into
+shards and a journal of its own, and once all ranks are done rank 0 folds the journals into
+the manifest (a plain build, which then has nothing left to compute). A killed rank loses only
+its unjournaled shard; the next build, sharded or not, continues from the journals.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -63,7 +69,8 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
                 hop_s: Optional[float] = None, dtype: str = "float16",
                 teacher_sr: Optional[int] = None, batch_size: int = 16,
                 workers: Optional[int] = None, shard_rows: Optional[int] = None,
-                device: str = "cpu", progress: bool = True) -> Path:
+                device: str = "cpu", progress: bool = True, rank: int = 0,
+                world_size: int = 1, barrier: Optional[Callable[[], None]] = None) -> Path:
     """Computes (or updates) the teacher-embedding cache of an audio folder.
 
     Args:
@@ -80,6 +87,10 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
         shard_rows: rows per shard (default: about 64 MB per shard).
         device: torch device for the teacher.
         progress: show a progress bar (on a terminal).
+        rank, world_size: this process's share of a rank-sharded build (every rank calls
+            build_cache with the same arguments, its own rank and device).
+        barrier: with ``world_size > 1``, a function that returns once every rank has called
+            it (e.g. ``torch.distributed.barrier``); every rank returns the merged cache.
 
     Returns:
         The cache folder. Unchanged files (same size and mtime, or same content hash) are not
@@ -101,9 +112,13 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
     if dtype not in layout.DTYPES:
         raise ParameterError(f"cache: dtype={dtype!r} must be one of {layout.DTYPES}")
     for name, value in (("batch_size", batch_size), ("shard_rows", shard_rows or 1),
-                        ("workers", workers or 1)):
+                        ("workers", workers or 1), ("world_size", world_size)):
         if not isinstance(value, int) or value < 1:
             raise ParameterError(f"cache: {name}={value!r} must be a positive integer")
+    if not 0 <= rank < world_size:
+        raise ParameterError(f"cache: rank={rank!r} must be in [0, world_size={world_size})")
+    if world_size > 1 and barrier is None:
+        raise ParameterError("cache: a rank-sharded build (world_size > 1) needs a barrier")
     teacher = (model_spec if isinstance(model_spec, LoadedModel)
                else load_model(model_spec, teacher_sr, device=device, role="teacher"))
     if teacher_sr is not None and int(teacher_sr) != teacher.sample_rate:
@@ -114,16 +129,27 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
     folder = root_out / layout.cache_key(teacher.fingerprint, teacher.sample_rate, window_s,
                                          hop_s, dtype)
     folder.mkdir(parents=True, exist_ok=True)
-    with _exclusive(folder):
-        builder = _Builder(teacher, folder, audio_root, window_s, hop_s, dtype, batch_size,
-                           workers or min(4, os.cpu_count() or 1), shard_rows, device, progress)
-        builder.run(files)
+    settings = (teacher, folder, audio_root, window_s, hop_s, dtype, batch_size,
+                workers or min(4, os.cpu_count() or 1), shard_rows, device)
+    if world_size > 1:
+        with _exclusive(folder, shared=True):
+            builder = _Builder(*settings, progress, rank=rank, world_size=world_size)
+            share = builder.share(files)
+            barrier()  # every rank has planned from the same manifest and journals
+            builder.compute(share)
+        barrier()  # every share is journaled
+    if rank == 0:
+        with _exclusive(folder):
+            _Builder(*settings, progress).run(files)
+    if world_size > 1:
+        barrier()  # the manifest is written
     return folder
 
 
 @contextlib.contextmanager
-def _exclusive(folder: Path):
-    """Holds an advisory lock on ``folder/.lock`` so two builds never write one cache."""
+def _exclusive(folder: Path, shared: bool = False):
+    """Holds an advisory lock on ``folder/.lock`` so two builds never write one cache (the
+    ranks of one sharded build hold it ``shared`` while they compute their shares)."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
@@ -131,7 +157,7 @@ def _exclusive(folder: Path):
         return
     with open(folder / ".lock", "a") as f:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             raise ValueError(f"{folder}: another 'ssondo cache' run is writing this cache; "
                              f"wait for it to finish") from None
@@ -149,9 +175,15 @@ def _hash_or_none(path: Path) -> Optional[str]:
 
 
 class _Builder:
+    """One build of a cache folder: :meth:`run` for a whole build (or the merge of a sharded
+    one), :meth:`share` + :meth:`compute` for one rank's part of a sharded build, which only
+    adds shards and journal lines of its own (``rank`` set)."""
+
     def __init__(self, teacher, folder: Path, audio_root: Path, window_s: float, hop_s: float,
                  dtype: str, batch_size: int, workers: int, shard_rows: Optional[int],
-                 device: str, progress: bool) -> None:
+                 device: str, progress: bool, rank: Optional[int] = None,
+                 world_size: int = 1) -> None:
+        self.rank, self.world_size = rank, world_size
         self.teacher, self.folder, self.audio_root = teacher, folder, audio_root
         self.window_s, self.hop_s, self.dtype = float(window_s), float(hop_s), dtype
         self.batch_size, self.workers, self.shard_rows = batch_size, workers, shard_rows
@@ -170,7 +202,7 @@ class _Builder:
         """Removes leftovers of killed runs; drops shards that fail verification."""
         m = self.manifest
         for p in self.folder.iterdir():
-            if p.name.endswith(".tmp") or (re.fullmatch(r"shard-\d+\.npy", p.name)
+            if p.name.endswith(".tmp") or (re.fullmatch(layout.SHARD_PATTERN, p.name)
                                            and p.name not in m["shards"]):
                 p.unlink()
         bad = {}
@@ -244,6 +276,17 @@ class _Builder:
             raise ValueError(f"{self.audio_root}: none of the {len(files)} audio files could "
                              f"be read")
 
+    def share(self, files: List[Tuple[str, Path]]) -> List[Tuple[str, Path, FileStat]]:
+        """This rank's files of those missing from the manifest and journals."""
+        return self._plan(files)[self.rank::self.world_size]
+
+    def compute(self, todo: List[Tuple[str, Path, FileStat]]) -> None:
+        """Computes ``todo`` into this rank's shards and journal (nothing else is written)."""
+        log.info("cache %s: rank %d of %d computes %d files", self.folder, self.rank,
+                 self.world_size, len(todo))
+        if todo:
+            self._compute(todo, self._count_segments(todo))
+
     def _compact(self) -> None:
         """Moves the live rows of shards that are mostly dead (changed or vanished files)
         into new shards, without recomputing them; the old shards go once the manifest no
@@ -309,7 +352,8 @@ class _Builder:
         done_files = 0
         audio_s = 0.0
         try:
-            with Progress(total_segments, desc="cache", unit="seg",
+            desc = "cache" if self.rank is None else f"cache rank {self.rank}"
+            with Progress(total_segments, desc=desc, unit="seg",
                           enabled=None if self.progress else False) as bar:
                 while True:
                     while len(pending) < prefetch:
@@ -451,7 +495,7 @@ class _Builder:
         if not self._shard_files:
             return
         files, self._shard_files, self._shard_count = self._shard_files, [], 0
-        name = layout.shard_name(self._next_shard)
+        name = layout.shard_name(self._next_shard, self.rank)
         self._next_shard += 1
         rows = np.concatenate([np.concatenate(f.out) for f in files])
         entries, row = [], 0
@@ -468,17 +512,18 @@ class _Builder:
     def _commit(self, name: str, rows: np.ndarray, entries) -> None:
         """Writer-thread job: the shard, durable, then the journal line that announces it."""
         record = layout.write_shard(self.folder / name, rows)
-        layout.append_journal(self.folder, name, record, dict(entries))
+        layout.append_journal(self.folder, name, record, dict(entries), self.rank)
         m = self.manifest
         m["shards"][name] = record
         m["files"].update(entries)
         m["next_shard"] = max(int(m["next_shard"]), int(name[6:12]) + 1)
 
     def _save_manifest(self) -> None:
-        """Writes the manifest atomically unless unchanged on disk, then drops the journal
+        """Writes the manifest atomically unless unchanged on disk, then drops the journals
         (whose lines the manifest now holds; replaying them again would change nothing)."""
         text = layout.dump_json(self.manifest)
         if text != self._saved:
             layout.write_text(self.folder / layout.MANIFEST, text)
             self._saved = text
-        (self.folder / layout.JOURNAL).unlink(missing_ok=True)
+        for journal in layout.journals(self.folder):
+            journal.unlink(missing_ok=True)

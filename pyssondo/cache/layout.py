@@ -10,14 +10,19 @@ A cache root holds one folder per key ``<teacher sha256[:16]>-sr<rate>-w<W>-h<H>
     shard-000000.npy ...  rows [n, D] (clip teachers) or [n, F, D] (frame teachers)
 
     journal.jsonl   shards committed since the manifest was last rewritten, one JSON line
-                    each: {"shard": name, "record": {...}, "files": {key: FileEntry}}
+                    each: {"shard": name, "record": {...}, "files": {key: FileEntry},
+                    "t": time in ns}
+    journal-r<R>.jsonl, shard-<n>-r<R>.npy   the same, written by rank R of a rank-sharded
+                    build (each rank computes its share of the files; see builder.py)
 
 A file's segments are consecutive rows of one shard. A shard is written with
 :mod:`pyssondo.atomic` (temporary name, fsync, rename) and only then announced by an fsynced
 journal line, so a kill at any moment leaves a consistent cache: at most an unreferenced
 shard, or a torn last journal line, both ignored. Appending a line per shard keeps the cost of
-a commit independent of the cache size; the builder folds the journal into manifest.json
-(atomically) at the start and end of a run. The cache's contents = manifest + journal.
+a commit independent of the cache size; the builder folds the journals into manifest.json
+(atomically) at the start and end of a run. The cache's contents = manifest + journals, whose
+lines are applied in the order they were written (their "t"), so a file recomputed by one
+rank replaces an older entry from another rank's journal.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -35,6 +41,7 @@ from ..atomic import atomic_write_bytes, atomic_write_text
 META = "meta.json"
 MANIFEST = "manifest.json"
 JOURNAL = "journal.jsonl"
+SHARD_PATTERN = r"shard-\d{6}(-r\d+)?\.npy"
 FORMAT_VERSION = 1
 DTYPES = ("float16", "float32")
 
@@ -49,8 +56,10 @@ def cache_key(fingerprint: str, teacher_sr: int, window_s: float, hop_s: float,
     return f"{fingerprint[:16]}-sr{teacher_sr}-w{_num(window_s)}-h{_num(hop_s)}-{dtype}"
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}.npy"
+def shard_name(index: int, rank: Optional[int] = None) -> str:
+    """Shard ``index`` of a single-process build, or of ``rank`` in a sharded one (ranks
+    count from the same index, so their names differ by the rank alone)."""
+    return f"shard-{index:06d}.npy" if rank is None else f"shard-{index:06d}-r{rank}.npy"
 
 
 def empty_manifest() -> Dict[str, Any]:
@@ -72,24 +81,38 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
     return obj
 
 
+def journal_name(rank: Optional[int] = None) -> str:
+    """The journal of a single-process build (``rank`` None) or of one rank of a sharded one."""
+    return JOURNAL if rank is None else f"journal-r{rank}.jsonl"
+
+
+def journals(folder: Path) -> List[Path]:
+    """Every journal in ``folder``: the single-process one and those of ranks."""
+    return sorted(folder.glob("journal*.jsonl"))
+
+
 def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
-    """manifest.json with the journal's complete lines applied; None when neither exists."""
+    """manifest.json with the journals' complete lines applied in the order they were written;
+    None when neither exists."""
     manifest = read_json(folder / MANIFEST)
-    try:
-        lines = (folder / JOURNAL).read_bytes().split(b"\n")
-    except FileNotFoundError:
+    entries = []
+    for path in journals(folder):
+        lines = path.read_bytes().split(b"\n")
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if i >= len(lines) - 2:  # torn last line of a killed run: never committed
+                    break
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON; delete the cache "
+                                 f"folder to rebuild") from None
+            entries.append((int(entry.get("t", 0)), str(path), i, entry))
+    if not entries:
         return manifest
     manifest = manifest or empty_manifest()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            if i >= len(lines) - 2:  # torn last line of a killed run: never committed
-                break
-            raise ValueError(f"{folder / JOURNAL}: line {i + 1} is not valid JSON; delete the "
-                             f"cache folder to rebuild") from None
+    for _, _, _, entry in sorted(entries, key=lambda e: e[:3]):
         manifest["shards"][entry["shard"]] = entry["record"]
         manifest["files"].update(entry["files"])
         manifest["next_shard"] = max(int(manifest["next_shard"]),
@@ -98,10 +121,12 @@ def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
 
 
 def append_journal(folder: Path, shard: str, record: Dict[str, Any],
-                   files: Dict[str, Any]) -> None:
-    """Announces a durable shard: one JSON line appended to the journal, then fsync."""
-    line = json.dumps({"shard": shard, "record": record, "files": files}, sort_keys=True)
-    with open(folder / JOURNAL, "ab") as f:
+                   files: Dict[str, Any], rank: Optional[int] = None) -> None:
+    """Announces a durable shard: one JSON line appended to the journal (of ``rank`` in a
+    sharded build), then fsync."""
+    line = json.dumps({"shard": shard, "record": record, "files": files,
+                       "t": time.time_ns()}, sort_keys=True)
+    with open(folder / journal_name(rank), "ab") as f:
         f.write(line.encode("utf-8") + b"\n")
         f.flush()
         os.fsync(f.fileno())
