@@ -22,6 +22,10 @@ Validation: the parent's held-out old files (the same by-file split, so the pare
 trained on them) and held-out new files, scored separately as cosine to the teacher before
 training (epoch 0) and after every epoch; best.pt follows their mean. The run folder has the
 distill layout, so ``ssondo export``, ``merge``, ``embed`` and ``distill --init`` read it.
+
+Under torchrun it runs like ``distill`` (:mod:`pyssondo.train.distributed`): rank 0 writes the
+caches, codebook, previous embeddings and run folder while the others wait; each rank trains
+on its share of every global batch and both loss terms see the gathered global batch.
 """
 from __future__ import annotations
 
@@ -191,6 +195,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     from .train.data import (Augment, Collate, DistillDataset, JoinedTargets, KeyBatches,
                              SegmentAudio, StackedRows, make_loader, mel_cache, mel_cache_path,
                              split_by_file, warn_upsampled)
+    from .train.distributed import gather_batch, is_main, main_first, on_main, world
     from .train.engine import Trainer, finish, open_run
     from .train.loop import (RunResult, build_model, choose_mel_cache, evaluate, resolve_cache,
                              setup)
@@ -211,6 +216,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     train = cfg.train
     parent = Parent(cfg.parent)
     device = setup(train, "adapt")
+    progress = progress and is_main()
 
     # Caches: the parent's (old domain) and the new audio's, by the same teacher.
     if not parent.cache.joinpath("meta.json").is_file():
@@ -251,10 +257,12 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
 
     # The grown codebook and the stratified sampler over it.
     k = min(parent.cfg.clusters, n_old)
-    _, centers = load_or_fit_codebook(parent.cache, k, parent.cfg.seed)
+    with main_first():
+        _, centers = load_or_fit_codebook(parent.cache, k, parent.cfg.seed)
     threshold = (cfg.grow_threshold if cfg.grow_threshold is not None
                  else similarity_percentile(old_x, centers, GROW_PERCENTILE))
-    codebook = grow_codebook(centers, np.asarray(new_x[new_train]), threshold, train.seed)
+    codebook = on_main(lambda: grow_codebook(centers, np.asarray(new_x[new_train]), threshold,
+                                             train.seed))
     old_labels, _ = nearest(old_x, codebook)
     new_labels, _ = nearest(new_x, codebook)
     per_new = train.batch_size - cfg.replay_per_batch
@@ -270,8 +278,9 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     parts = [(parent.cache, old, SegmentAudio(old_segs, train.mel.sample_rate, window)),
              (new_path, new, SegmentAudio(new_segs, train.mel.sample_rate, window))]
     cached = choose_mel_cache(train, parts, recorded.get("mel_cached"))
-    mel = StackedRows([mel_cache(mel_cache_path(p, a, train.mel, c.ids), a, train.mel)
-                       for p, c, a in parts]) if cached else None
+    with main_first():
+        mel = StackedRows([mel_cache(mel_cache_path(p, a, train.mel, c.ids), a, train.mel)
+                           for p, c, a in parts]) if cached else None
     audio = SegmentAudio(old_segs + new_segs, train.mel.sample_rate, window)
     teacher_rows = StackedRows([old_x, new_x])
     plain = DistillDataset(audio, teacher_rows, mel)
@@ -282,9 +291,10 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
                                  f"{GROW_PERCENTILE:g}th percentile of the old embeddings' "
                                  f"cosine to their centroid")}
     fresh = state is None
-    if fresh:
-        run = new_run_dir(train.out, train.student, f"adapt-{Path(cfg.new_audio).name}")
-        run.write_config(train, {
+
+    def create() -> str:
+        made = new_run_dir(train.out, train.student, f"adapt-{Path(cfg.new_audio).name}")
+        made.write_config(train, {
             "config_hash": cfg.hash(), "adapt": json.loads(cfg.to_json()),
             "parent": str(parent.run.path), "parent_checkpoint": str(parent.checkpoint),
             "teacher_fingerprint": old_fp, "cache": str(parent.cache),
@@ -293,12 +303,17 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
             "train_segments_new": int(len(new_train)), "val_segments_new": int(len(new_val)),
             "replay_per_batch": sampler.n_a, "new_per_batch": sampler.n_b,
             "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
+        return str(made.path)
+
+    if fresh:
+        run = RunDir(on_main(create))
     targets: Any = teacher_rows
     if cfg.self_weight:
         key = hashlib.sha256(f"{parent.checkpoint}:{old.digest}:{new.digest}:"
                              f"{train.mel.to_dict()}".encode()).hexdigest()[:16]
-        prev = previous_embeddings(run.path / f"previous-{key}.npy", model, plain,
-                                   n_old + len(new), train, device, progress)
+        with main_first():
+            prev = previous_embeddings(run.path / f"previous-{key}.npy", model, plain,
+                                       n_old + len(new), train, device, progress)
         targets = JoinedTargets(teacher_rows, prev)
     dataset = DistillDataset(audio, targets, mel)
 
@@ -325,7 +340,8 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
 
     if fresh:
         _, before = validate()
-        run.append_log({"kind": "epoch", "epoch": 0, "step": 0, **before})
+        if is_main():
+            run.append_log({"kind": "epoch", "epoch": 0, "step": 0, **before})
         log.info("before adapting: validation cosine old %s, new %s",
                  _fmt(before["val_cos_old"]), _fmt(before["val_cos_new"]))
     else:
@@ -333,26 +349,28 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
 
     def compute_loss(x: torch.Tensor, y: torch.Tensor):
         with trainer.autocast():
-            emb = model.student(x)
-            pred = model.head(emb)
-        teacher_loss = loss_fn(pred.float(), y[:, :dim])
+            emb, pred = trainer.net(x, with_embedding=True)
+        emb, pred, y = gather_batch(emb.float(), pred.float(), y)
+        teacher_loss = loss_fn(pred, y[:, :dim])
         if not cfg.self_weight:
             return teacher_loss, {"teacher_loss": teacher_loss}
         self_loss = 1.0 - torch.nn.functional.cosine_similarity(
-            emb.float(), y[:, dim:], dim=-1).mean()
+            emb, y[:, dim:], dim=-1).mean()
         return (teacher_loss + cfg.self_weight * self_loss,
                 {"teacher_loss": teacher_loss, "self_loss": self_loss})
 
     augment = Augment(train.gain_db, train.time_mask, train.freq_mask, train.mixup)
     loader = make_loader(dataset, KeyBatches(sampler, rows, train.batch_size, trainer.epoch,
-                                             train.epochs),
+                                             train.epochs, *world()[:2]),
                          Collate(train.mel, augment, train.seed), train.workers,
                          pin_memory=device.type == "cuda")
     batches = iter(loader)
     trainer.fit(batches, compute_loss, validate, progress)
     del batches, loader
-    plot_epoch_metrics(run, {"val_cos_old": "old domain (held-out files)",
-                             "val_cos_new": "new domain (held-out files)"}, run.validation_plot)
+    if is_main():
+        plot_epoch_metrics(run, {"val_cos_old": "old domain (held-out files)",
+                                 "val_cos_new": "new domain (held-out files)"},
+                           run.validation_plot)
     final, out = finish(run, projected=train.projected, export=export)
     epochs = [r for r in run.read_log() if r.get("kind") == "epoch"]
     summary = {"steps": trainer.step, "codebook": growth, "parent": str(parent.run.path),

@@ -81,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyssondo.adapt import OVERRIDABLE, adapt, adapt_config
     from pyssondo.commands.distill import _absolute, _exists
+    from pyssondo.train.distributed import is_main, process_group
 
     overrides = {name: getattr(args, name) for name in OVERRIDABLE if hasattr(args, name)}
     for name in ("teacher", "cache_dir", "out"):
@@ -91,13 +92,18 @@ def run(args: argparse.Namespace) -> int:
                        self_weight=args.self_weight, grow_threshold=args.grow_threshold,
                        **overrides)
     try:
-        result = adapt(cfg, resume=args.resume)
+        # Under torchrun: one process group for the run; rank 0 alone reports.
+        with process_group(cfg.train.device):
+            result = adapt(cfg, resume=args.resume)
+            main = is_main()
     except OSError as e:
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
         print(f"ssondo adapt: error: {e}; the previous checkpoint is intact, free space and "
               f"rerun with --resume auto", file=sys.stderr)
         return 1
+    if not main:
+        return 0
     run_dir, s = result.run, result.summary
     growth = s["codebook"]
     print(f"run folder   {run_dir.path}  (adapted from {s['parent']})")

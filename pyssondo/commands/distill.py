@@ -125,19 +125,25 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyssondo.train.distributed import is_main, process_group
     from pyssondo.train.loop import distill
 
     cfg = resolve_config(args)
     if not args.resume and not (cfg.teacher and cfg.audio) and not cfg.cache_dir:
         raise ValueError("give TEACHER and AUDIO_DIR (or --resume, or --cache-dir of a cache)")
     try:
-        result = distill(cfg, resume=args.resume)
+        # Under torchrun: one process group for the run; rank 0 alone reports.
+        with process_group(cfg.device):
+            result = distill(cfg, resume=args.resume)
+            main = is_main()
     except OSError as e:
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
         print(f"ssondo distill: error: {e}; the previous checkpoint is intact, free space and "
               f"rerun with --resume auto", file=sys.stderr)
         return 1
+    if not main:
+        return 0
     run_dir = result.run
     print(f"run folder   {run_dir.path}")
     print(f"config       {run_dir.config}")

@@ -35,6 +35,7 @@ import torch
 
 from ..audio import load_audio
 from ..config import MelConfig
+from ..errors import ParameterError
 from ..progress import Progress
 from ..segments import cut_segment, seconds_to_samples
 
@@ -166,7 +167,8 @@ class Collate:
     """Stacks items into ``(x [B, n_mels, frames] float32, target float32, rows int64)``.
 
     Waveforms become log-mel in one batched C++ call (:func:`pyssondo.log_mel`); then the
-    augmentation is applied with generators seeded by each key.
+    augmentation is applied with generators seeded by each key. Mixup pairs items of the
+    batch it is given: under torchrun that is the rank's share of the global batch.
     """
 
     def __init__(self, mel_cfg: MelConfig, augment: Augment = Augment(), seed: int = 0) -> None:
@@ -225,12 +227,22 @@ class KeyBatches:
     cache rows of the training set), continuing from the sampler's position: after
     ``sampler.load_state_dict`` of a mid-epoch checkpoint, the first epoch resumes where it
     stopped. ``len()`` assumes the sampler starts at a multiple of ``batch_size``.
+
+    With ``world_size`` > 1 (one process of a torchrun launch) each global batch of
+    ``batch_size`` keys is cut into ``world_size`` contiguous shares and rank ``rank`` gets
+    share ``rank``: the global batches, hence the data each step sees, do not depend on the
+    number of processes (except mixup pairs, drawn within each share; see :class:`Collate`).
     """
 
     def __init__(self, sampler: Any, rows: np.ndarray, batch_size: int, first_epoch: int,
-                 epochs: int) -> None:
+                 epochs: int, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise ParameterError(f"--batch-size {batch_size} cannot be split over "
+                                 f"{world_size} processes; give a multiple of {world_size}")
         self.sampler, self.rows, self.batch_size = sampler, rows, batch_size
         self.first_epoch, self.epochs = first_epoch, epochs
+        share = batch_size // world_size
+        self._share = slice(rank * share, (rank + 1) * share)
         self._skip = sampler.position if sampler.epoch == first_epoch else 0
 
     def __len__(self) -> int:
@@ -244,7 +256,7 @@ class KeyBatches:
             order = np.fromiter(iter(self.sampler), dtype=np.int64)
             for i in range(0, len(order) - self.batch_size + 1, self.batch_size):
                 yield [(epoch, first + j, int(self.rows[order[j]]))
-                       for j in range(i, i + self.batch_size)]
+                       for j in range(i, i + self.batch_size)[self._share]]
 
 
 def fixed_batches(rows: np.ndarray, batch_size: int) -> List[List[Key]]:

@@ -7,10 +7,17 @@ schedule (:func:`lr_lambda`, per step), the grad scaler, the RNG states, the sam
 epoch in progress. :meth:`Trainer.fit` runs the remaining epochs over key batches; the caller
 supplies the loss of a batch and the validation of an epoch, which is all that differs between
 the commands. A resumed run therefore ends with the same weights as an uninterrupted one.
+
+Under torchrun (:mod:`.distributed`) the model is wrapped in DistributedDataParallel with batch
+norm over the global batch; each rank trains on its contiguous share of every global batch
+(:class:`pyssondo.train.data.KeyBatches` with ``rank``/``world_size``), the losses logged are
+the means over ranks, and rank 0 alone writes the log, the checkpoints (holding every rank's
+RNG state) and the export.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -23,6 +30,8 @@ from torch import nn
 from ..progress import Progress
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import DistillConfig
+from .distributed import (all_gather_object, is_main, mean_floats, on_main, sync_batchnorm,
+                          world, wrap)
 from .rundir import RunDir, find_resumable
 
 log = logging.getLogger("ssondo.train")
@@ -50,21 +59,31 @@ def open_run(out: str, config_hash: str, resume: Optional[str]
 
     ``resume``: None (new run), "auto" (the newest run under ``out`` whose config.json has
     ``config_hash`` and a last checkpoint, else a new run), or a run folder or checkpoint path.
+    Under torchrun rank 0 chooses and every rank loads that checkpoint.
     """
     if resume is None:
         return None, None
+    found = on_main(lambda: _locate(out, config_hash, resume))
+    if found is None:
+        return None, None
+    run, checkpoint = found
+    return RunDir(run), load_checkpoint(checkpoint)
+
+
+def _locate(out: str, config_hash: str, resume: str) -> Optional[Tuple[str, str]]:
+    """(run folder, checkpoint) that ``resume`` names, or None for a new run."""
     if resume == "auto":
         run = find_resumable(out, config_hash)
         if run is None:
             log.info("no run with this config under %s: starting a new one", out)
-            return None, None
-        return run, load_checkpoint(run.last)
-    path = Path(resume)
-    if path.is_dir():
-        run = RunDir(path)
-        return run, load_checkpoint(run.last)
-    run = RunDir(path.parent.parent)
-    return run, load_checkpoint(path)
+            return None
+        checkpoint = run.last
+    elif Path(resume).is_dir():
+        run, checkpoint = RunDir(resume), RunDir(resume).last
+    else:
+        run, checkpoint = RunDir(Path(resume).parent.parent), Path(resume)
+    load_checkpoint(checkpoint)  # a bad file fails here, on rank 0, with its message
+    return str(run.path), str(checkpoint)
 
 
 class Trainer:
@@ -84,18 +103,29 @@ class Trainer:
         frozen: sub-modules kept in eval mode while the rest trains (e.g. batch-norm layers
             that keep their running statistics).
         command: the command named in error messages.
+
+    ``net`` is the model to call in the loss (DistributedDataParallel under torchrun, else
+    ``model``); with several processes batch norm in ``model`` is replaced by its global-batch
+    version first (:func:`.distributed.sync_batchnorm`).
     """
 
     def __init__(self, run: RunDir, cfg: DistillConfig, model: nn.Module, sampler: Any,
                  steps_per_epoch: int, device: torch.device, teacher: Dict[str, Any], *,
                  config_hash: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
                  frozen: Sequence[nn.Module] = (), command: str = "distill") -> None:
+        self.world = world()
+        names = {id(m): name for name, m in model.named_modules()}
+        frozen_names = [names[id(m)] for m in frozen]
+        model = sync_batchnorm(model, device)
         self.run, self.cfg, self.model, self.sampler = run, cfg, model, sampler
+        self.net = wrap(model, device)
         self.steps_per_epoch, self.device, self.teacher = steps_per_epoch, device, teacher
         self.config_hash = config_hash or cfg.hash()
         self.extra = dict(extra or {})
-        self.frozen = list(frozen)
+        self.frozen = [model.get_submodule(name) for name in frozen_names]
         self.command = command
+        if self.world.rank > 0:  # dropout masks differ between ranks
+            torch.manual_seed(_rank_seed(cfg.seed, self.world.rank, 0))
         total_steps = cfg.epochs * steps_per_epoch
         warmup = cfg.resolved_warmup_epochs * steps_per_epoch
         self.params = list(model.parameters())
@@ -125,24 +155,34 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        rank, size = self.world.rank, self.world.size
+        restore_rng(ranks[rank] if len(ranks) == size else state["rng"])
+        if rank > 0 and len(ranks) != size:  # another number of processes than before
+            torch.manual_seed(_rank_seed(self.cfg.seed, rank, int(state["step"])))
         self.epoch = int(state["sampler"]["epoch"])
         self.position = int(state["sampler"]["position"])
         self.step, self.best = int(state["step"]), state.get("best_metric")
         self.losses = [float(v) for v in state["epoch_losses"]]
         self.parts = {k: [float(v) for v in vs] for k, vs in state.get("epoch_parts", {}).items()}
         self.sampler.load_state_dict(state["sampler"])
-        self.run.truncate_log(self.step)
+        if is_main():
+            self.run.truncate_log(self.step)
         log.info("resuming %s at epoch %d, step %d", self.run.path, self.epoch + 1, self.step)
 
     def save(self, metric: Optional[float], is_best: bool) -> None:
-        """Writes checkpoints/last.pt (and best.pt when ``is_best``) atomically."""
+        """Writes checkpoints/last.pt (and best.pt when ``is_best``) atomically (rank 0; every
+        rank calls it, as it collects the ranks' RNG states)."""
+        rngs = all_gather_object(capture_rng())
+        if not is_main():
+            return
         mid_epoch = bool(self.position)
         state = {"config": self.cfg.to_json(), "config_hash": self.config_hash,
                  "teacher": self.teacher, "student_name": self.cfg.student,
                  "student": self.model.student.state_dict(), "head": self.model.head.state_dict(),
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                 "scaler": self.scaler.state_dict(), "rng": capture_rng(),
+                 "scaler": self.scaler.state_dict(), "rng": rngs[0],
+                 **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
                  "sampler": {**self.sampler.state_dict(), "epoch": self.epoch,
                              "position": self.position},
                  "step": self.step, "best_metric": self.best, "metric": metric,
@@ -165,9 +205,10 @@ class Trainer:
             + f"; lower --lr (now {self.cfg.lr:g}) or use --precision fp32 "
               f"(now {self.cfg.precision})")
 
-    def _update(self, loss: torch.Tensor) -> None:
-        """One optimiser step on ``loss`` (clipped; raises TrainingDiverged on NaN/inf)."""
-        if not torch.isfinite(loss):
+    def _update(self, loss: torch.Tensor, mean_loss: float) -> None:
+        """One optimiser step on ``loss`` (clipped; raises TrainingDiverged on NaN/inf).
+        ``mean_loss``: the loss's mean over ranks, so every rank takes the same decision."""
+        if not math.isfinite(mean_loss):
             raise self._diverged("the loss")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -184,33 +225,38 @@ class Trainer:
         """Trains from the current position to the end of the last epoch.
 
         ``batches`` yields ``(x, y, rows)`` in training order from the current position (see
-        :class:`pyssondo.train.data.KeyBatches`). Each epoch ends with ``validate()``, a log
-        record (train loss, the parts' means, the validation fields, time) and a checkpoint;
-        best.pt follows the validation metric (or minus the train loss when there is none).
+        :class:`pyssondo.train.data.KeyBatches`; this rank's share of each global batch).
+        Each epoch ends with ``validate()`` (called on every rank; its metric must be the same
+        on all), a log record (train loss, the parts' means, the validation fields, time) and
+        a checkpoint; best.pt follows the validation metric (or minus the train loss when
+        there is none).
         """
         cfg, run = self.cfg, self.run
+        main, size = is_main(), self.world.size
         per_epoch = self.steps_per_epoch * cfg.batch_size
         while self.epoch < cfg.epochs:
-            self.model.train()
+            self.net.train()
             for module in self.frozen:
                 module.eval()
             t0 = time.perf_counter()
             with Progress(per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="seg",
-                          enabled=None if progress else False) as bar:
+                          enabled=None if progress and main else False) as bar:
                 bar.done = self.position
                 while self.position < per_epoch:
                     x, y, _ = next(batches)
                     x = x.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True)
                     loss, parts = compute_loss(x, y)
-                    self._update(loss)
+                    means = mean_floats([float(loss.detach())]
+                                        + [float(v.detach()) for v in parts.values()])
+                    self._update(loss, means[0])
                     self.step += 1
-                    self.position += x.shape[0]
-                    self.losses.append(float(loss.detach()))
-                    for name, value in parts.items():
-                        self.parts.setdefault(name, []).append(float(value.detach()))
-                    bar.update(x.shape[0], loss=self.losses[-1])
-                    if self.step % cfg.log_every == 0:
+                    self.position += x.shape[0] * size
+                    self.losses.append(means[0])
+                    for name, value in zip(parts, means[1:]):
+                        self.parts.setdefault(name, []).append(value)
+                    bar.update(x.shape[0] * size, loss=self.losses[-1])
+                    if main and self.step % cfg.log_every == 0:
                         recent = {k: float(np.mean(v[-cfg.log_every:]))
                                   for k, v in self.parts.items()}
                         run.append_log({"kind": "step", "epoch": self.epoch + 1,
@@ -234,7 +280,8 @@ class Trainer:
                                              / max(1e-9, seconds), 1)}
             self.epoch, self.position = self.epoch + 1, 0
             self.losses, self.parts = [], {}
-            run.append_log(record)
+            if main:
+                run.append_log(record)
             self.save(metric, is_best)
             shown = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in sorted(fields.items())
                             if v is not None)
@@ -243,14 +290,22 @@ class Trainer:
 
 def finish(run: RunDir, *, projected: bool, export: bool) -> Tuple[Dict[str, Any], Optional[Path]]:
     """After training: the loss plot, the final checkpoint, and (when ``export``) student.pt
-    exported from the best checkpoint. Returns (final checkpoint state, export path or None)."""
-    from .rundir import plot_curves
+    exported from the best checkpoint (written by rank 0 while the others wait). Returns
+    (final checkpoint state, export path or None)."""
+    def plot_and_export() -> Optional[str]:
+        from .rundir import plot_curves
 
-    plot_curves(run)
-    final = load_checkpoint(run.last)
-    out = None
-    if export:
+        plot_curves(run)
+        if not export:
+            return None
         from ..export import export_run
-        out = export_run(run.path, run.export, projected=projected, which="best",
-                         quiet=True).path
-    return final, out
+        return str(export_run(run.path, run.export, projected=projected, which="best",
+                              quiet=True).path)
+
+    out = on_main(plot_and_export)
+    return load_checkpoint(run.last), Path(out) if out else None
+
+
+def _rank_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of rank ``rank`` > 0 (its own dropout masks), from (seed, rank, step)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])

@@ -8,6 +8,13 @@ validation cosine similarity to the teacher, and exports the student at the end.
 Resuming restores model, head, optimizer, scheduler, grad scaler, RNG states and the sampler
 position, so an interrupted-and-resumed run ends with the same weights as an uninterrupted one
 (data order and augmentation are seeded per (epoch, position), see :mod:`.data`).
+
+Under torchrun (``torchrun --nproc_per_node N -m pyssondo distill ...``, see
+:mod:`.distributed`) rank 0 builds the teacher cache, the k-means labels and the log-mel file
+and creates the run folder while the other ranks wait, then every rank reads them; each rank
+trains on its share of every global batch and the loss sees the gathered global batch, so N
+processes reach the weights of one process on the same settings (up to float rounding) when
+the head has no dropout and mixup is off.
 """
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ from .config import DistillConfig
 from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
                    make_loader, mel_cache, mel_cache_bytes, mel_cache_path, split_by_file,
                    want_mel_cache, warn_upsampled)
+from .distributed import (all_sum, broadcast_object, gather_batch, is_main, local_device,
+                          main_first, on_main, world)
 from .engine import Trainer, finish, open_run
 from .rundir import RunDir, new_run_dir
 
@@ -44,10 +53,10 @@ class StudentWithHead(nn.Module):
         self.head = head
         self.frame_level = frame_level
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frame_level:
-            return self.head(self.student.forward_frames(x))
-        return self.head(self.student(x))
+    def forward(self, x: torch.Tensor, with_embedding: bool = False):
+        """head(student(x)); with ``with_embedding``, (student(x), head(student(x)))."""
+        emb = self.student.forward_frames(x) if self.frame_level else self.student(x)
+        return (emb, self.head(emb)) if with_embedding else self.head(emb)
 
 
 @dataclass
@@ -77,8 +86,6 @@ def resolve_cache(cfg: DistillConfig, progress: bool = True) -> Path:
     meta.json), which is then used as is after checking it was built by this teacher with this
     window and hop.
     """
-    from ..cache import build_cache
-
     root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
     if (root / "meta.json").is_file():
         check_cache_matches(root, cfg)
@@ -86,11 +93,21 @@ def resolve_cache(cfg: DistillConfig, progress: bool = True) -> Path:
     if not cfg.teacher or not cfg.audio:
         raise ParameterError("distill: give a teacher and an audio folder "
                              "(or --cache-dir pointing at an existing teacher cache)")
-    path = Path(build_cache(cfg.teacher, cfg.audio, root, window_s=cfg.window_s,
-                            hop_s=cfg.hop_s, dtype=cfg.cache_dtype, teacher_sr=cfg.teacher_sr,
-                            progress=progress))
+    path = build_teacher_cache(cfg, root, progress)
     check_cache_matches(path, cfg)
     return path
+
+
+def build_teacher_cache(cfg: DistillConfig, root: Path, progress: bool = True) -> Path:
+    """Fills the teacher cache of ``cfg.audio`` under ``root``; returns its folder.
+
+    Under torchrun rank 0 builds it while the other ranks wait, then all get its folder.
+    """
+    from ..cache import build_cache
+
+    return Path(on_main(lambda: str(build_cache(
+        cfg.teacher, cfg.audio, root, window_s=cfg.window_s, hop_s=cfg.hop_s,
+        dtype=cfg.cache_dtype, teacher_sr=cfg.teacher_sr, progress=progress))))
 
 
 def check_cache_matches(path: Path, cfg: DistillConfig) -> None:
@@ -188,6 +205,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                              log_every=cfg.log_every,
                              cache_dir=cfg.cache_dir or recorded.get("cache") or stored.cache_dir)
     device = setup(cfg)
+    progress = progress and is_main()
 
     cache_path = resolve_cache(cfg, progress)
     cache = EmbeddingCache(cache_path)
@@ -216,7 +234,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     # Data: clusters over the whole cache, a by-file validation split, a balanced sampler.
     train_rows, val_rows = split_by_file(segments, cfg.val_fraction, cfg.seed)
     k = min(cfg.clusters, len(segments))
-    labels = load_or_fit_clusters(cache_path, k=k, metric=cfg.cluster_metric, seed=cfg.seed)
+    with main_first():
+        labels = load_or_fit_clusters(cache_path, k=k, metric=cfg.cluster_metric, seed=cfg.seed)
     samples = cfg.samples_per_epoch or len(train_rows)
     steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
@@ -224,17 +243,22 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta["window_s"]))
     # A resumed run keeps the choice it started with, whatever the disk says now.
     cached = choose_mel_cache(cfg, [(cache_path, cache, audio)], recorded.get("mel_cached"))
-    mel = mel_cache(mel_cache_path(cache_path, audio, cfg.mel, cache.ids), audio, cfg.mel) \
-        if cached else None
+    with main_first():
+        mel = mel_cache(mel_cache_path(cache_path, audio, cfg.mel, cache.ids), audio, cfg.mel) \
+            if cached else None
     dataset = DistillDataset(audio, targets, mel)
     augment = Augment(cfg.gain_db, cfg.time_mask, cfg.freq_mask, cfg.mixup)
 
     if state is None:
-        run = _fresh(cfg)
-        run.write_config(cfg, {"teacher_fingerprint": teacher_fp, "cache": str(cache_path),
-                               "train_segments": int(len(train_rows)),
-                               "val_segments": int(len(val_rows)),
-                               "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
+        def create() -> str:
+            made = _fresh(cfg)
+            made.write_config(cfg, {"teacher_fingerprint": teacher_fp, "cache": str(cache_path),
+                                    "train_segments": int(len(train_rows)),
+                                    "val_segments": int(len(val_rows)),
+                                    "steps_per_epoch": steps_per_epoch,
+                                    "mel_cached": bool(cached)})
+            return str(made.path)
+        run = RunDir(on_main(create))
     teacher = {"name": str(meta["teacher"]["name"]), "fingerprint": teacher_fp,
                "dim": int(targets.shape[-1]), "sample_rate": int(meta["teacher_sample_rate"]),
                "level": str(meta["level"])}
@@ -244,15 +268,16 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
 
     def compute_loss(x: torch.Tensor, y: torch.Tensor):
         with trainer.autocast():
-            pred = model(x)
-        return loss_fn(pred.float(), y), {}
+            pred = trainer.net(x)
+        pred, y = gather_batch(pred.float(), y)
+        return loss_fn(pred, y), {}
 
     def validate():
         val = evaluate(model, dataset, val_rows, cfg, device) if len(val_rows) else None
         return val, {"val_cos": val}
 
     loader = make_loader(dataset, KeyBatches(sampler, train_rows, cfg.batch_size,
-                                             trainer.epoch, cfg.epochs),
+                                             trainer.epoch, cfg.epochs, *world()[:2]),
                          Collate(cfg.mel, augment, cfg.seed), cfg.workers,
                          pin_memory=device.type == "cuda")
     batches = iter(loader)
@@ -275,6 +300,7 @@ def setup(cfg: DistillConfig, command: str = "distill") -> torch.device:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ParameterError(f"{command}: --device {cfg.device} but torch sees no CUDA device")
+    device = local_device(device)
     torch.manual_seed(cfg.seed)
     return device
 
@@ -285,7 +311,8 @@ def choose_mel_cache(cfg: DistillConfig, caches, recorded: Optional[bool] = None
     ``caches``: (cache folder, EmbeddingCache, SegmentAudio) of every cache the run reads.
     ``recorded``: the choice a resumed run started with (kept, whatever the disk says now).
     With ``cache_mel="auto"`` the files are used when each exists or needs at most a quarter
-    of the free disk space (:func:`want_mel_cache`); the choice is logged.
+    of the free disk space (:func:`want_mel_cache`); the choice is logged. Under torchrun
+    rank 0's choice holds for all ranks.
     """
     total = sum(mel_cache_bytes(len(audio.segments), audio, cfg.mel) for _, _, audio in caches)
     cached = recorded
@@ -299,16 +326,19 @@ def choose_mel_cache(cfg: DistillConfig, caches, recorded: Optional[bool] = None
     elif cfg.cache_mel == "auto":
         log.info("student log-mel computed per batch: %.2f GB to cache it exceeds a quarter "
                  "of the free disk space at %s", total / 1e9, where)
-    return bool(cached)
+    return bool(broadcast_object(bool(cached)))
 
 
 @torch.no_grad()
 def evaluate(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
              cfg: DistillConfig, device: torch.device) -> float:
     """Mean cosine similarity between head(student(x)) and the teacher's target over ``rows``
-    (frame-level outputs and targets are mean-pooled over frames first)."""
+    (frame-level outputs and targets are mean-pooled over frames first). Under torchrun each
+    rank scores a contiguous part of ``rows`` and all get the mean over all of them."""
     model.eval()
-    loader = make_loader(dataset, fixed_batches(rows, cfg.batch_size), Collate(cfg.mel),
+    rank, size, _ = world()
+    mine = np.array_split(np.asarray(rows), size)[rank]
+    loader = make_loader(dataset, fixed_batches(mine, cfg.batch_size), Collate(cfg.mel),
                          min(cfg.workers, 1))
     total, n = 0.0, 0
     for x, y, _ in loader:
@@ -318,6 +348,7 @@ def evaluate(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
             pred, y = pred.mean(1), y.mean(1)
         total += float(torch.nn.functional.cosine_similarity(pred, y, dim=-1).sum())
         n += x.shape[0]
+    total, n = all_sum([total, n])
     return total / max(1, n)
 
 
