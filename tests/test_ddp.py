@@ -157,3 +157,22 @@ def test_key_batches_split_the_global_batch():
         assert a + b == full and len(a) == 4
     with pytest.raises(ParameterError, match="multiple of 3"):
         KeyBatches(sampler, rows, 8, 0, 2, rank=0, world_size=3)
+
+
+def test_ssondo_cache_under_torchrun_shares_the_files(work, tmp_path):
+    from pyssondo.cache import EmbeddingCache, build_cache
+
+    args = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "pyssondo", "cache",
+            str(work / "crepe-tiny.pt"), str(work / "audio"), "--window", "2",
+            "--shard-rows", "4", "--threads", "1", "--out", str(tmp_path / "two")]
+    res = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("size ") == 1  # rank 0 alone prints the summary
+    folder = next((tmp_path / "two").iterdir())
+    shards = json.loads((folder / "manifest.json").read_text())["shards"]
+    assert {name[-7:] for name in shards} == {"-r0.npy", "-r1.npy"}  # both ranks computed
+    one = EmbeddingCache(build_cache(work / "crepe-tiny.pt", work / "audio", tmp_path / "one",
+                                     window_s=2.0, progress=False))
+    two = EmbeddingCache(folder, verify=True)
+    assert two.ids == one.ids
+    np.testing.assert_allclose(two.embeddings(), one.embeddings(), atol=1e-3)

@@ -14,7 +14,8 @@ file's hash, its sample rate, the window, the hop and the dtype:
 
 Running it again skips unchanged files, computes new or changed ones and drops vanished ones;
 an interrupted run (Ctrl-C, kill -9) resumes where it stopped. Unreadable audio files are
-skipped with a warning and listed by --info. The teacher is a TorchScript file (see
+skipped with a warning and listed by --info. Under torchrun, the processes share the files
+(each runs the teacher on its own device; rank 0 merges their shards). The teacher is a TorchScript file (see
 'ssondo teacher build') or a Python factory pkg.module:function returning an nn.Module.
 
 examples:
@@ -23,6 +24,7 @@ examples:
   ssondo cache crepe_tiny.pt audio/ --window 4 --hop 2 --dtype float32 --out cache/
   ssondo cache mypkg.models:teacher audio/ --teacher-sr 32000
   ssondo cache --info cache/            (a root holding one cache, or cache/<key>/)
+  torchrun --standalone --nproc_per_node 4 -m pyssondo cache teacher.pt audio/ --device cuda
 """
 
 
@@ -60,13 +62,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not (args.teacher and args.audio_dir):
         raise ValueError("give a teacher and an audio folder (or --info CACHE_DIR)")
-    if args.threads:
-        import torch
+    import torch
 
+    from pyssondo.train.distributed import barrier, local_device, process_group
+
+    if args.threads:
         torch.set_num_threads(args.threads)
-    folder = build_cache(args.teacher, args.audio_dir, args.out, window_s=args.window,
-                         hop_s=args.hop, dtype=args.dtype, teacher_sr=args.teacher_sr,
-                         batch_size=args.batch_size, workers=args.workers,
-                         shard_rows=args.shard_rows, device=args.device)
-    print(EmbeddingCache(folder).summary())
+    with process_group(args.device) as world:
+        folder = build_cache(args.teacher, args.audio_dir, args.out, window_s=args.window,
+                             hop_s=args.hop, dtype=args.dtype, teacher_sr=args.teacher_sr,
+                             batch_size=args.batch_size, workers=args.workers,
+                             shard_rows=args.shard_rows,
+                             device=str(local_device(torch.device(args.device))),
+                             progress=world.rank == 0, rank=world.rank,
+                             world_size=world.size, barrier=barrier)
+    if world.rank == 0:
+        print(EmbeddingCache(folder).summary())
     return 0

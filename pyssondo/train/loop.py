@@ -10,8 +10,9 @@ position, so an interrupted-and-resumed run ends with the same weights as an uni
 (data order and augmentation are seeded per (epoch, position), see :mod:`.data`).
 
 Under torchrun (``torchrun --nproc_per_node N -m pyssondo distill ...``, see
-:mod:`.distributed`) rank 0 builds the teacher cache, the k-means labels and the log-mel file
-and creates the run folder while the other ranks wait, then every rank reads them; each rank
+:mod:`.distributed`) the ranks share the teacher cache's files (rank 0 merges their shards);
+rank 0 writes the k-means labels and the log-mel file and creates the run folder while the
+other ranks wait, then every rank reads them; each rank
 trains on its share of every global batch and the loss sees the gathered global batch, so N
 processes reach the weights of one process on the same settings (up to float rounding) when
 the head has no dropout and mixup is off.
@@ -35,8 +36,8 @@ from .config import DistillConfig
 from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
                    make_loader, mel_cache, mel_cache_bytes, mel_cache_path, split_by_file,
                    want_mel_cache, warn_upsampled)
-from .distributed import (all_sum, broadcast_object, gather_batch, is_main, local_device,
-                          main_first, on_main, world)
+from .distributed import (all_sum, barrier, broadcast_object, gather_batch, is_main,
+                          local_device, main_first, on_main, world)
 from .engine import Trainer, finish, open_run
 from .rundir import RunDir, new_run_dir
 
@@ -101,13 +102,16 @@ def resolve_cache(cfg: DistillConfig, progress: bool = True) -> Path:
 def build_teacher_cache(cfg: DistillConfig, root: Path, progress: bool = True) -> Path:
     """Fills the teacher cache of ``cfg.audio`` under ``root``; returns its folder.
 
-    Under torchrun rank 0 builds it while the other ranks wait, then all get its folder.
+    Under torchrun every rank computes its share of the missing files, with the teacher on
+    its own device, and rank 0 merges them (:func:`pyssondo.cache.build_cache`).
     """
     from ..cache import build_cache
 
-    return Path(on_main(lambda: str(build_cache(
-        cfg.teacher, cfg.audio, root, window_s=cfg.window_s, hop_s=cfg.hop_s,
-        dtype=cfg.cache_dtype, teacher_sr=cfg.teacher_sr, progress=progress))))
+    rank, size, _ = world()
+    return Path(build_cache(cfg.teacher, cfg.audio, root, window_s=cfg.window_s, hop_s=cfg.hop_s,
+                            dtype=cfg.cache_dtype, teacher_sr=cfg.teacher_sr,
+                            device=str(local_device(torch.device(cfg.device))),
+                            progress=progress, rank=rank, world_size=size, barrier=barrier))
 
 
 def check_cache_matches(path: Path, cfg: DistillConfig) -> None:
