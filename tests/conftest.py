@@ -20,3 +20,14 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return data_dir()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread during the test (runs with threads=1 set it too), then as before."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

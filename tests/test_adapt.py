@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from pyssondo import cli
 from pyssondo.adapt import adapt, adapt_config
@@ -22,6 +21,7 @@ from pyssondo.config import MelConfig
 from pyssondo.sampling import StratifiedSampler
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.loop import distill
+from tests.run_helpers import checkpoint_weights, write_other_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -62,17 +62,6 @@ def small(work, out, **kw):
     return adapt_config(work["parent"], work["new"], **adapt_kw, **{**base, **kw})
 
 
-def weights(path: Path):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt, {**{f"s.{k}": v for k, v in ckpt["student"].items()},
-                  **{f"h.{k}": v for k, v in ckpt["head"].items()}}
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 # -------------------------------------------------------------------------------------------
@@ -102,7 +91,7 @@ def test_adapt_cli_learns_the_new_domain_and_writes_a_run_folder(work, tmp_path,
     assert epochs[-1]["val_cos_new"] > epochs[0]["val_cos_new"] + 0.05, epochs
     assert "self_loss" in epochs[-1] and "teacher_loss" in epochs[-1]
     for name in ("last.pt", "best.pt"):
-        ckpt, _ = weights(run / "checkpoints" / name)  # weights_only=True
+        ckpt, _ = checkpoint_weights(run / "checkpoints" / name)  # weights_only=True
         assert ckpt["format"] == "ssondo-checkpoint" and "adapt" in ckpt
     for name in ("loss.png", "validation.png", "student.pt"):
         assert (run / name).is_file(), name
@@ -127,7 +116,7 @@ def test_start_equals_the_parent_and_self_distillation_holds_it(work, tmp_path, 
 
 def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
     ref = adapt(small(work, tmp_path / "a", save_every=1), progress=False, export=False)
-    _, want = weights(ref.run.last)
+    _, want = checkpoint_weights(ref.run.last)
     out_b = tmp_path / "b"
     args = ["adapt", str(work["parent"]), str(work["new"]), "--epochs", "2", "--lr", "1e-3",
             "--workers", "0", "--threads", "1", "--out", str(out_b), "--log-every", "1",
@@ -141,13 +130,13 @@ def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed, _ = weights(next(out_b.glob("*/checkpoints/last.pt")))
+    killed, _ = checkpoint_weights(next(out_b.glob("*/checkpoints/last.pt")))
     assert killed["step"] < ref.summary["steps"]
     resumed = subprocess.run([sys.executable, "-m", "pyssondo", *args, "--resume", "auto"],
                              capture_output=True, text=True, env=ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(out_b.glob("*-adapt-*"))) == 1  # continued the same run folder
-    done, got = weights(next(out_b.glob("*/checkpoints/last.pt")))
+    done, got = checkpoint_weights(next(out_b.glob("*/checkpoints/last.pt")))
     assert done["step"] == ref.summary["steps"]
     worst = max(float((got[k].double() - want[k].double()).abs().max()) for k in want)
     assert worst <= 1e-6, worst
@@ -164,15 +153,7 @@ def test_bad_inputs_give_one_line_errors(work, tmp_path, capsys):
         return err
 
     assert "not a run folder" in error(tmp_path, work["new"])
-    other = tmp_path / "other.pt"
-
-    class Other(torch.nn.Module):
-        sample_rate: int = 16000
-
-        def forward(self, wav: torch.Tensor) -> torch.Tensor:
-            return wav[:, :8]
-
-    torch.jit.script(Other()).save(str(other))
+    other = write_other_teacher(tmp_path / "other.pt")
     assert "differs from" in error(work["parent"], work["new"], "--teacher", other)
     empty = tmp_path / "empty"
     empty.mkdir()

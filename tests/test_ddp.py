@@ -21,6 +21,7 @@ from pyssondo.sampling import BalancedSampler
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.data import KeyBatches
 from pyssondo.train.loop import distill
+from tests.run_helpers import checkpoint_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 MEL = MelConfig(sample_rate=16000, f_max=8000.0, n_mels=64)
@@ -69,11 +70,6 @@ def torchrun_args(cfg: DistillConfig, n: int = 2):
             "--cache-dir", cfg.cache_dir, "--out", cfg.out, "--log-every", "1"]
 
 
-def weights(path: Path):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt, {**{f"s.{k}": v for k, v in ckpt["student"].items()},
-                  **{f"h.{k}": v for k, v in ckpt["head"].items()}}
-
 
 def rebuild(ckpt):
     from pyssondo.train.loop import build_model
@@ -103,8 +99,8 @@ def test_two_ranks_match_one_process(work, tmp_path):
         assert (run / name).is_file(), name
     assert res.stdout.count("run folder") == 1  # rank 0 alone reports
 
-    ckpt1, w1 = weights(one.run.last)
-    ckpt2, w2 = weights(run / "checkpoints" / "last.pt")
+    ckpt1, w1 = checkpoint_weights(one.run.last)
+    ckpt2, w2 = checkpoint_weights(run / "checkpoints" / "last.pt")
     assert ckpt2["step"] == ckpt1["step"] == 4
     assert len(ckpt2["rng_ranks"]) == 2
     # Batch-norm biases feeding another batch norm through a linear map have a zero gradient
@@ -142,7 +138,7 @@ def test_two_ranks_match_one_process(work, tmp_path):
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [p for p in (tmp_path / "two").iterdir() if p.is_dir()] == [run]
-    _, again = weights(run / "checkpoints" / "last.pt")
+    _, again = checkpoint_weights(run / "checkpoints" / "last.pt")
     assert all(torch.equal(again[k], w2[k]) for k in w2)
 
 

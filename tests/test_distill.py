@@ -21,6 +21,7 @@ from pyssondo.config import MelConfig
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.engine import TrainingDiverged
 from pyssondo.train.loop import distill
+from tests.run_helpers import checkpoint_weights, write_other_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -63,17 +64,6 @@ def cli_args(cfg: DistillConfig):
             "--log-every", "1", "--save-every", str(cfg.save_every), "--cache-mel", cfg.cache_mel]
 
 
-def state_of(path: Path):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt, {**{f"s.{k}": v for k, v in ckpt["student"].items()},
-                  **{f"h.{k}": v for k, v in ckpt["head"].items()}}
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 # -------------------------------------------------------------------------------------------
@@ -100,7 +90,7 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
               if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     for name in ("last.pt", "best.pt"):
-        ckpt, _ = state_of(run / "checkpoints" / name)  # weights_only=True
+        ckpt, _ = checkpoint_weights(run / "checkpoints" / name)  # weights_only=True
         assert ckpt["format"] == "ssondo-checkpoint"
     assert str(run / "student.pt") in proc.stdout
 
@@ -133,7 +123,7 @@ def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
     # end-to-end test above trains from the log-mel cache).
     cfg = config(work, tmp_path / "a", epochs=3, save_every=1, threads=1, cache_mel="off")
     ref = distill(cfg, progress=False, export=False)
-    _, want = state_of(ref.run.last)
+    _, want = checkpoint_weights(ref.run.last)
     # Killed with SIGKILL right after its first checkpoint (a worker process loads data),
     # then resumed with --resume auto.
     out_b = tmp_path / "b"
@@ -147,14 +137,14 @@ def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed, _ = state_of(next(out_b.glob("*/checkpoints/last.pt")))
+    killed, _ = checkpoint_weights(next(out_b.glob("*/checkpoints/last.pt")))
     total = ref.summary["steps"]
     assert killed["step"] < total  # the kill interrupted the run
     resumed = subprocess.run([sys.executable, "-m", "pyssondo", "distill", *args,
                               "--resume", "auto"], capture_output=True, text=True, env=ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(out_b.iterdir())) == 1  # continued the same run folder
-    done, got = state_of(next(out_b.glob("*/checkpoints/last.pt")))
+    done, got = checkpoint_weights(next(out_b.glob("*/checkpoints/last.pt")))
     assert done["step"] == total
     assert got.keys() == want.keys()
     worst = max(float((got[k].double() - want[k].double()).abs().max()) for k in want)
@@ -186,7 +176,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_one(work, tmp_path, mo
     err = capsys.readouterr().err
     assert "No space left on device" in err and "intact" in err and "Traceback" not in err
     ckpts = next((tmp_path / "runs").glob("*/checkpoints"))
-    ckpt, state = state_of(ckpts / "last.pt")
+    ckpt, state = checkpoint_weights(ckpts / "last.pt")
     assert ckpt["epochs_done"] == 1 and all(torch.isfinite(v).all() for v in state.values()
                                             if v.is_floating_point())
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt"]  # no temp files
@@ -215,7 +205,7 @@ def test_nan_loss_stops_with_a_clear_message(work, tmp_path, monkeypatch, one_th
     cfg = config(work, tmp_path / "runs", epochs=3, samples_per_epoch=16)  # 2 steps per epoch
     with pytest.raises(TrainingDiverged, match="NaN/inf.*last good checkpoint is kept"):
         distill(cfg, progress=False)
-    ckpt, state = state_of(next((tmp_path / "runs").glob("*/checkpoints/last.pt")))
+    ckpt, state = checkpoint_weights(next((tmp_path / "runs").glob("*/checkpoints/last.pt")))
     assert ckpt["epochs_done"] == 1
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
@@ -225,15 +215,7 @@ def test_cache_of_another_teacher_or_window_is_refused(work, tmp_path):
 
     cache = build_cache(work["teacher"], work["audio"], work["cache"], window_s=2.0,
                         progress=False)  # reused when another test made it
-    other = tmp_path / "other.pt"
-
-    class Other(torch.nn.Module):
-        sample_rate: int = 16000
-
-        def forward(self, wav: torch.Tensor) -> torch.Tensor:
-            return wav[:, :8]
-
-    torch.jit.script(Other()).save(str(other))
+    other = write_other_teacher(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="does not match the run.*not other.pt"):
         distill(config(work, tmp_path / "r", teacher=str(other), cache_dir=str(cache)))
     with pytest.raises(ValueError, match="window 2 s, not --window 3 s"):
@@ -260,7 +242,7 @@ def test_init_starts_from_the_given_weights(work, tmp_path, one_thread):
     cfg = config(work, tmp_path / "r", init=str(tmp_path / "init.pt"), epochs=1, lr=1e-12,
                  samples_per_epoch=8, val_fraction=0.0)
     result = distill(cfg, progress=False, export=False)
-    _, got = state_of(result.run.last)
+    _, got = checkpoint_weights(result.run.last)
     convs = [k for k, v in weights.items() if k.endswith("weight") and v.dim() == 4]
     assert convs and all(torch.allclose(got[f"s.{k}"], weights[k], atol=1e-9) for k in convs)
 

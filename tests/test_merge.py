@@ -47,14 +47,6 @@ def test_merge_rejects_mismatched_students():
         merge_task_vectors(base, [missing], [1.0])
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_ssondo_merge_on_two_runs_from_the_same_init(tmp_path, shared_data, one_thread):
     from pyssondo.students import create_student
     from pyssondo.teachers import build_teacher_file

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 HELP = "adapt a distilled student to a new domain's unlabeled audio without forgetting"
 DESCRIPTION = """\
@@ -81,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyssondo.adapt import OVERRIDABLE, adapt, adapt_config
     from pyssondo.commands.distill import _absolute, _exists
-    from pyssondo.train.distributed import is_main, process_group
+    from pyssondo.commands.training import run_training
 
     overrides = {name: getattr(args, name) for name in OVERRIDABLE if hasattr(args, name)}
     for name in ("teacher", "cache_dir", "out"):
@@ -91,19 +90,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = adapt_config(args.parent, args.new_audio, replay_fraction=args.replay_fraction,
                        self_weight=args.self_weight, grow_threshold=args.grow_threshold,
                        **overrides)
-    try:
-        # Under torchrun: one process group for the run; rank 0 alone reports.
-        with process_group(cfg.train.device):
-            result = adapt(cfg, resume=args.resume)
-            main = is_main()
-    except OSError as e:
-        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
-        print(f"ssondo adapt: error: {e}; the previous checkpoint is intact, free space and "
-              f"rerun with --resume auto", file=sys.stderr)
-        return 1
-    if not main:
-        return 0
+    result, code = run_training("adapt", cfg.train.device, lambda: adapt(cfg, resume=args.resume))
+    if result is None:
+        return code
     run_dir, s = result.run, result.summary
     growth = s["codebook"]
     print(f"run folder   {run_dir.path}  (adapted from {s['parent']})")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 HELP = "distill a teacher into a small student on unlabeled audio (the main job)"
 DESCRIPTION = """\
@@ -125,25 +124,15 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyssondo.train.distributed import is_main, process_group
+    from pyssondo.commands.training import run_training
     from pyssondo.train.loop import distill
 
     cfg = resolve_config(args)
     if not args.resume and not (cfg.teacher and cfg.audio) and not cfg.cache_dir:
         raise ValueError("give TEACHER and AUDIO_DIR (or --resume, or --cache-dir of a cache)")
-    try:
-        # Under torchrun: one process group for the run; rank 0 alone reports.
-        with process_group(cfg.device):
-            result = distill(cfg, resume=args.resume)
-            main = is_main()
-    except OSError as e:
-        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise
-        print(f"ssondo distill: error: {e}; the previous checkpoint is intact, free space and "
-              f"rerun with --resume auto", file=sys.stderr)
-        return 1
-    if not main:
-        return 0
+    result, code = run_training("distill", cfg.device, lambda: distill(cfg, resume=args.resume))
+    if result is None:
+        return code
     run_dir = result.run
     print(f"run folder   {run_dir.path}")
     print(f"config       {run_dir.config}")
