@@ -1,8 +1,13 @@
 """Helpers for the tests of runs (distill, adapt, torchrun); not a test module."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -26,3 +31,19 @@ def write_other_teacher(path: Path) -> Path:
 
     torch.jit.script(Other()).save(str(path))
     return path
+
+
+def kill_after_first_checkpoint(args: List[str], out: Path, env: Dict[str, str],
+                                timeout_s: float = 240) -> Dict[str, Any]:
+    """Runs ``python -m pyssondo *args``, SIGKILLs it as soon as a checkpoints/last.pt appears
+    under ``out``, and returns that checkpoint."""
+    proc = subprocess.Popen([sys.executable, "-m", "pyssondo", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout_s
+    while not list(out.glob("*/checkpoints/last.pt")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return checkpoint_weights(next(out.glob("*/checkpoints/last.pt")))[0]

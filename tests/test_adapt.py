@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,8 @@ from pyssondo.config import MelConfig
 from pyssondo.sampling import StratifiedSampler
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.loop import distill
-from tests.run_helpers import checkpoint_weights, write_other_teacher
+from tests.run_helpers import (checkpoint_weights, kill_after_first_checkpoint,
+                                write_other_teacher)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -121,16 +120,7 @@ def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
     args = ["adapt", str(work["parent"]), str(work["new"]), "--epochs", "2", "--lr", "1e-3",
             "--workers", "0", "--threads", "1", "--out", str(out_b), "--log-every", "1",
             "--save-every", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "pyssondo", *args], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not list(out_b.glob("*/checkpoints/last.pt")):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed, _ = checkpoint_weights(next(out_b.glob("*/checkpoints/last.pt")))
+    killed = kill_after_first_checkpoint(args, out_b, ENV)
     assert killed["step"] < ref.summary["steps"]
     resumed = subprocess.run([sys.executable, "-m", "pyssondo", *args, "--resume", "auto"],
                              capture_output=True, text=True, env=ENV)

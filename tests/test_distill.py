@@ -6,10 +6,8 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,8 @@ from pyssondo.config import MelConfig
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.engine import TrainingDiverged
 from pyssondo.train.loop import distill
-from tests.run_helpers import checkpoint_weights, write_other_teacher
+from tests.run_helpers import (checkpoint_weights, kill_after_first_checkpoint,
+                                write_other_teacher)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -128,16 +127,7 @@ def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
     # then resumed with --resume auto.
     out_b = tmp_path / "b"
     args = cli_args(config(work, out_b, epochs=3, save_every=1, workers=1, cache_mel="off"))
-    proc = subprocess.Popen([sys.executable, "-m", "pyssondo", "distill", *args],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not list(out_b.glob("*/checkpoints/last.pt")):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed, _ = checkpoint_weights(next(out_b.glob("*/checkpoints/last.pt")))
+    killed = kill_after_first_checkpoint(["distill", *args], out_b, ENV)
     total = ref.summary["steps"]
     assert killed["step"] < total  # the kill interrupted the run
     resumed = subprocess.run([sys.executable, "-m", "pyssondo", "distill", *args,
