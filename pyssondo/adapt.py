@@ -36,14 +36,16 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import numpy as np
-import torch
 
 from .errors import ParameterError
 from .train.config import DistillConfig, settings_hash
 from .train.rundir import RunDir
+
+if TYPE_CHECKING:  # torch is imported by the functions that train, so --help stays instant
+    import torch
 
 log = logging.getLogger("ssondo.adapt")
 
@@ -187,6 +189,8 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
         ValueError: bad settings or inputs (not a run, another teacher, no usable new audio);
             TrainingDiverged when the loss becomes NaN/inf. OSError: a checkpoint write failed.
     """
+    import torch
+
     from .cache import EmbeddingCache
     from .codebook import GROW_PERCENTILE, grow_codebook, load_or_fit_codebook, nearest, \
         similarity_percentile
@@ -382,12 +386,13 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     return RunResult(run, int(final["epochs_done"]), best, out, summary)
 
 
-@torch.no_grad()
 def previous_embeddings(path: Path, model, dataset, n: int, cfg: DistillConfig,
                         device: torch.device, progress: bool = True) -> np.ndarray:
     """The backbone embeddings ``model.student(x)`` of rows ``0 .. n - 1`` of ``dataset``,
     float32 [n, d], computed once in eval mode without augmentation and stored at ``path``
     (atomically; memory-mapped when read back). Reused when ``path`` holds [n, d] rows."""
+    import torch
+
     from .atomic import atomic_open
     from .progress import Progress
     from .train.data import Collate, fixed_batches, make_loader
@@ -401,7 +406,7 @@ def previous_embeddings(path: Path, model, dataset, n: int, cfg: DistillConfig,
                          Collate(cfg.mel), min(cfg.workers, 1))
     out = []
     with Progress(n, desc="previous student", unit="seg",
-                  enabled=None if progress else False) as bar:
+                  enabled=None if progress else False) as bar, torch.no_grad():
         for x, _, _ in loader:
             out.append(model.student(x.to(device)).float().cpu().numpy())
             bar.update(x.shape[0])

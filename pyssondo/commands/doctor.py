@@ -9,7 +9,7 @@ Prints versions, how the C++ core was built, the thread counts, and computes the
 (S-SONDO) log-mel of 2 s of a test signal with the C++ core and with the TorchScript front end,
 reporting the largest difference. Exits non-zero if they disagree by more than 1e-3.
 
-example:
+examples:
   ssondo doctor
   ssondo doctor --threads 2
 """

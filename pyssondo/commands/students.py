@@ -10,7 +10,7 @@ head used during distillation is discarded at export), embedding size, and multi
 for one input of --frames log-mel frames (default: 10 s at the default front end, 32 kHz, hop
 512 = 624 frames), with a one-line description.
 
-example:
+examples:
   ssondo students
   ssondo students --frames 312       # 5 s
   ssondo students --n-mels 64
