@@ -154,19 +154,20 @@ def adapt_config(parent: "str | Path", new_audio: "str | Path", *,
     ``overrides`` are DistillConfig settings named in :data:`OVERRIDABLE`; the others are the
     parent's. Defaults that differ from the parent's: ``out`` is the folder holding the parent
     run; ``cache_dir`` (the cache root of the new audio) is
-    ``<parent cache root>/<audio folder name>-<8 hex of its path>``: a cache folder is keyed by
-    teacher, rate, window and hop only, so caching the new audio in the parent's root itself
-    would replace the old domain's rows.
+    ``<parent cache root>/<audio folder name>-<8 hex of its path>``
+    (:func:`pyssondo.train.loop.audio_cache_root`), never the parent's root itself, whose
+    cache of the old domain it would replace.
     """
+    from .train.loop import audio_cache_root
+
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         raise ParameterError(f"adapt: {unknown} cannot be changed when adapting (they are the "
                              f"parent run's); changeable: {list(OVERRIDABLE)}")
     p = Parent(parent)
     audio = Path(new_audio).expanduser().resolve()
-    tag = hashlib.sha256(str(audio).encode()).hexdigest()[:8]
     defaults = {"out": str(p.run.path.parent),
-                "cache_dir": str(p.cache.parent / f"{audio.name}-{tag}")}
+                "cache_dir": str(audio_cache_root(p.cache.parent, str(audio)))}
     train = p.cfg.replace(**{**defaults, **overrides}, init=str(p.checkpoint))
     return AdaptConfig(parent=str(p.run.path), new_audio=str(audio),
                        replay_fraction=float(replay_fraction), self_weight=float(self_weight),

@@ -332,6 +332,18 @@ def test_key_batches_resume_mid_epoch_continues_the_same_order():
     assert all(k[2] in rows for batch in full for k in batch)
 
 
+def test_each_audio_folder_gets_its_own_default_cache_root(tmp_path, monkeypatch):
+    from pyssondo.train.loop import audio_cache_root
+
+    (tmp_path / "a" / "audio").mkdir(parents=True)
+    (tmp_path / "b" / "audio").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    first = audio_cache_root(Path("runs/cache"), "a/audio")
+    assert first == audio_cache_root(Path("runs/cache"), str(tmp_path / "a" / "audio"))
+    assert first.parent == Path("runs/cache") and first.name.startswith("audio-")
+    assert first != audio_cache_root(Path("runs/cache"), "b/audio")  # same name, other folder
+
+
 def test_validation_split_holds_out_whole_files():
     from pyssondo.cache import Segment
     from pyssondo.train.data import split_by_file

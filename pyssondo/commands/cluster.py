@@ -13,7 +13,7 @@ sizes and how evenly the clusters are drawn without (alpha 0) and with balanced 
 (alpha 1): the entropy of the expected draws per cluster divided by log K (1 = perfectly even).
 
 examples:
-  ssondo cluster runs/cache/aisfx-16k-w10 -k 50
+  ssondo cluster runs/cache/audio-3f2a9c1e -k 50
   ssondo cluster embeddings.npy -k 50 --metric euclidean --plot clusters.png
 """
 

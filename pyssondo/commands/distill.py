@@ -29,7 +29,8 @@ examples:
 # (flag, DistillConfig field, type, help). Defaults are read from DistillConfig.
 OPTIONS = [
     ("--teacher-sr", "teacher_sr", int, "teacher input rate in Hz, when the file does not say"),
-    ("--cache-dir", "cache_dir", str, "teacher cache root or one cache folder (default OUT/cache)"),
+    ("--cache-dir", "cache_dir", str,
+     "teacher cache root or one cache folder (default OUT/cache/<audio folder>-<hash>)"),
     ("--window", "window_s", float, "segment window in seconds"),
     ("--hop", "hop_s", float, "segment hop in seconds (default: the window)"),
     ("--cache-dtype", "cache_dtype", str, "float16 or float32 teacher embeddings on disk"),

@@ -40,7 +40,8 @@ class DistillConfig:
     teacher: str = ""                    # TorchScript file or pkg.mod:fn
     audio: str = ""                      # folder of unlabeled audio
     teacher_sr: Optional[int] = None     # Hz; only when the teacher does not state its rate
-    cache_dir: Optional[str] = None      # cache root (default: OUT/cache) or one cache folder
+    cache_dir: Optional[str] = None      # cache root (default: OUT/cache/<audio>-<hash>) or a
+                                         # cache folder
     window_s: float = 10.0               # segment window, seconds
     hop_s: Optional[float] = None        # segment hop, seconds (None = window)
     cache_dtype: str = "float16"         # teacher embeddings on disk

@@ -19,6 +19,7 @@ the head has no dropout and mixup is off.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -79,15 +80,25 @@ def teacher_name(spec: str) -> str:
     return spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
 
 
+def audio_cache_root(base: Path, audio: str) -> Path:
+    """``base/<audio folder name>-<8 hex of its absolute path>``: the cache root of one audio
+    folder. A cache folder is keyed by teacher, rate, window and hop only (DESIGN), so two
+    audio folders cached under one root would replace each other's rows."""
+    path = Path(audio).expanduser().resolve()
+    return Path(base) / f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
 def resolve_cache(cfg: DistillConfig, progress: bool = True) -> Path:
     """Builds or reuses the teacher cache for ``cfg`` and checks it matches the run.
 
-    ``cfg.cache_dir`` is a cache root (default ``OUT/cache``) in which :func:`build_cache`
-    keeps one folder per teacher/rate/window/hop, or one such folder itself (holding
-    meta.json), which is then used as is after checking it was built by this teacher with this
-    window and hop.
+    ``cfg.cache_dir`` is a cache root (default :func:`audio_cache_root` under ``OUT/cache``)
+    in which :func:`build_cache` keeps one folder per teacher/rate/window/hop, or one such
+    folder itself (holding meta.json), which is then used as is after checking it was built by
+    this teacher with this window and hop.
     """
-    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
+    root = Path(cfg.cache_dir) if cfg.cache_dir else (
+        audio_cache_root(Path(cfg.out) / "cache", cfg.audio) if cfg.audio
+        else Path(cfg.out) / "cache")
     if (root / "meta.json").is_file():
         check_cache_matches(root, cfg)
         return root
