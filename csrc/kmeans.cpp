@@ -13,6 +13,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define SSONDO_KMEANS_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -167,7 +168,10 @@ const Kernels& kernels() {
       r.micro = micro_avx2;
       r.sum_squares = sum_squares_avx2;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) r.half_row = half_row_f16c;
+    // F16C by its CPUID bit (leaf 1, ECX): Clang's __builtin_cpu_supports does not know it.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+    if (__builtin_cpu_supports("avx2") && f16c) r.half_row = half_row_f16c;
 #endif
     return r;
   }();

@@ -10,8 +10,10 @@
 #include <limits>
 
 // Marks a hot kernel to be compiled twice, for AVX2 and for the baseline, with the variant
-// chosen at load time (GCC/Clang function multi-versioning on x86-64 ELF). No -march flags.
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__ELF__)
+// chosen at load time (GCC function multi-versioning on x86-64 ELF). No -march flags. Clang
+// refuses 256-bit vector values in the baseline clone of such a kernel ("changes the ABI"),
+// so a Clang build has the baseline only (add -march flags to CMAKE_CXX_FLAGS for more).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
 #define SSONDO_MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
 #define SSONDO_MULTIVERSION
