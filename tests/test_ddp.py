@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,23 +82,29 @@ def rebuild(ckpt):
     return model
 
 
-def test_two_ranks_match_one_process(work, tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(work, tmp_path_factory):
+    """The same small run in one process and under torchrun with 2 ranks, uninterrupted."""
+    tmp_path = tmp_path_factory.mktemp("runs")
     cfg = config(work, tmp_path / "one")
     one = distill(cfg, progress=False, export=False)  # also fills the teacher cache
     t0 = time.perf_counter()
     res = subprocess.run(torchrun_args(cfg.replace(out=str(tmp_path / "two"))), env=env(),
                          capture_output=True, text=True, timeout=300)
-    seconds = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr[-3000:]
-    print(f"torchrun 2 ranks: {seconds:.1f} s")
+    print(f"torchrun 2 ranks: {time.perf_counter() - t0:.1f} s")
+    return cfg, one, tmp_path / "two", res.stdout
 
-    runs = [p for p in (tmp_path / "two").iterdir() if p.is_dir() and p.name != "cache"]
+
+def test_two_ranks_match_one_process(two_ranks):
+    cfg, one, out, stdout = two_ranks
+    runs = [p for p in out.iterdir() if p.is_dir() and p.name != "cache"]
     assert len(runs) == 1, runs
     run = runs[0]
     for name in ("config.json", "log.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
                  "student.pt"):
         assert (run / name).is_file(), name
-    assert res.stdout.count("run folder") == 1  # rank 0 alone reports
+    assert stdout.count("run folder") == 1  # rank 0 alone reports
 
     ckpt1, w1 = checkpoint_weights(one.run.last)
     ckpt2, w2 = checkpoint_weights(run / "checkpoints" / "last.pt")
@@ -133,13 +140,37 @@ def test_two_ranks_match_one_process(work, tmp_path):
         assert a.get("val_cos", 0) == pytest.approx(b.get("val_cos", 0), abs=1e-3)
 
     # Resume a finished run with --resume auto on 2 ranks: nothing left to do, same folder.
-    res = subprocess.run(torchrun_args(cfg.replace(out=str(tmp_path / "two")))
-                         + ["--resume", "auto"], env=env(), capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(torchrun_args(cfg.replace(out=str(out))) + ["--resume", "auto"],
+                         env=env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert [p for p in (tmp_path / "two").iterdir() if p.is_dir()] == [run]
+    assert [p for p in out.iterdir() if p.is_dir()] == [run]
     _, again = checkpoint_weights(run / "checkpoints" / "last.pt")
     assert all(torch.equal(again[k], w2[k]) for k in w2)
+
+
+def test_two_ranks_killed_then_resumed_reach_the_same_weights(two_ranks, tmp_path):
+    cfg, _, out, _ = two_ranks
+    _, want = checkpoint_weights(next(out.glob("*/checkpoints/last.pt")))
+    args = torchrun_args(cfg.replace(out=str(tmp_path / "b"))) + ["--save-every", "1"]
+    # SIGKILL to torchrun and both ranks right after the first checkpoint.
+    proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "b").glob("*/checkpoints/last.pt")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed, _ = checkpoint_weights(next((tmp_path / "b").glob("*/checkpoints/last.pt")))
+    assert killed["step"] < 4  # the kill interrupted the run
+    res = subprocess.run(args + ["--resume", "auto"], env=env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    done, got = checkpoint_weights(next((tmp_path / "b").glob("*/checkpoints/last.pt")))
+    assert done["step"] == 4 and got.keys() == want.keys()
+    worst = max(float((got[k].double() - want[k].double()).abs().max()) for k in want)
+    assert worst <= 1e-6, worst
 
 
 def test_key_batches_split_the_global_batch():
