@@ -14,9 +14,10 @@ Measured in one process, same student, batch, steps and thread counts:
 Prints training steps/s for each and the ratios (targets: ours / in-memory >= 0.9; ours /
 baseline >= 3), and the loaders' own throughput without the model (batches/s), where the
 pipelines differ most: cold (each worker decodes every file once; the training loader keeps
-its workers, and their decoded files, for the whole run) and after four passes over the data. The teacher cache is built with a stand-in teacher (a fixed random
-projection of frame energies): the teacher never runs during training, so its cost is not
-part of what is measured.
+its workers, and their decoded files, for the whole run) and after four passes over the data.
+The teacher cache is built with a stand-in teacher (a fixed random projection of frame
+energies): the teacher never runs during training, so its cost is not part of what is
+measured.
 
 On a CPU the model step dominates and every loader competes with it for the same cores; on a
 GPU (--device cuda) the model is fast and the loader sets the pace.
@@ -50,7 +51,8 @@ class StandIn(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.sample_rate = 16000
-        self.register_buffer("proj", torch.randn(64, 256, generator=torch.Generator().manual_seed(0)))
+        proj = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("proj", proj)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         t = wav.shape[1] // 64 * 64
@@ -116,7 +118,8 @@ def loader_rate(loader, batches, skip=1):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=os.environ.get("SSONDO_DATA", str(ROOT.parent / "shared" / "data")) + "/pool",
+    data = os.environ.get("SSONDO_DATA", str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--data", default=data + "/pool",
                    help="folder of audio (default: $SSONDO_DATA/pool or ../shared/data/pool)")
     p.add_argument("--student", default="mn04")
     p.add_argument("--batch-size", type=int, default=32)

@@ -15,8 +15,9 @@ file's hash, its sample rate, the window, the hop and the dtype:
 Running it again skips unchanged files, computes new or changed ones and drops vanished ones;
 an interrupted run (Ctrl-C, kill -9) resumes where it stopped. Unreadable audio files are
 skipped with a warning and listed by --info. Under torchrun, the processes share the files
-(each runs the teacher on its own device; rank 0 merges their shards). The teacher is a TorchScript file (see
-'ssondo teacher build') or a Python factory pkg.module:function returning an nn.Module.
+(each runs the teacher on its own device; rank 0 merges their shards). The teacher is a
+TorchScript file (see 'ssondo teacher build') or a Python factory pkg.module:function
+returning an nn.Module.
 
 examples:
   ssondo teacher build crepe-tiny -o crepe_tiny.pt
