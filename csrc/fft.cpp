@@ -149,6 +149,19 @@ void real_post(std::size_t c, const float* zr, const float* zi, const float* pos
   }
 }
 
+// y[k] = x[k] * w[k] for k < n on every lane: complex x, y in the lane layout, w one complex
+// number per k (y may be x).
+void multiply_lanes(std::size_t n, const float* wr, const float* wi, const float* xr,
+                    const float* xi, float* yr, float* yi) {
+  for (std::size_t k = 0; k < n; ++k) {
+    for (std::size_t l = 0; l < L; ++l) {
+      const float zr = xr[k * L + l], zi = xi[k * L + l];
+      yr[k * L + l] = zr * wr[k] - zi * wi[k];
+      yi[k * L + l] = zr * wi[k] + zi * wr[k];
+    }
+  }
+}
+
 void check_size(std::size_t n, const char* what) {
   if (n < 1 || n > kMaxFftSize) {
     throw std::invalid_argument(std::string(what) + ": size " + std::to_string(n) +
@@ -253,14 +266,7 @@ ComplexFFT::Split ComplexFFT::transform(float* re, float* im, float* work) const
   float* ar = work;
   float* ai = work + m * L;
   float* scratch = work + 2 * m * L;
-  for (std::size_t j = 0; j < n; ++j) {
-    const float cr = chirp_re_[j], ci = chirp_im_[j];
-    for (std::size_t l = 0; l < L; ++l) {
-      const float xr = re[j * L + l], xi = im[j * L + l];
-      ar[j * L + l] = xr * cr - xi * ci;
-      ai[j * L + l] = xr * ci + xi * cr;
-    }
-  }
+  multiply_lanes(n, chirp_re_.data(), chirp_im_.data(), re, im, ar, ai);
   std::memset(ar + n * L, 0, (m - n) * L * sizeof(float));
   std::memset(ai + n * L, 0, (m - n) * L * sizeof(float));
   const ComplexFFT& inner = *inner_;
@@ -273,14 +279,7 @@ ComplexFFT::Split ComplexFFT::transform(float* re, float* im, float* work) const
     fi = scratch + m * L;
     other = work;
   }
-  for (std::size_t k = 0; k < m; ++k) {
-    const float kr = kernel_re_[k], ki = kernel_im_[k];
-    for (std::size_t l = 0; l < L; ++l) {
-      const float zr = fr[k * L + l], zi = fi[k * L + l];
-      fr[k * L + l] = zr * kr - zi * ki;
-      fi[k * L + l] = zr * ki + zi * kr;
-    }
-  }
+  multiply_lanes(m, kernel_re_.data(), kernel_im_.data(), fr, fi, fr, fi);
   // Inverse transform by swapping real and imaginary parts around a forward transform.
   const float* gr = fi;
   const float* gi = fr;
@@ -288,14 +287,8 @@ ComplexFFT::Split ComplexFFT::transform(float* re, float* im, float* work) const
     gr = other + m * L;
     gi = other;
   }
-  for (std::size_t k = 0; k < n; ++k) {
-    const float cr = chirp_re_[k], ci = chirp_im_[k];
-    for (std::size_t l = 0; l < L; ++l) {
-      const float zr = gi[k * L + l], zi = gr[k * L + l];
-      re[k * L + l] = zr * cr - zi * ci;
-      im[k * L + l] = zr * ci + zi * cr;
-    }
-  }
+  // The inverse's (real, imaginary) parts are (gi, gr).
+  multiply_lanes(n, chirp_re_.data(), chirp_im_.data(), gi, gr, re, im);
   return {re, im};
 }
 
