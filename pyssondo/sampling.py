@@ -75,7 +75,63 @@ def effective_balance(cluster_ids, alpha: float = 1.0) -> Dict[str, Any]:
     }
 
 
-class BalancedSampler:
+class _EpochStream:
+    """Epoch and position bookkeeping of the samplers: ``len()`` items per epoch, produced by
+    ``_draws(epoch, start)`` (the epoch's items from position ``start`` on); ``_STATE`` names
+    the settings a state dict records, ``_MUST_MATCH`` those a resumed sampler must share."""
+
+    _STATE: Tuple[str, ...] = ()
+    _MUST_MATCH: Tuple[str, ...] = ()
+    epoch: int
+    position: int  # items of this epoch already handed out
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _draws(self, epoch: int, start: int) -> Iterator[int]:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` from its beginning; when ``epoch`` is the current epoch and it
+        is partly consumed (as after :meth:`load_state_dict`), continues from the position."""
+        if int(epoch) < 0:
+            raise ParameterError(f"epoch must be >= 0, got {epoch}")
+        if int(epoch) != self.epoch or self.position >= len(self):
+            self.epoch = int(epoch)
+            self.position = 0
+
+    def __iter__(self) -> Iterator[int]:
+        if self.position >= len(self):
+            self.epoch += 1
+            self.position = 0
+        epoch = self.epoch
+        for v in self._draws(epoch, self.position):
+            if self.epoch != epoch:
+                return
+            self.position += 1
+            yield v
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Position (epoch, items handed out) plus the settings it is only valid with."""
+        return {"epoch": self.epoch, "position": self.position,
+                **{key: getattr(self, key) for key in self._STATE}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continues the stream saved by :meth:`state_dict` (the settings must match)."""
+        for key in self._MUST_MATCH:
+            if key in state and state[key] != getattr(self, key):
+                raise ParameterError(f"sampler state has {key}={state[key]!r} but this sampler "
+                                     f"has {key}={getattr(self, key)!r}; resume with the same "
+                                     "data and settings")
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ParameterError(f"sampler state position must be in [0, {len(self)}], "
+                                 f"got {position}")
+        self.epoch = int(state["epoch"])
+        self.position = position
+
+
+class BalancedSampler(_EpochStream):
     """Indices 0..N-1 drawn with replacement with probability proportional to
     ``|cluster(i)|^-alpha`` (alpha = 0: uniform over items; 1: S-SONDO, every cluster equally
     often).
@@ -92,8 +148,12 @@ class BalancedSampler:
     batches actually trained; a trainer that needs the exact position should store the
     number of consumed samples and pass it to ``load_state_dict``.) When an epoch is exhausted
     the next ``iter()`` moves to the next epoch; ``set_epoch(e)`` jumps to the start of epoch
-    e (but continues a partly consumed current epoch, as after a resume).
+    e (but continues a partly consumed current epoch, as after a resume). A state dict
+    resumes on any rank: every rank is at the same position.
     """
+
+    _STATE = ("seed", "alpha", "num_samples", "world_size", "rank", "num_items")
+    _MUST_MATCH = ("seed", "alpha", "num_samples", "world_size", "num_items")
 
     def __init__(self, cluster_ids, num_samples: int, alpha: float = 1.0, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
@@ -134,15 +194,6 @@ class BalancedSampler:
     def __len__(self) -> int:
         return self.per_rank
 
-    def set_epoch(self, epoch: int) -> None:
-        """Starts epoch ``epoch`` from its beginning; when ``epoch`` is the current epoch and it
-        is partly consumed (as after :meth:`load_state_dict`), continues from the position."""
-        if int(epoch) < 0:
-            raise ParameterError(f"epoch must be >= 0, got {epoch}")
-        if int(epoch) != self.epoch or self.position >= self.per_rank:
-            self.epoch = int(epoch)
-            self.position = 0
-
     def _chunk(self, epoch: int, c: int) -> np.ndarray:
         u = np.random.default_rng([self.seed, epoch, c]).random(_CHUNK)
         return np.minimum(np.searchsorted(self._cdf, u, side="right"), self.num_items - 1)
@@ -153,45 +204,16 @@ class BalancedSampler:
         chunks = [self._chunk(epoch, c) for c in range(-(-total // _CHUNK))]
         return np.concatenate(chunks)[:total]
 
-    def __iter__(self) -> Iterator[int]:
-        if self.position >= self.per_rank:
-            self.epoch += 1
-            self.position = 0
-        epoch = self.epoch
-        while self.position < self.per_rank and self.epoch == epoch:
-            g = self.rank + self.world_size * self.position
+    def _draws(self, epoch: int, start: int) -> Iterator[int]:
+        position = start
+        while position < self.per_rank:
+            g = self.rank + self.world_size * position
             c = g // _CHUNK
-            chunk = self._chunk(epoch, c)
             # This rank's positions inside chunk c, from the current one on.
             offsets = np.arange(g - c * _CHUNK, _CHUNK, self.world_size)
-            offsets = offsets[: self.per_rank - self.position]
-            for v in chunk[offsets].tolist():
-                if self.epoch != epoch:
-                    return
-                self.position += 1
-                yield v
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Position (epoch, items handed out) plus the settings it is only valid with."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "alpha": self.alpha, "num_samples": self.num_samples,
-                "world_size": self.world_size, "rank": self.rank,
-                "num_items": self.num_items}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Continues the stream saved by :meth:`state_dict`. The settings must match (the rank
-        may differ: every rank is at the same position)."""
-        for key in ("seed", "alpha", "num_samples", "world_size", "num_items"):
-            if key in state and state[key] != getattr(self, key):
-                raise ParameterError(f"sampler state has {key}={state[key]!r} but this sampler "
-                                     f"has {key}={getattr(self, key)!r}; resume with the same "
-                                     "data and settings")
-        position = int(state["position"])
-        if not 0 <= position <= self.per_rank:
-            raise ParameterError(f"sampler state position must be in [0, {self.per_rank}], "
-                                 f"got {position}")
-        self.epoch = int(state["epoch"])
-        self.position = position
+            offsets = offsets[: self.per_rank - position]
+            position += offsets.size
+            yield from self._chunk(epoch, c)[offsets].tolist()
 
 
 def _part_seed(seed: int, part: int) -> int:
@@ -199,7 +221,7 @@ def _part_seed(seed: int, part: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(part)]).generate_state(1)[0])
 
 
-class StratifiedSampler:
+class StratifiedSampler(_EpochStream):
     """Batches mixing set A (e.g. replayed old data) and set B (new data) in fixed numbers.
 
     Items are indices into the concatenation [A | B]: ``0 .. len(ids_a) - 1`` are A's items,
@@ -215,6 +237,8 @@ class StratifiedSampler:
     ``load_state_dict()`` resume at any position; ``set_epoch(e)`` starts epoch e (or
     continues it when partly consumed); ``len()`` = ``batches * batch_size`` per epoch.
     """
+
+    _STATE = _MUST_MATCH = ("seed", "alpha", "batch_size", "batches", "n_a", "num_a", "num_b")
 
     def __init__(self, ids_a, ids_b, batch_size: int, batches: int, fraction_a: float,
                  alpha: float = 1.0, seed: int = 0) -> None:
@@ -255,50 +279,13 @@ class StratifiedSampler:
                                                                               self.n_b)
         return order.reshape(-1)
 
-    def set_epoch(self, epoch: int) -> None:
-        """As :meth:`BalancedSampler.set_epoch`."""
-        if int(epoch) < 0:
-            raise ParameterError(f"epoch must be >= 0, got {epoch}")
-        if int(epoch) != self.epoch or self.position >= len(self):
-            self.epoch = int(epoch)
-            self.position = 0
-
-    def __iter__(self) -> Iterator[int]:
-        if self.position >= len(self):
-            self.epoch += 1
-            self.position = 0
-        epoch = self.epoch
-        for v in self.epoch_order(epoch)[self.position:].tolist():
-            if self.epoch != epoch:
-                return
-            self.position += 1
-            yield v
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Position (epoch, items handed out) plus the settings it is only valid with."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "alpha": self.alpha, "batch_size": self.batch_size, "batches": self.batches,
-                "n_a": self.n_a, "num_a": self.num_a, "num_b": self.num_b}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Continues the stream saved by :meth:`state_dict` (the settings must match)."""
-        for key in ("seed", "alpha", "batch_size", "batches", "n_a", "num_a", "num_b"):
-            if key in state and state[key] != getattr(self, key):
-                raise ParameterError(f"sampler state has {key}={state[key]!r} but this sampler "
-                                     f"has {key}={getattr(self, key)!r}; resume with the same "
-                                     "data and settings")
-        position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise ParameterError(f"sampler state position must be in [0, {len(self)}], "
-                                 f"got {position}")
-        self.epoch = int(state["epoch"])
-        self.position = position
+    def _draws(self, epoch: int, start: int) -> Iterator[int]:
+        yield from self.epoch_order(epoch)[start:].tolist()
 
 
 # --------------------------------------------------------------------------------------------
 # clustering embeddings into cluster ids
-
-
+# --------------------------------------------------------------------------------------------
 def cluster_embeddings(X, k: int = 50, metric: str = "cosine", seed: int = 0,
                        **kmeans_kw: Any) -> Tuple[np.ndarray, Dict[str, Any]]:
     """k-means on the rows of X [N, D] (float16/32 array or memmap, read in blocks).
