@@ -280,12 +280,14 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
 
     # Inputs (log-mel files when chosen) and targets over the rows [old | new].
     window = float(old.meta["window_s"])
-    parts = [(parent.cache, old, SegmentAudio(old_segs, train.mel.sample_rate, window)),
-             (new_path, new, SegmentAudio(new_segs, train.mel.sample_rate, window))]
+    parts = []
+    for folder, cache, segs in ((parent.cache, old, old_segs), (new_path, new, new_segs)):
+        part_audio = SegmentAudio(segs, train.mel.sample_rate, window)
+        parts.append((mel_cache_path(folder, part_audio, train.mel, cache.ids), part_audio))
     cached = choose_mel_cache(train, parts, recorded.get("mel_cached"))
     with main_first():
-        mel = StackedRows([mel_cache(mel_cache_path(p, a, train.mel, c.ids), a, train.mel)
-                           for p, c, a in parts]) if cached else None
+        mel = StackedRows([mel_cache(path, a, train.mel) for path, a in parts]) \
+            if cached else None
     audio = SegmentAudio(old_segs + new_segs, train.mel.sample_rate, window)
     teacher_rows = StackedRows([old_x, new_x])
     plain = DistillDataset(audio, teacher_rows, mel)

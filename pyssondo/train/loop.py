@@ -257,10 +257,10 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                               alpha=cfg.balance_alpha, seed=cfg.seed)
     audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta["window_s"]))
     # A resumed run keeps the choice it started with, whatever the disk says now.
-    cached = choose_mel_cache(cfg, [(cache_path, cache, audio)], recorded.get("mel_cached"))
+    mel_path = mel_cache_path(cache_path, audio, cfg.mel, cache.ids)
+    cached = choose_mel_cache(cfg, [(mel_path, audio)], recorded.get("mel_cached"))
     with main_first():
-        mel = mel_cache(mel_cache_path(cache_path, audio, cfg.mel, cache.ids), audio, cfg.mel) \
-            if cached else None
+        mel = mel_cache(mel_path, audio, cfg.mel) if cached else None
     dataset = DistillDataset(audio, targets, mel)
     augment = Augment(cfg.gain_db, cfg.time_mask, cfg.freq_mask, cfg.mixup)
 
@@ -320,27 +320,26 @@ def setup(cfg: DistillConfig, command: str = "distill") -> torch.device:
     return device
 
 
-def choose_mel_cache(cfg: DistillConfig, caches, recorded: Optional[bool] = None) -> bool:
+def choose_mel_cache(cfg: DistillConfig, files, recorded: Optional[bool] = None) -> bool:
     """Whether the students' log-mel is read from float16 files next to the teacher caches.
 
-    ``caches``: (cache folder, EmbeddingCache, SegmentAudio) of every cache the run reads.
+    ``files``: (log-mel file path, SegmentAudio) of every cache the run reads.
     ``recorded``: the choice a resumed run started with (kept, whatever the disk says now).
     With ``cache_mel="auto"`` the files are used when each exists or needs at most a quarter
     of the free disk space (:func:`want_mel_cache`); the choice is logged. Under torchrun
     rank 0's choice holds for all ranks.
     """
-    total = sum(mel_cache_bytes(len(audio.segments), audio, cfg.mel) for _, _, audio in caches)
+    sizes = [mel_cache_bytes(len(audio.segments), audio, cfg.mel) for _, audio in files]
     cached = recorded
     if cached is None:
-        cached = all(want_mel_cache(cfg.cache_mel, mel_cache_path(path, audio, cfg.mel, c.ids),
-                                    mel_cache_bytes(len(audio.segments), audio, cfg.mel))
-                     for path, c, audio in caches)
-    where = ", ".join(str(path) for path, _, _ in caches)
+        cached = all(want_mel_cache(cfg.cache_mel, path, size)
+                     for (path, _), size in zip(files, sizes))
+    where = ", ".join(str(path.parent) for path, _ in files)
     if cached:
-        log.info("student log-mel: cached next to %s (%.2f GB float16)", where, total / 1e9)
+        log.info("student log-mel: cached next to %s (%.2f GB float16)", where, sum(sizes) / 1e9)
     elif cfg.cache_mel == "auto":
         log.info("student log-mel computed per batch: %.2f GB to cache it exceeds a quarter "
-                 "of the free disk space at %s", total / 1e9, where)
+                 "of the free disk space at %s", sum(sizes) / 1e9, where)
     return bool(broadcast_object(bool(cached)))
 
 
