@@ -238,7 +238,7 @@ def export_run(run_dir: PathLike, out: PathLike, *, projected: bool = False, int
     """
     from .train.checkpoint import load_checkpoint
     from .train.config import DistillConfig
-    from .train.loop import build_model
+    from .train.model import build_model
     from .train.rundir import RunDir
 
     if which not in ("best", "last"):

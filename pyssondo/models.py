@@ -51,6 +51,11 @@ def is_factory_spec(spec: str) -> bool:
     return ":" in spec and not Path(spec).exists() and "/" not in spec.split(":", 1)[0]
 
 
+def teacher_name(spec: str) -> str:
+    """Short id of a teacher spec: the factory's function name, or the file's stem."""
+    return spec.split(":", 1)[1] if is_factory_spec(spec) else Path(spec).stem
+
+
 def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()

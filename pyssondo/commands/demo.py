@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     from pyssondo.models import load_model
     from pyssondo.teachers import build_teacher_file
     from pyssondo.train.config import DistillConfig
-    from pyssondo.train.loop import build_model, distill
+    from pyssondo.train.distill import distill
+    from pyssondo.train.model import build_model
 
     if args.minutes <= 0 or args.clips < 8:
         raise ValueError("demo: --minutes must be > 0 and --clips >= 8")
@@ -183,7 +184,7 @@ def plan_epochs(cfg, segments: int, seconds: float) -> int:
 
     import torch
 
-    from pyssondo.train.loop import build_model
+    from pyssondo.train.model import build_model
 
     model = build_model(cfg, 256, frame_level=False).train()
     opt = torch.optim.Adam(model.parameters())

@@ -117,16 +117,18 @@ def resolve_config(args: argparse.Namespace):
         mel["n_mels"] = args.mel_n_mels
     if mel:
         cfg = cfg.replace(mel=cfg.mel.replace(**mel))
+    from pyssondo.models import is_factory_spec
+
     for name in ("teacher", "audio", "init"):
         value = getattr(cfg, name)
-        if value and not (":" in value and not _exists(value)):
+        if value and not is_factory_spec(value):
             cfg = cfg.replace(**{name: _absolute(value)})
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     from pyssondo.commands.training import run_training
-    from pyssondo.train.loop import distill
+    from pyssondo.train.distill import distill
 
     cfg = resolve_config(args)
     if not args.resume and not (cfg.teacher and cfg.audio) and not cfg.cache_dir:
@@ -146,12 +148,6 @@ def run(args: argparse.Namespace) -> int:
     if result.export:
         print(f"export       {result.export}  (embed with: ssondo embed {result.export} audio.wav)")
     return 0
-
-
-def _exists(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).exists()
 
 
 def _absolute(path: str) -> str:

@@ -27,9 +27,13 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MEL = ("auto", "on", "off")
 DEVICES = ("cpu", "cuda")
 
+CLUSTER_METRICS = ("cosine", "euclidean")
+
 # Settings that change neither the data, the model nor the numbers a run produces: two
 # configs that differ only here are the same run for ``--resume auto``.
 NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every")
+# Of those, the ones a resumed run takes from the command that resumes it.
+RUNTIME = ("out", "workers", "threads", "log_every")
 
 
 @dataclass
@@ -98,7 +102,9 @@ class DistillConfig:
         return self.hop_s if self.hop_s is not None else self.window_s
 
     def validate(self) -> None:
-        """Raises ParameterError naming the first invalid setting and its valid range."""
+        """Raises ParameterError naming the first invalid setting and its valid range, and
+        checks the specs (teacher, student, head, loss) against their registries, so that a
+        typo is found before any audio is read."""
         def bad(name: str, valid: str) -> ParameterError:
             return ParameterError(f"distill: {name}={getattr(self, name)!r} is invalid: {valid}")
 
@@ -107,6 +113,8 @@ class DistillConfig:
             ("hop_s", self.hop_s is None or self.hop_s > 0, "expected seconds > 0"),
             ("cache_dtype", self.cache_dtype in ("float16", "float32"), "float16 or float32"),
             ("clusters", self.clusters >= 1, "expected an integer >= 1"),
+            ("cluster_metric", self.cluster_metric in CLUSTER_METRICS,
+             f"expected one of {CLUSTER_METRICS}"),
             ("balance_alpha", 0.0 <= self.balance_alpha <= 1.0, "expected 0 <= alpha <= 1"),
             ("val_fraction", 0.0 <= self.val_fraction < 1.0, "expected 0 <= fraction < 1"),
             ("epochs", self.epochs >= 1, "expected an integer >= 1"),
@@ -136,6 +144,26 @@ class DistillConfig:
             if not ok:
                 raise bad(name, valid)
         self.mel.validate()
+        self.validate_specs()
+
+    def validate_specs(self) -> None:
+        """The teacher file exists (or is a ``pkg.mod:fn`` factory; a run reading an existing
+        cache folder needs neither) and the student, head and loss are known; ParameterError
+        (FileNotFoundError for a missing teacher) otherwise."""
+        from ..heads import HEAD_KINDS
+        from ..losses import make_loss
+        from ..models import is_factory_spec
+        from ..students import student_entry
+
+        if self.teacher and not self.cache_dir and not is_factory_spec(self.teacher) \
+                and not Path(self.teacher).is_file():
+            raise FileNotFoundError(f"{self.teacher}: teacher file not found (a TorchScript file "
+                                    f"or pkg.module:factory)")
+        student_entry(self.student)
+        if self.head not in HEAD_KINDS:
+            raise ParameterError(f"distill: head={self.head!r} is invalid: expected one of "
+                                 f"{HEAD_KINDS}")
+        make_loss(self.loss)
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -175,6 +203,11 @@ class DistillConfig:
 
     def replace(self, **changes: Any) -> "DistillConfig":
         return dataclasses.replace(self, **changes)
+
+    def with_runtime_of(self, current: "DistillConfig") -> "DistillConfig":
+        """These (stored) settings with the :data:`RUNTIME` ones of ``current``: what a
+        resumed run trains with."""
+        return self.replace(**{name: getattr(current, name) for name in RUNTIME})
 
 
 def settings_hash(settings: Dict[str, Any]) -> str:
