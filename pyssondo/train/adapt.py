@@ -212,6 +212,9 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     cfg.validate()
     train = cfg.train
     parent = Parent(cfg.parent)
+    if len(parent.cfg.teachers) > 1 or len(parent.state.get("targets") or [0]) > 1:
+        raise ValueError(f"{parent.run.path}: a run with several targets; adapt continues "
+                         f"single-target runs only")
     device = setup(train, "adapt")
     progress = progress and is_main()
 
@@ -226,7 +229,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
         raise ValueError(f"--cache-dir {train.cache_dir} holds the teacher cache of the old audio "
                          f"({parent.cache}); caching the new audio there would replace it; give "
                          f"another folder")
-    new_path = job_cache(train, cfg.new_audio, train.cache_dir, progress)
+    new_path = job_cache(train, train.teacher, cfg.new_audio, train.cache_dir, progress)
     new = EmbeddingCache(new_path)
     if len(new) == 0:
         raise ValueError(f"{cfg.new_audio}: no usable audio segments (the folder is empty or "

@@ -22,19 +22,24 @@ off.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+
+from ..evaluation.agreement import MEASURES
 
 from ..models import teacher_name
 from .config import DistillConfig
 from .data import DistillDataset, split_by_file, warn_upsampled
-from .distributed import gather_batch, is_main, main_first
+from .distributed import gather_batch, is_main, main_first, on_main
 from .engine import Trainer
-from .job import (RunResult, create_run, evaluate, finish, job_cache, open_job, setup,
+from .job import (RunResult, create_run, finish, job_cache, measure, open_job, setup,
                   student_inputs, teacher_record, train_loader)
 from .model import build_model, load_init
-from .rundir import new_run_dir
+from .rundir import RunDir, new_run_dir
+from .targets import JoinedRows, TargetNorm, Targets, align_caches, make_specs
 
 
 def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool = True,
@@ -65,69 +70,124 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     device = setup(cfg)
     progress = progress and is_main()
 
-    cache_path = job_cache(cfg, cfg.audio, cfg.cache_dir, progress)
-    cache = EmbeddingCache(cache_path)
-    segments = cache.segments()
+    # One cache per teacher, joined by segment id; the first one drives sampling.
+    teachers = cfg.teachers or [""]
+    if len(teachers) > 1 and cfg.cache_dir and Path(cfg.cache_dir, "meta.json").is_file():
+        raise ValueError(f"{cfg.cache_dir}: one cache folder, {len(teachers)} teachers; give "
+                         f"--cache-dir a cache root (each teacher's cache is made there)")
+    paths = [job_cache(cfg, t, cfg.audio, cfg.cache_dir, progress) for t in teachers]
+    caches = [EmbeddingCache(p) for p in paths]
+    segments = caches[0].segments()
     if len(segments) == 0:
-        raise ValueError(f"{cfg.audio or cache_path}: no usable audio segments (the folder is "
+        raise ValueError(f"{cfg.audio or paths[0]}: no usable audio segments (the folder is "
                          f"empty or every file failed to decode)")
-    teacher_fp = str(cache.meta["teacher"]["fingerprint"])
-    if not job.fresh and job.state["teacher"]["fingerprint"] != teacher_fp:
+    fingerprints = [str(c.meta["teacher"]["fingerprint"]) for c in caches]
+    if not job.fresh and job.state["teacher"]["fingerprint"] != fingerprints[0]:
         raise ValueError(f"{job.run.path}: the run was trained on teacher "
                          f"{job.state['teacher']['fingerprint'][:12]} but the cache now holds "
-                         f"{teacher_fp[:12]}; start a new run")
+                         f"{fingerprints[0][:12]}; start a new run")
     loss_fn = make_loss(cfg.loss)
     frame_level = loss_fn.level == "frame"
-    targets = cache.embeddings(pool=None if frame_level else "mean")
-    if frame_level and targets.ndim != 3:
-        raise ValueError(f"distill: loss {cfg.loss} needs frame-level teacher embeddings, but "
-                         f"{cache_path} holds clip embeddings; pick a clip-level loss")
-    model = build_model(cfg, targets.shape[-1], frame_level)
+    arrays = [c.embeddings(pool=None if frame_level else "mean") for c in caches]
+    if frame_level and (len(arrays) > 1 or arrays[0].ndim != 3):
+        raise ValueError(f"distill: loss {cfg.loss} needs one frame-level teacher, but "
+                         f"{', '.join(map(str, paths))} hold"
+                         f"{' clip embeddings' if arrays[0].ndim != 3 else ' several'}; pick a "
+                         f"clip-level loss")
+    valid, maps = align_caches(caches)
+    specs = make_specs([c.meta for c in caches],
+                       [teacher_record(c.meta, a.shape[-1]) for c, a in zip(caches, arrays)],
+                       cfg.teacher_weights, cfg.target_weights)
+    y = arrays[0] if len(arrays) == 1 else JoinedRows(arrays, maps)
+    model = build_model(cfg, [t.dim for t in specs], frame_level)
     if cfg.init and job.fresh:
         load_init(model, cfg.init)
     model.to(device)
     warn_upsampled(segments, cfg.mel.sample_rate)
 
     # Data: clusters over the whole cache, a by-file validation split, a balanced sampler.
-    train_rows, val_rows = split_by_file(segments, cfg.val_fraction, cfg.seed)
+    train_rows, val_rows = (np.intersect1d(r, valid) for r in
+                            split_by_file(segments, cfg.val_fraction, cfg.seed))
     k = min(cfg.clusters, len(segments))
     with main_first():
-        labels = load_or_fit_clusters(cache_path, k=k, metric=cfg.cluster_metric, seed=cfg.seed)
+        labels = load_or_fit_clusters(paths[0], k=k, metric=cfg.cluster_metric, seed=cfg.seed)
     samples = cfg.samples_per_epoch or len(train_rows)
     steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
                               alpha=cfg.balance_alpha, seed=cfg.seed)
-    audio, mel, cached = student_inputs(cfg, [(cache_path, cache)],
+    audio, mel, cached = student_inputs(cfg, [(paths[0], caches[0])],
                                         job.recorded.get("mel_cached"))
-    dataset = DistillDataset(audio, targets, mel)
+    dataset = DistillDataset(audio, y, mel)
+    # Target statistics from the training rows, once (a resumed run reads its own).
+    train_y = [np.asarray(a[m[train_rows]], np.float64) for a, m in zip(arrays, maps)]
+    train_y = [t.mean(1) if t.ndim == 3 else t for t in train_y]
+    columns = [train_y[s.cache][:, s.start:s.stop] for s in specs]
+    means = [c.mean(axis=0) for c in columns]
+    targets = Targets([s.dim for s in specs], [TargetNorm.fit(c, cfg.target_norm)
+                                               for c in columns]).to(device)
+    if not job.fresh and "target_norm" in job.state:
+        targets.load_state_dict(job.state["target_norm"])
 
     run = job.run or create_run(
-        lambda: new_run_dir(cfg.out, cfg.student,
-                            teacher_name(cfg.teacher) if cfg.teacher else "cache"),
-        cfg, {"teacher_fingerprint": teacher_fp, "cache": str(cache_path),
+        lambda: new_run_dir(cfg.out, cfg.student, teacher_name(teachers[0]) if teachers[0]
+                            else "cache"),
+        cfg, {"teacher_fingerprint": fingerprints[0], "cache": str(paths[0]),
+              **({"caches": [str(p) for p in paths]} if len(paths) > 1 else {}),
+              "targets": [s.to_dict() for s in specs],
               "train_segments": int(len(train_rows)), "val_segments": int(len(val_rows)),
               "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
-    trainer = Trainer(run, cfg, model, sampler, steps_per_epoch, device,
-                      teacher_record(cache.meta, targets.shape[-1]))
+    extra = {"targets": [s.to_dict() for s in specs],
+             **({"target_norm": targets.state_dict()} if cfg.target_norm != "none" else {})}
+    trainer = Trainer(run, cfg, model, sampler, steps_per_epoch, device, specs[0].record,
+                      extra=extra)
     if not job.fresh:
         trainer.restore(job.state)
+    weights = torch.tensor([s.weight for s in specs])
 
     def compute_loss(x: torch.Tensor, y: torch.Tensor):
         with trainer.autocast():
             pred = trainer.net(x)
-        pred, y = gather_batch(pred.float(), y)
-        return loss_fn(pred, y), {}
+        pred, y = gather_batch(pred.float(), targets.normalize(y.float()))
+        if len(specs) == 1:
+            return loss_fn(pred, y), {}
+        parts = {s.name: loss_fn(p, t) for s, p, t in
+                 zip(specs, targets.split(pred), targets.split(y))}
+        return sum(w * v for w, v in zip(weights.tolist(), parts.values())), parts
 
     def validate():
-        val = evaluate(model, dataset, val_rows, cfg, device) if len(val_rows) else None
-        return val, {"val_cos": val}
+        if not len(val_rows):
+            return None, {}
+        fields = measure(model, dataset, val_rows, cfg, device, targets, specs, means)
+        return fields[cfg.best_metric], fields
 
     loader = train_loader(cfg, dataset, sampler, train_rows, trainer.epoch, device)
     batches = iter(loader)
     trainer.fit(batches, compute_loss, validate, progress)
     del batches, loader
     final, out = finish(run, projected=cfg.projected, export=export)
-    best_val = final.get("best_metric") if len(val_rows) else None
-    return RunResult(run, int(final["epochs_done"]), best_val, out,
-                     {"steps": trainer.step, "train_segments": int(len(train_rows)),
-                      "val_segments": int(len(val_rows))})
+    best = final.get("best_metric") if len(val_rows) else None
+    summary = {"steps": trainer.step, "train_segments": int(len(train_rows)),
+               "val_segments": int(len(val_rows)), "best_metric": cfg.best_metric}
+    epochs = [r for r in run.read_log() if r.get("kind") == "epoch"]
+    if epochs:
+        summary["final"] = {m: epochs[-1].get(m) for m in MEASURES}
+    if cfg.eval_data and out is not None:
+        summary.update(on_main(lambda: score_export(run, out, cfg, teachers[0], progress)))
+    return RunResult(run, int(final["epochs_done"]), best, out, summary)
+
+
+def score_export(run: RunDir, export: Path, cfg: DistillConfig, teacher: str,
+                 progress: bool) -> dict:
+    """``ssondo eval --compare`` of the run's export against ``teacher`` on ``cfg.eval_data``:
+    writes eval.json, records ``kept`` (the share of the teacher's probe score) in config.json
+    and returns the summary entries."""
+    from ..evaluation.evaluate import share_of_teacher
+    from ..evaluation.report import write_json
+
+    report = share_of_teacher(str(export), teacher, cfg.eval_data,
+                              label_column=cfg.eval_label_column, teacher_sr=cfg.teacher_sr,
+                              window_s=cfg.window_s, device=cfg.device, progress=progress)
+    write_json(report, run.eval_report)
+    run.add_to_config({"kept": report["kept"], "eval_data": cfg.eval_data})
+    return {"kept": report["kept"], "eval_data": cfg.eval_data,
+            "eval_report": str(run.eval_report)}

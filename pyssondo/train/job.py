@@ -31,8 +31,8 @@ from .config import DistillConfig
 from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, StackedRows,
                    fixed_batches, make_loader, mel_cache, mel_cache_bytes, mel_cache_path,
                    want_mel_cache)
-from .distributed import (all_sum, barrier, broadcast_object, local_device, main_first, on_main,
-                          world)
+from .distributed import (all_gather_object, all_sum, barrier, broadcast_object, local_device,
+                          main_first, on_main, world)
 from .engine import open_run
 from .model import StudentWithHead
 from .rundir import RunDir
@@ -97,9 +97,10 @@ def setup(cfg: DistillConfig, command: str = "distill") -> torch.device:
     return device
 
 
-def job_cache(cfg: DistillConfig, audio: str, root: Optional[str], progress: bool = True
-              ) -> Path:
-    """The teacher cache folder of ``audio`` for ``cfg`` (teacher, window, hop, dtype, rate).
+def job_cache(cfg: DistillConfig, teacher: str, audio: str, root: Optional[str],
+              progress: bool = True) -> Path:
+    """The cache folder of ``teacher``'s embeddings of ``audio`` for ``cfg`` (window, hop,
+    dtype, teacher rate).
 
     ``root``: a cache root or one cache folder (default ``OUT/cache/<folder>-<hash>``). Under
     torchrun every rank computes its share of the missing files with the teacher on its own
@@ -111,7 +112,7 @@ def job_cache(cfg: DistillConfig, audio: str, root: Optional[str], progress: boo
         raise ParameterError("give a teacher and an audio folder (or --cache-dir pointing at "
                              "an existing teacher cache)")
     rank, size, _ = world()
-    return open_cache(root or default_cache_root(cfg.out, audio), teacher=cfg.teacher,
+    return open_cache(root or default_cache_root(cfg.out, audio), teacher=teacher,
                       audio=audio, window_s=cfg.window_s, hop_s=cfg.hop_s, dtype=cfg.cache_dtype,
                       teacher_sr=cfg.teacher_sr,
                       device=str(local_device(torch.device(cfg.device))), progress=progress,
@@ -216,6 +217,53 @@ def evaluate(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
         n += x.shape[0]
     total, n = all_sum([total, n])
     return total / max(1, n)
+
+
+@torch.no_grad()
+def validation_embeddings(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
+                          cfg: DistillConfig, device: torch.device, targets: Any
+                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(backbone [N, d], projected [N, sum D] in the teacher's space, teacher [N, sum D]) of
+    ``rows``, float32, frame-level outputs mean-pooled over frames; eval mode, no augmentation.
+    ``targets`` (:class:`.targets.Targets`) maps the head's output back to the teacher's space.
+    Under torchrun each rank embeds a contiguous part and every rank gets all of them."""
+    model.eval()
+    rank, size, _ = world()
+    mine = np.array_split(np.asarray(rows), size)[rank]
+    loader = make_loader(dataset, fixed_batches(mine, cfg.batch_size), Collate(cfg.mel),
+                         min(cfg.workers, 1))
+    out: List[List[np.ndarray]] = [[], [], []]
+    for x, y, _ in loader:
+        emb, pred = model(x.to(device), with_embedding=True)
+        pred = targets.denormalize(pred.float())
+        parts = (emb.float(), pred, y.float())
+        for acc, t in zip(out, parts):
+            acc.append((t.mean(1) if t.ndim == 3 else t).cpu().numpy())
+    local = [np.concatenate(a) if a else None for a in out]
+    ranks = all_gather_object(local)
+    return tuple(np.concatenate([r[i] for r in ranks if r[i] is not None]) for i in range(3))
+
+
+def measure(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
+            cfg: DistillConfig, device: torch.device, targets: Any, specs: Sequence[Any],
+            means: Sequence[np.ndarray]) -> Dict[str, float]:
+    """The label-free measures (:func:`pyssondo.evaluation.agreement.agreement`) of the
+    student on ``rows``, averaged over the targets with their weights; with several targets
+    each one's are added as ``<name>/<measure>``. ``means``: each target's training mean."""
+    from ..evaluation.agreement import MEASURES, agreement
+
+    backbone, projected, teacher = validation_embeddings(model, dataset, rows, cfg, device,
+                                                         targets)
+    fields: Dict[str, float] = {}
+    total = {m: 0.0 for m in MEASURES}
+    weights = [s.weight for s in specs]
+    for spec, (a, b), mean, w in zip(specs, targets.slices, means, weights):
+        scores = agreement(backbone, projected[:, a:b], teacher[:, a:b], mean)
+        for m in MEASURES:
+            total[m] += w * scores[m] / max(1e-12, sum(weights))
+            if len(specs) > 1:
+                fields[f"{spec.name}/{m}"] = scores[m]
+    return {**total, **fields}
 
 
 def finish(run: RunDir, *, projected: bool, export: bool) -> Tuple[Dict[str, Any], Optional[Path]]:
