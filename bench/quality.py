@@ -171,6 +171,28 @@ def mean_scores(report: Dict[str, Any], model: str) -> Dict[str, float]:
             for r in report["results"] if r["model"] == model}
 
 
+def reference_report(models, tasks, ecfg, eval_cache: Path) -> Dict[str, Any]:
+    """The eval report of the fixed models (log-mel, the teacher), kept as
+    ``eval_cache/reference-<key>.json`` keyed by the models, the files and the eval settings,
+    so that later invocations do not fit their probes again."""
+    from dataclasses import asdict
+    import hashlib
+
+    from pyssondo.atomic import atomic_write_text
+    from pyssondo.evaluation.embed import cache_key
+    from pyssondo.evaluation.evaluate import evaluate
+
+    key = hashlib.sha256(json.dumps(
+        [[cache_key(m, [e.path for e in t.examples], ecfg.window_s) for m in models]
+         for t in tasks] + [asdict(ecfg)], sort_keys=True, default=str).encode()).hexdigest()
+    path = eval_cache / f"reference-{key[:20]}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    report = evaluate(models, tasks, ecfg, cache_dir=eval_cache, progress=False).report
+    atomic_write_text(path, json.dumps(report, default=str))
+    return report
+
+
 def embed_segments(embedder, segments, rows: np.ndarray, sample_rate: int, window_s: float,
                    batch: int = 64) -> np.ndarray:
     """An export's embeddings [len(rows), D] of cache segments, fed as the training did: the
@@ -262,6 +284,8 @@ def read_rows(path: Path) -> List[Dict[str, Any]]:
 
 
 def print_tables(rows: List[Dict[str, Any]]) -> None:
+    from pyssondo.evaluation.agreement import MEASURES
+
     tasks = [f"{s}-{c}" for s, c in TASKS]
     short = {"notes-program": "prog", "notes-family": "fam", "fsdd-digit": "digit",
              "fsdd-speaker": "spkr"}
@@ -278,22 +302,24 @@ def print_tables(rows: List[Dict[str, Any]]) -> None:
     students = [r for r in rows if r.get("measures")]
     if not students:
         return
-    keys = list(students[0]["measures"])
-    print("\nlabel-free measures at the end of training (val_: held-out cache segments; "
-          "eval_: the eval audio)")
-    print(f"{'model':8s} {'recipe':12s} {'ep':>3s}" + "".join(f"{_abbrev(k):>9s}" for k in keys))
+    keys = [f"val_{m[4:] if m.startswith('val_') else m}" for m in MEASURES]
+    keys += [f"eval_{m[4:] if m.startswith('val_') else m}" for m in MEASURES]
+    print("\nlabel-free measures at the end of training (val_: held-out segments of the training "
+          "cache; eval_: the eval audio)")
+    print(f"{'model':8s} {'recipe':12s} {'ep':>3s}" + "".join(f"{_abbrev(k):>10s}" for k in keys))
     for r in students:
         print(f"{r['name']:8s} {r['recipe']:12s} {r['epochs']:>3}"
-              + "".join(f"{r['measures'].get(k, float('nan')):9.4f}" for k in keys))
-    print(f"\nSpearman rank correlation with the mean probe score over {len(students)} "
-          f"student rows (columns as above)")
-    print(" " * 25 + "".join(f"{spearman([r['measures'].get(k, np.nan) for r in students], [r['mean'] for r in students]):9.3f}"
-                             for k in keys))
+              + "".join(f"{r['measures'].get(k, float('nan')):10.4f}" for k in keys))
+    rho = [spearman([r["measures"].get(k, np.nan) for r in students], [r["mean"] for r in students])
+           for k in keys]
+    print(f"{'Spearman rho':25s}" + "".join(f"{v:10.3f}" for v in rho))
+    print(f"(rank correlation over {len(students)} student rows of every recipe and student)")
 
 
 def _abbrev(key: str) -> str:
-    return (key.replace("knn_agree_", "knn_").replace("backbone", "bb").replace("projected", "pj")
-            .replace("cos_centered", "ccos").replace("cka_", "cka_"))
+    """Column header of a measure: val_knn_agree_backbone -> v_knn_bb."""
+    return (key.replace("eval_", "e_").replace("val_", "v_").replace("knn_agree_", "knn_")
+            .replace("backbone", "bb").replace("projected", "pj").replace("cos_centered", "ccos"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +346,7 @@ def main(argv: Sequence[str]) -> int:
 
     from pyssondo import set_num_threads
     from pyssondo.evaluation.config import EvalConfig
-    from pyssondo.evaluation.embed import LOGMEL, open_embedder
+    from pyssondo.evaluation.embed import LOGMEL, cached_embeddings, open_embedder
     from pyssondo.evaluation.evaluate import evaluate
     from pyssondo.train.loop import distill
 
@@ -337,20 +363,22 @@ def main(argv: Sequence[str]) -> int:
     ecfg = replace(EvalConfig(), folds=FOLDS)
 
     t0 = time.time()
-    ref = evaluate([open_embedder(LOGMEL), open_embedder(str(teacher), role="teacher")], tasks,
-                   ecfg, cache_dir=eval_cache, progress=False)
-    names = [m["name"] for m in ref.report["models"]]
-    teacher_scores = mean_scores(ref.report, names[1])
+    report = reference_report([open_embedder(LOGMEL), open_embedder(str(teacher), role="teacher")],
+                              tasks, ecfg, eval_cache)
+    names = [m["name"] for m in report["models"]]
+    teacher_scores = mean_scores(report, names[1])
     teacher_mean = float(np.mean(list(teacher_scores.values())))
     for name, kind in zip(names, ("logmel", "teacher")):
-        scores = mean_scores(ref.report, name)
+        scores = mean_scores(report, name)
         mean = float(np.mean(list(scores.values())))
         append_row(args.results, {"name": kind, "kind": kind, "scores": scores, "mean": mean,
                                   "share": 100 * mean / teacher_mean,
-                                  "params": ref.report["models"][names.index(name)]["params"]})
+                                  "params": report["models"][names.index(name)]["params"]})
     # The eval files once per source (the notes tasks share theirs), teacher embeddings of them.
     eval_paths = {t.name.split("-")[0]: [e.path for e in t.examples] for t in tasks}
-    eval_teacher = {t.name.split("-")[0]: ref.embeddings[t.name][names[1]] for t in tasks}
+    teacher_model = open_embedder(str(teacher), role="teacher")
+    eval_teacher = {s: cached_embeddings(teacher_model, paths, eval_cache, progress=False)[0]
+                    for s, paths in eval_paths.items()}
     print(f"teacher and log-mel evaluated in {time.time() - t0:.0f} s", flush=True)
 
     for recipe in args.recipes:
