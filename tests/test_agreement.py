@@ -64,7 +64,8 @@ def test_knn_agreement_of_an_unrelated_student_is_near_chance(rng):
 
 def test_knn_agreement_clips_k_for_small_n(rng):
     t = rng.standard_normal((4, 3))
-    assert knn_agreement(t[:, ::-1] * 0 + t, t, 10) == 1.0  # k = 3 = N - 1: everyone
+    assert knn_agreement(t, t, 10) == 1.0  # k becomes 3 = N - 1: every other row
+    assert knn_agreement(-t, t, 10) == 1.0
 
 
 def test_linear_cka_matches_gram_formula_and_invariances(rng):
@@ -111,6 +112,9 @@ def test_agreement_returns_the_fixed_keys(rng):
     assert got["val_cos"] == pytest.approx(1.0) and got["val_cos_centered"] == pytest.approx(1.0)
     assert got["knn_agree_projected"] == 1.0 and got["cka_projected"] == pytest.approx(1.0)
     assert got["knn_agree_backbone"] < 1.0 and got["cka_backbone"] < 1.0
+    # The shared teacher neighbours give what the separate functions give.
+    assert got["knn_agree_backbone"] == knn_agreement(backbone, t, 5)
+    assert got["cka_backbone"] == pytest.approx(linear_cka(backbone, t), rel=1e-12)
 
 
 def test_bad_shapes_are_refused(rng):

@@ -113,8 +113,15 @@ def knn_agreement(student: np.ndarray, teacher: np.ndarray, k: int = 10,
     if n < 2:
         raise ValueError(f"knn agreement needs at least 2 segments, got {n}")
     k = min(k, n - 1)
-    a = knn_indices(student, k, block)
-    b = knn_indices(teacher, k, block)
+    return neighbour_overlap(knn_indices(student, k, block), knn_indices(teacher, k, block))
+
+
+def neighbour_overlap(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
+    """Mean over rows of |set(a[i]) & set(b[i])| / k for two int [N, k] neighbour lists
+    (each row without repeats), as :func:`knn_indices` returns them."""
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"neighbour lists of shapes {a.shape} and {b.shape}: expected equal [N, k]")
+    n, k = a.shape
     shared = 0
     for start in range(0, n, block):  # [rows, k, k] comparisons, a block at a time
         stop = min(n, start + block)
@@ -154,12 +161,16 @@ def agreement(backbone: np.ndarray, projected: np.ndarray, teacher: np.ndarray,
         ``val_cos`` (raw mean cosine, projected vs teacher), ``val_cos_centered``,
         ``knn_agree_backbone``, ``knn_agree_projected``, ``cka_backbone``, ``cka_projected``.
     """
-    _same_rows(backbone=backbone, projected=projected, teacher=teacher)
+    n = _same_rows(backbone=backbone, projected=projected, teacher=teacher)
+    if n < 2:
+        raise ValueError(f"agreement needs at least 2 segments, got {n}")
+    k = min(k, n - 1)
+    near = knn_indices(teacher, k)  # the teacher's neighbours, shared by both comparisons
     return {
         "val_cos": mean_cosine(projected, teacher),
         "val_cos_centered": centered_cosine(projected, teacher, mean),
-        "knn_agree_backbone": knn_agreement(backbone, teacher, k),
-        "knn_agree_projected": knn_agreement(projected, teacher, k),
+        "knn_agree_backbone": neighbour_overlap(knn_indices(backbone, k), near),
+        "knn_agree_projected": neighbour_overlap(knn_indices(projected, k), near),
         "cka_backbone": linear_cka(backbone, teacher),
         "cka_projected": linear_cka(projected, teacher),
     }
