@@ -66,6 +66,12 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "bs32": {"batch_size": 32},
     "spe2x": {"samples_per_epoch": 6400},
     "ep2x": {"epochs": 60},
+    # Targets normalised with the cache's statistics (the head learns them; inverted on export).
+    "center": {"target_norm": "center"},
+    "standardize": {"target_norm": "standardize"},
+    "whiten": {"target_norm": "whiten"},
+    "whiten-mse": {"target_norm": "whiten", "loss": "mse"},
+    "center-rkd": {"target_norm": "center", "loss": "cosine:1,rkd-dist:1,rkd-angle:2"},
 }
 
 DATA = Path(os.environ.get("SSONDO_DATA", ROOT.parent / "shared" / "data"))
@@ -348,7 +354,7 @@ def main(argv: Sequence[str]) -> int:
     from pyssondo.evaluation.config import EvalConfig
     from pyssondo.evaluation.embed import LOGMEL, cached_embeddings, open_embedder
     from pyssondo.evaluation.evaluate import evaluate
-    from pyssondo.train.loop import distill
+    from pyssondo.train.distill import distill
 
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
