@@ -34,9 +34,9 @@ from torch import nn
 from ..errors import ParameterError
 from .checkpoint import load_student_weights
 from .config import DistillConfig
-from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
-                   make_loader, mel_cache, mel_cache_bytes, mel_cache_path, split_by_file,
-                   want_mel_cache, warn_upsampled)
+from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, StackedRows,
+                   fixed_batches, make_loader, mel_cache, mel_cache_bytes, mel_cache_path,
+                   split_by_file, want_mel_cache, warn_upsampled)
 from .distributed import (all_sum, barrier, broadcast_object, gather_batch, is_main,
                           local_device, main_first, on_main, world)
 from .engine import Trainer, finish, open_run
@@ -122,7 +122,8 @@ def build_teacher_cache(cfg: DistillConfig, root: Path, progress: bool = True) -
     return Path(build_cache(cfg.teacher, cfg.audio, root, window_s=cfg.window_s, hop_s=cfg.hop_s,
                             dtype=cfg.cache_dtype, teacher_sr=cfg.teacher_sr,
                             device=str(local_device(torch.device(cfg.device))),
-                            progress=progress, rank=rank, world_size=size, barrier=barrier))
+                            progress=progress, rank=rank, world_size=size, barrier=barrier,
+                            views=cfg.view_config))
 
 
 def check_cache_matches(path: Path, cfg: DistillConfig) -> None:
@@ -141,6 +142,12 @@ def check_cache_matches(path: Path, cfg: DistillConfig) -> None:
         problems.append(f"window {meta['window_s']:g} s, not --window {cfg.window_s:g} s")
     if not math.isclose(float(meta["hop_s"]), cfg.resolved_hop_s):
         problems.append(f"hop {meta['hop_s']:g} s, not --hop {cfg.resolved_hop_s:g} s")
+    views = meta.get("views") or {"count": 1, "hash": None}
+    mine = cfg.view_config
+    want = (mine.count, mine.settings_hash() if mine.active else None)
+    if (int(views["count"]), views["hash"]) != want:
+        problems.append(f"{views['count']} views (settings {views['hash']}), not --views "
+                        f"{want[0]} (settings {want[1]})")
     if cfg.teacher_sr and int(meta["teacher_sample_rate"]) != cfg.teacher_sr:
         problems.append(f"teacher rate {meta['teacher_sample_rate']} Hz, not --teacher-sr "
                         f"{cfg.teacher_sr} Hz")
@@ -237,7 +244,10 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     loss_fn = make_loss(cfg.loss)
     frame_level = loss_fn.level == "frame"
     targets = cache.embeddings(pool=None if frame_level else "mean")
-    if frame_level and targets.ndim != 3:
+    if cache.views > 1:  # item view * N + row (DistillDataset)
+        targets = StackedRows([targets] + [cache.embeddings(None if frame_level else "mean", v)
+                                           for v in range(1, cache.views)])
+    if frame_level and len(targets.shape) != 3:
         raise ValueError(f"distill: loss {cfg.loss} needs frame-level teacher embeddings, but "
                          f"{cache_path} holds clip embeddings; pick a clip-level loss")
     model = build_model(cfg, targets.shape[-1], frame_level)
@@ -255,13 +265,15 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
                               alpha=cfg.balance_alpha, seed=cfg.seed)
-    audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta["window_s"]))
+    audio = SegmentAudio(segments, cfg.mel.sample_rate, float(meta["window_s"]),
+                         views=cache.view_config, partner=cache.partner,
+                         audio_root=cache.audio_root)
     # A resumed run keeps the choice it started with, whatever the disk says now.
     mel_path = mel_cache_path(cache_path, audio, cfg.mel, cache.ids)
     cached = choose_mel_cache(cfg, [(mel_path, audio)], recorded.get("mel_cached"))
     with main_first():
         mel = mel_cache(mel_path, audio, cfg.mel) if cached else None
-    dataset = DistillDataset(audio, targets, mel)
+    dataset = DistillDataset(audio, targets, mel, seed=cfg.seed)
     augment = Augment(cfg.gain_db, cfg.time_mask, cfg.freq_mask, cfg.mixup)
 
     if state is None:
