@@ -87,8 +87,13 @@ class _Echo(nn.Module):
         self.sample_rate = sample_rate
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        CALLS["n"] += 1
+        CALLS["rows"] += wav.shape[0]
+        if CALLS["n"] > int(os.environ.get("SSONDO_TEST_FAIL_AFTER", "1000000000")):
+            raise RuntimeError("the test teacher stops here (a killed build)")
         return wav.clone()
 
 
 def echo_16k() -> nn.Module:
+    """Clip embedding = the input waveform; fails after $SSONDO_TEST_FAIL_AFTER calls."""
     return _Echo(16000)

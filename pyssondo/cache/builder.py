@@ -15,9 +15,9 @@ Views (:mod:`pyssondo.views`): with K > 1 the reader threads also render views 1
 every segment (at the file's rate, then resampled to the teacher's) and the teacher runs on
 all K; a file's rows are its segments' view 0, then view 1, ... (view-major), committed
 together, so a resumed build skips every file whose views are done. Mixing partners are
-drawn over the scan's sorted file keys, decoded through a small LRU shared by the readers,
-recorded per (segment, view) in the file's entry; a file whose partner changed or vanished is
-recomputed.
+drawn over the scan's sorted file keys, decoded through a small LRU shared by the readers and
+recorded per (segment, view) in the file's entry with the partner file's size and mtime; a
+file whose partner changed (size or mtime) or vanished is recomputed.
 """
 from __future__ import annotations
 
@@ -92,8 +92,9 @@ class _Views:
         self.files = FileAudio()
 
     def partner(self, key: str, start: int, view: int) -> Optional[List[Any]]:
-        """``[file key, start, rate]`` of the view's mixing partner, or None (mixing off, or
-        the partner file cannot be read)."""
+        """``[file key, start, rate, size, mtime_ns]`` of the view's mixing partner (start
+        and rate of its segment; size and mtime of the file, to notice a change), or None
+        (mixing off, or the partner file cannot be read)."""
         from ..audio import audio_info
 
         chosen = choose_partner(self.cfg, (key, start), view, self.keys)
@@ -102,12 +103,14 @@ class _Views:
         pkey, position = chosen
         try:
             info = audio_info(self.audio_root / pkey)
-        except ValueError:
+            stat = file_stat(self.audio_root / pkey)
+        except (ValueError, OSError):
             return None
         starts = [s for s, _ in plan_segments(info.frames,
                                               seconds_to_samples(self.window_s, info.sample_rate),
                                               seconds_to_samples(self.hop_s, info.sample_rate))]
-        return [pkey, partner_start(starts, position), info.sample_rate] if starts else None
+        return ([pkey, partner_start(starts, position), info.sample_rate, *stat] if starts
+                else None)
 
     def render(self, key: str, wav: np.ndarray, file_sr: int, plan: List[Tuple[int, int]],
                window_s: float, teacher_sr: int) -> Tuple[np.ndarray, List[List[Any]]]:
@@ -297,10 +300,10 @@ class _Builder:
 
     def _plan(self, files: List[Tuple[str, Path]]) -> List[Tuple[str, Path, FileStat]]:
         m = self.manifest
-        todo, present = [], set()
+        todo, present = [], {}
         for key, path in files:
-            present.add(key)
             stat = file_stat(path)
+            present[key] = stat
             entry = m["files"].get(key)
             if entry and (entry["size"], entry["mtime_ns"]) == tuple(stat):
                 continue
@@ -309,12 +312,12 @@ class _Builder:
                 continue
             m["files"].pop(key, None)
             todo.append((key, path, stat))
-        gone = {k for k in m["files"] if k not in present}
-        for key in gone:
+        for key in [k for k in m["files"] if k not in present]:
             del m["files"][key]
-        changed = gone | {key for key, _, _ in todo}
-        stale = [k for k in sorted(m["files"]) if changed & layout.partner_keys(m["files"][k])]
-        if stale:  # their views mixed in audio that changed or vanished
+        stale = [k for k in sorted(m["files"])
+                 if any(p[0] not in present or tuple(present[p[0]]) != tuple(p[3:5])
+                        for p in layout.partners(m["files"][k]))]
+        if stale:  # their views mixed in audio that changed (size or mtime) or vanished
             paths = dict(files)
             for key in stale:
                 del m["files"][key]

@@ -18,7 +18,8 @@ with ``-v<K>-<view settings hash[:8]>`` appended when segments have K > 1 views:
 
 A file's segments are consecutive rows of one shard; with K views, its n segments' view 0,
 then view 1, ... (row ``row + v * n + i`` is view v of segment i), and the entry's "partners"
-``[K-1][n]`` names each view's mixing partner ``[file key, start, rate]`` (or null). A shard is written with
+``[K-1][n]`` names each view's mixing partner ``[file key, start, rate, size, mtime_ns]``
+(or null). A shard is written with
 :mod:`pyssondo.atomic` (temporary name, fsync, rename) and only then announced by an fsynced
 journal line, so a kill at any moment leaves a consistent cache: at most an unreferenced
 shard, or a torn last journal line, both ignored. Appending a line per shard keeps the cost of
@@ -197,6 +198,7 @@ def file_entry(size: int, mtime_ns: int, content: str, sample_rate: int, frames:
     return entry
 
 
-def partner_keys(entry: Dict[str, Any]) -> set:
-    """File keys whose audio the views of ``entry`` mixed in."""
-    return {p[0] for view in entry.get("partners", ()) for p in view if p}
+def partners(entry: Dict[str, Any]) -> List[List[Any]]:
+    """The mixing partners of the views of ``entry``: ``[file key, start, rate, size,
+    mtime_ns]`` each (see :mod:`.builder`)."""
+    return [p for view in entry.get("partners", ()) for p in view if p]
