@@ -293,7 +293,8 @@ def biquad_coefficients(band: Biquad, sample_rate: int) -> Tuple[np.ndarray, np.
     elif band.kind in ("low_shelf", "high_shelf"):
         s = 1.0 if band.kind == "low_shelf" else -1.0
         r = 2 * np.sqrt(amp) * alpha
-        b = [amp * ((amp + 1) - s * (amp - 1) * cos + r), s * 2 * amp * ((amp - 1) - s * (amp + 1) * cos),
+        b = [amp * ((amp + 1) - s * (amp - 1) * cos + r),
+             s * 2 * amp * ((amp - 1) - s * (amp + 1) * cos),
              amp * ((amp + 1) - s * (amp - 1) * cos - r)]
         a = [(amp + 1) + s * (amp - 1) * cos + r, -s * 2 * ((amp - 1) + s * (amp + 1) * cos),
              (amp + 1) + s * (amp - 1) * cos - r]
@@ -310,11 +311,12 @@ def apply_eq(x: np.ndarray, bands: Sequence[Biquad], sample_rate: int) -> np.nda
     if not bands:
         return np.asarray(x, np.float64)
     n = 2 * x.shape[0]
-    z = np.exp(-1j * np.pi * np.arange(n // 2 + 1) / (n // 2))  # e^{-jw} on the rfft grid
-    h = np.ones(n // 2 + 1, dtype=np.complex128)
+    num, den = np.ones(1), np.ones(1)  # the cascade's polynomials in z^-1
     for band in bands:
         b, a = biquad_coefficients(band, sample_rate)
-        h *= (b[0] + z * (b[1] + z * b[2])) / (a[0] + z * (a[1] + z * a[2]))
+        num, den = np.convolve(num, b), np.convolve(den, a)
+    # rfft of a coefficient vector = the polynomial at e^{-jw} on the rfft grid
+    h = np.fft.rfft(num, n) / np.fft.rfft(den, n)
     return np.fft.irfft(np.fft.rfft(x, n) * h, n)[: x.shape[0]]
 
 
@@ -348,7 +350,8 @@ def apply_shift(x: np.ndarray, shift: int, mode: str) -> np.ndarray:
 def mix_at_snr(x: np.ndarray, partner: np.ndarray, snr_db: float) -> np.ndarray:
     """``x + a * partner`` with ``a`` such that sum(x^2) / sum((a partner)^2) = 10^(snr/10);
     ``x`` unchanged when either is silent."""
-    px, pp = float(np.dot(x, x)), float(np.dot(partner, partner))
+    # np.sum, not np.dot: BLAS would bring its own threads (and their rounding) into a view.
+    px, pp = float(np.sum(np.square(x))), float(np.sum(np.square(partner)))
     if px == 0.0 or pp == 0.0:
         return x
     return x + np.sqrt(px / (pp * 10.0 ** (snr_db / 10.0))) * partner
@@ -403,6 +406,12 @@ class FileAudio:
             collections.OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
+
+    def __getstate__(self) -> Dict[str, Any]:  # DataLoader workers started by spawn
+        return {"max_samples": self.max_samples}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(state["max_samples"])
 
     def __call__(self, path: Path, sample_rate: int) -> np.ndarray:
         """float32 [T]: ``path`` decoded to mono at ``sample_rate`` Hz (:func:`load_audio`)."""

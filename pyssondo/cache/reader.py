@@ -217,8 +217,9 @@ class EmbeddingCache:
             yield first, self.rows(np.arange(first, min(first + block, len(self))), pool)
 
     def embeddings(self, pool: Optional[str] = "mean", view: int = 0) -> np.ndarray:
-        """All rows of view ``view`` in segment order: [N, D] (clip caches, or frame caches with pool="mean",
-        which averages the frames holding real audio: the first ceil(F * length / window));
+        """All rows of view ``view`` in segment order: [N, D] (clip caches, or frame caches
+        with pool="mean", which averages the frames holding real audio: the first
+        ceil(F * length / window));
         [N, F, D] for frame caches with pool=None.
 
         A memory map when the rows already lie in order in one shard and need no pooling;
