@@ -8,8 +8,14 @@ segment, teacher, float16 conversion, shard and manifest writes. The ratio is
 the two timings see different loads, so the script also prints the share of build_cache's
 wall time spent inside the teacher, which measures the same overlap within one run.
 
+With ``--views K`` every segment has K views (the default augmentations of
+``ssondo cache --views``, mixing included): the reader threads render views 1 .. K-1 and
+decode the mixing partners while the teacher runs on all K; both sides count rows
+(segments x views).
+
 usage:
   python bench/cache.py [--files 60] [--window 2] [--batch-size 16] [--threads 2] [--workers 2]
+                        [--views 1]
 """
 from __future__ import annotations
 
@@ -30,10 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import pyssondo.cache.builder as builder  # noqa: E402
 from pyssondo.cache import build_cache  # noqa: E402
-from pyssondo.cache.builder import _load_file  # noqa: E402
+from pyssondo.cache.builder import _load_file, _Views  # noqa: E402
 from pyssondo.cache.scan import file_stat, scan_audio  # noqa: E402
 from pyssondo.models import load_model  # noqa: E402
 from pyssondo.teachers import build_teacher_file  # noqa: E402
+from pyssondo.views import DEFAULT_SPEC, ViewConfig  # noqa: E402
 
 
 class _Timed:
@@ -71,6 +78,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--workers", type=int, default=2, help="cache reader threads")
     ap.add_argument("--repeat", type=int, default=2, help="best of N for each side")
+    ap.add_argument("--views", type=int, default=1, help="views per segment (1 = none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -94,9 +102,12 @@ def main() -> None:
         teacher = load_model(tmp / "crepe_tiny.pt", role="teacher")
 
         # the same segments, in the same order and batches as build_cache makes them
-        _, files = scan_audio(audio)
+        views = ViewConfig.from_spec(args.views, DEFAULT_SPEC)
+        root, files = scan_audio(audio)
+        rendering = _Views(views, root, sorted(k for k, _ in files), args.window, args.window)
         segs = np.concatenate([_load_file(k, p, file_stat(p), args.window, args.window,
-                                          teacher.sample_rate).segs for k, p in files])
+                                          teacher.sample_rate, rendering).segs
+                               for k, p in files])
         batches = [torch.from_numpy(segs[i:i + args.batch_size])
                    for i in range(0, len(segs), args.batch_size)]
         n = len(segs)
@@ -119,7 +130,8 @@ def main() -> None:
             builder._load_file = _timed_load
             t0 = time.perf_counter()
             build_cache(timed, audio, tmp / f"cache{r}", window_s=args.window,
-                        batch_size=args.batch_size, workers=args.workers, progress=False)
+                        batch_size=args.batch_size, workers=args.workers, progress=False,
+                        views=views)
             e2e.append(time.perf_counter() - t0)
             builder._load_file = _load_file
             busy.append(timed.module.seconds / e2e[-1])
@@ -132,12 +144,14 @@ def main() -> None:
                 end_to_end(r)
                 forward_only()
         rate_f, rate_e = n / min(fwd), n / min(e2e)
-        print(f"CREPE tiny, {len(files)} files, {n} segments of {args.window:g} s, batch "
-              f"{args.batch_size}, torch threads {args.threads}, reader threads {args.workers}")
-        print(f"teacher forward only : {min(fwd):7.2f} s  {rate_f:8.1f} segments/s")
-        print(f"build_cache (e2e)    : {min(e2e):7.2f} s  {rate_e:8.1f} segments/s")
+        print(f"CREPE tiny, {len(files)} files, {n} rows ({args.views} views) of "
+              f"{args.window:g} s, batch {args.batch_size}, torch threads {args.threads}, "
+              f"reader threads {args.workers}")
+        print(f"teacher forward only : {min(fwd):7.2f} s  {rate_f:8.1f} rows/s")
+        print(f"build_cache (e2e)    : {min(e2e):7.2f} s  {rate_e:8.1f} rows/s")
         print(f"ratio e2e / forward  : {rate_e / rate_f:.3f}  (target >= 0.9)")
-        print(f"reader threads CPU time (decode, hash, segment): {READ_SECONDS[0]:.2f} s "
+        print(f"reader threads CPU time (decode, hash, segment, views): "
+              f"{READ_SECONDS[0]:.2f} s "
               f"in the last build_cache run")
         print(f"teacher busy share of build_cache wall time: "
               f"{', '.join(f'{b:.3f}' for b in busy)} (the same ratio, measured within one run,"

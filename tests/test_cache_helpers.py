@@ -77,3 +77,23 @@ def raising_crepe() -> nn.Module:
 
 def rateless_crepe() -> nn.Module:
     return _Wrap("plain", sample_rate=0)
+
+
+class _Echo(nn.Module):
+    """Returns its input: the cache rows are exactly the audio the teacher saw ([B, T])."""
+
+    def __init__(self, sample_rate: int) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        CALLS["n"] += 1
+        CALLS["rows"] += wav.shape[0]
+        if CALLS["n"] > int(os.environ.get("SSONDO_TEST_FAIL_AFTER", "1000000000")):
+            raise RuntimeError("the test teacher stops here (a killed build)")
+        return wav.clone()
+
+
+def echo_16k() -> nn.Module:
+    """Clip embedding = the input waveform; fails after $SSONDO_TEST_FAIL_AFTER calls."""
+    return _Echo(16000)

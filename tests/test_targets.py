@@ -78,9 +78,14 @@ def test_caches_are_joined_by_segment_id():
     assert valid.tolist() == [0, 2, 3]
     assert maps[1].tolist() == [1, -1, 0, 2]
     rows_a, rows_b = np.arange(8.0).reshape(4, 2), 10 + np.arange(9.0).reshape(3, 3)
-    joined = JoinedRows([rows_a, rows_b], maps)
+    joined = JoinedRows([rows_a, rows_b], maps, [4, 3])
     assert joined.shape == (4, 5)
     assert joined[2].tolist() == [4, 5, 10, 11, 12]          # b.wav: row 2 of a, row 0 of b
+    # Two views each, view-major: item 4 + 2 is view 1 of b.wav.
+    views = JoinedRows([np.concatenate([rows_a, -rows_a]), np.concatenate([rows_b, -rows_b])],
+                       maps, [4, 3])
+    assert views.shape == (8, 5)
+    assert views[4 + 2].tolist() == [-4, -5, -10, -11, -12]
 
 
 def test_targets_and_weights_from_cache_meta():

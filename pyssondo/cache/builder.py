@@ -10,6 +10,14 @@ plans from the same manifest and journals, computes every ``world_size``-th miss
 shards and a journal of its own, and once all ranks are done rank 0 folds the journals into
 the manifest (a plain build, which then has nothing left to compute). A killed rank loses only
 its unjournaled shard; the next build, sharded or not, continues from the journals.
+
+Views (:mod:`pyssondo.views`): with K > 1 the reader threads also render views 1 .. K-1 of
+every segment (at the file's rate, then resampled to the teacher's) and the teacher runs on
+all K; a file's rows are its segments' view 0, then view 1, ... (view-major), committed
+together, so a resumed build skips every file whose views are done. Mixing partners are
+drawn over the scan's sorted file keys, decoded through a small LRU shared by the readers and
+recorded per (segment, view) in the file's entry with the partner file's size and mtime; a
+file whose partner changed (size or mtime) or vanished is recomputed.
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ from ..audio import load_audio, resample
 from ..errors import ParameterError
 from ..progress import Progress
 from ..segments import cut_segment, plan_segments, seconds_to_samples
+from ..views import (FileAudio, ViewConfig, choose_partner, partner_segment, partner_start,
+                     segment_view)
 from . import layout
 from .scan import FileStat, content_hash, file_stat, scan_audio
 
@@ -42,17 +52,20 @@ class _File:
     """One file on its way through the pipeline: segments in, embedding rows out."""
 
     def __init__(self, key: str, path: Path, stat: FileStat, content: str, file_sr: int,
-                 frames: int, plan: List[Tuple[int, int]], segs: np.ndarray) -> None:
+                 frames: int, plan: List[Tuple[int, int]], segs: np.ndarray,
+                 partners: Optional[List[List[Any]]] = None) -> None:
         self.key, self.path, self.stat, self.content = key, path, stat, content
         self.file_sr, self.frames, self.plan, self.segs = file_sr, frames, plan, segs
-        self.n = len(plan)
+        self.partners = partners
+        self.n = segs.shape[0]  # rows: segments x views
         self.taken = 0
         self.out: List[np.ndarray] = []
 
 
 def _load_file(key: str, path: Path, stat: FileStat, window_s: float, hop_s: float,
-               teacher_sr: int) -> _File:
-    """Reader-thread job: hash, decode, segment at the file's rate, cut at the teacher's."""
+               teacher_sr: int, views: Optional["_Views"] = None) -> _File:
+    """Reader-thread job: hash, decode, segment at the file's rate, cut at the teacher's;
+    with ``views``, also render views 1 .. K-1 of every segment."""
     content = content_hash(path)
     wav, file_sr = load_audio(path)
     plan = plan_segments(wav.shape[0], seconds_to_samples(window_s, file_sr),
@@ -61,7 +74,64 @@ def _load_file(key: str, path: Path, stat: FileStat, window_s: float, hop_s: flo
     window_t = seconds_to_samples(window_s, teacher_sr)
     segs = np.stack([cut_segment(wav_t, int(round(start * teacher_sr / file_sr)), window_t)
                      for start, _ in plan])
-    return _File(key, path, stat, content, file_sr, int(wav.shape[0]), plan, segs)
+    partners = None
+    if views is not None and views.cfg.active:
+        extra, partners = views.render(key, wav, file_sr, plan, window_s, teacher_sr)
+        segs = np.concatenate([segs, extra])
+    return _File(key, path, stat, content, file_sr, int(wav.shape[0]), plan, segs, partners)
+
+
+class _Views:
+    """What the reader threads need to render views: the settings, the sorted file keys that
+    partners are drawn from, and the shared LRU of decoded partner files."""
+
+    def __init__(self, cfg: ViewConfig, audio_root: Path, keys: List[str], window_s: float,
+                 hop_s: float) -> None:
+        self.cfg, self.audio_root, self.keys = cfg, audio_root, keys
+        self.window_s, self.hop_s = window_s, hop_s
+        self.files = FileAudio()
+
+    def partner(self, key: str, start: int, view: int) -> Optional[List[Any]]:
+        """``[file key, start, rate, size, mtime_ns]`` of the view's mixing partner (start
+        and rate of its segment; size and mtime of the file, to notice a change), or None
+        (mixing off, or the partner file cannot be read)."""
+        from ..audio import audio_info
+
+        chosen = choose_partner(self.cfg, (key, start), view, self.keys)
+        if chosen is None:
+            return None
+        pkey, position = chosen
+        try:
+            info = audio_info(self.audio_root / pkey)
+            stat = file_stat(self.audio_root / pkey)
+        except (ValueError, OSError):
+            return None
+        starts = [s for s, _ in plan_segments(info.frames,
+                                              seconds_to_samples(self.window_s, info.sample_rate),
+                                              seconds_to_samples(self.hop_s, info.sample_rate))]
+        return ([pkey, partner_start(starts, position), info.sample_rate, *stat] if starts
+                else None)
+
+    def render(self, key: str, wav: np.ndarray, file_sr: int, plan: List[Tuple[int, int]],
+               window_s: float, teacher_sr: int) -> Tuple[np.ndarray, List[List[Any]]]:
+        """Views 1 .. K-1 of the file's segments at the teacher's rate, [(K-1) n, W_t]
+        view-major, and their partners [K-1][n] (each ``[key, start, rate]`` or None)."""
+        window_f = seconds_to_samples(window_s, file_sr)
+        out, partners = [], []
+        for view in range(1, self.cfg.count):
+            row = []
+            for start, _ in plan:
+                p = self.partner(key, start, view)
+                try:
+                    audio = (partner_segment(self.files, self.audio_root / p[0], p[1], p[2],
+                                             file_sr, window_f) if p else None)
+                except ValueError:  # the partner cannot be decoded: this view mixes nothing
+                    p, audio = None, None
+                out.append(segment_view(wav, file_sr, (key, start), view, self.cfg, window_s,
+                                        teacher_sr, audio))
+                row.append(p)
+            partners.append(row)
+        return np.stack(out), partners
 
 
 def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[PathLike]],
@@ -70,7 +140,8 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
                 teacher_sr: Optional[int] = None, batch_size: int = 16,
                 workers: Optional[int] = None, shard_rows: Optional[int] = None,
                 device: str = "cpu", progress: bool = True, rank: int = 0,
-                world_size: int = 1, barrier: Optional[Callable[[], None]] = None) -> Path:
+                world_size: int = 1, barrier: Optional[Callable[[], None]] = None,
+                views: Optional[ViewConfig] = None) -> Path:
     """Computes (or updates) the teacher-embedding cache of an audio folder.
 
     Args:
@@ -78,7 +149,8 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
             :class:`pyssondo.models.LoadedModel`. Output [B, D] or [B, F, D].
         audio_dir_or_files: folder scanned recursively, or a list of audio files.
         out_dir: cache root (default ``./ssondo-cache``); the cache is its subfolder named by
-            :func:`layout.cache_key` (teacher sha256[:16], teacher rate, W, H, dtype).
+            :func:`layout.cache_key` (teacher sha256[:16], teacher rate, W, H, dtype, and
+            with views their count and settings hash).
         window_s, hop_s: segment window and hop in seconds (> 0; hop defaults to window).
         dtype: "float16" or "float32" rows.
         teacher_sr: teacher input rate in Hz, overriding the teacher's own.
@@ -91,6 +163,8 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
             build_cache with the same arguments, its own rank and device).
         barrier: with ``world_size > 1``, a function that returns once every rank has called
             it (e.g. ``torch.distributed.barrier``); every rank returns the merged cache.
+        views: augmented views per segment (:class:`pyssondo.views.ViewConfig`; default
+            none: one clean view). The teacher runs once per view.
 
     Returns:
         The cache folder. Unchanged files (same size and mtime, or same content hash) are not
@@ -119,6 +193,8 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
         raise ParameterError(f"cache: rank={rank!r} must be in [0, world_size={world_size})")
     if world_size > 1 and barrier is None:
         raise ParameterError("cache: a rank-sharded build (world_size > 1) needs a barrier")
+    views = views or ViewConfig()
+    views.validate()
     teacher = (model_spec if isinstance(model_spec, LoadedModel)
                else load_model(model_spec, teacher_sr, device=device, role="teacher"))
     if teacher_sr is not None and int(teacher_sr) != teacher.sample_rate:
@@ -127,20 +203,22 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
     root_out = Path(out_dir if out_dir is not None else DEFAULT_ROOT).resolve()
     audio_root, files = scan_audio(audio_dir_or_files, exclude=[root_out])
     folder = root_out / layout.cache_key(teacher.fingerprint, teacher.sample_rate, window_s,
-                                         hop_s, dtype)
+                                         hop_s, dtype, views.count, views.settings_hash())
     folder.mkdir(parents=True, exist_ok=True)
     settings = (teacher, folder, audio_root, window_s, hop_s, dtype, batch_size,
                 workers or min(4, os.cpu_count() or 1), shard_rows, device)
+    rendering = _Views(views, audio_root, sorted(k for k, _ in files), window_s, hop_s)
     if world_size > 1:
         with _exclusive(folder, shared=True):
-            builder = _Builder(*settings, progress, rank=rank, world_size=world_size)
+            builder = _Builder(*settings, progress, rank=rank, world_size=world_size,
+                               views=rendering)
             share = builder.share(files)
             barrier()  # every rank has planned from the same manifest and journals
             builder.compute(share)
         barrier()  # every share is journaled
     if rank == 0:
         with _exclusive(folder):
-            _Builder(*settings, progress).run(files)
+            _Builder(*settings, progress, views=rendering).run(files)
     if world_size > 1:
         barrier()  # the manifest is written
     return folder
@@ -182,8 +260,10 @@ class _Builder:
     def __init__(self, teacher, folder: Path, audio_root: Path, window_s: float, hop_s: float,
                  dtype: str, batch_size: int, workers: int, shard_rows: Optional[int],
                  device: str, progress: bool, rank: Optional[int] = None,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, views: Optional[_Views] = None) -> None:
         self.rank, self.world_size = rank, world_size
+        self.views = views
+        self.count = views.cfg.count if views is not None else 1  # rows per segment
         self.teacher, self.folder, self.audio_root = teacher, folder, audio_root
         self.window_s, self.hop_s, self.dtype = float(window_s), float(hop_s), dtype
         self.batch_size, self.workers, self.shard_rows = batch_size, workers, shard_rows
@@ -220,10 +300,10 @@ class _Builder:
 
     def _plan(self, files: List[Tuple[str, Path]]) -> List[Tuple[str, Path, FileStat]]:
         m = self.manifest
-        todo, present = [], set()
+        todo, present = [], {}
         for key, path in files:
-            present.add(key)
             stat = file_stat(path)
+            present[key] = stat
             entry = m["files"].get(key)
             if entry and (entry["size"], entry["mtime_ns"]) == tuple(stat):
                 continue
@@ -234,6 +314,15 @@ class _Builder:
             todo.append((key, path, stat))
         for key in [k for k in m["files"] if k not in present]:
             del m["files"][key]
+        stale = [k for k in sorted(m["files"])
+                 if any(p[0] not in present or tuple(present[p[0]]) != tuple(p[3:5])
+                        for p in layout.partners(m["files"][k]))]
+        if stale:  # their views mixed in audio that changed (size or mtime) or vanished
+            paths = dict(files)
+            for key in stale:
+                del m["files"][key]
+            todo = sorted(todo + [(k, paths[k], file_stat(paths[k])) for k in stale],
+                          key=lambda t: t[0])
         m["skipped"] = {}
         return todo
 
@@ -294,7 +383,7 @@ class _Builder:
         m = self.manifest
         live: Dict[str, int] = {}
         for e in m["files"].values():
-            live[e["shard"]] = live.get(e["shard"], 0) + len(e["starts"])
+            live[e["shard"]] = live.get(e["shard"], 0) + len(e["starts"]) * self.count
         sparse = {name for name, rec in m["shards"].items() if 2 * live.get(name, 0) < rec["rows"]}
         if not sparse or self.meta is None:
             return
@@ -305,16 +394,18 @@ class _Builder:
         group: List[str] = []
         for i, key in enumerate(keys):
             group.append(key)
-            if sum(len(m["files"][k]["starts"]) for k in group) >= per_shard or i == len(keys) - 1:
+            if (sum(len(m["files"][k]["starts"]) for k in group) * self.count >= per_shard
+                    or i == len(keys) - 1):
                 name = layout.shard_name(next_shard)
                 next_shard += 1
                 parts, row = [], 0
                 for k in group:
                     e = m["files"][k]
                     old = np.load(self.folder / e["shard"], mmap_mode="r")
-                    parts.append(np.asarray(old[e["row"]:e["row"] + len(e["starts"])]))
+                    rows = len(e["starts"]) * self.count
+                    parts.append(np.asarray(old[e["row"]:e["row"] + rows]))
                     e["shard"], e["row"] = name, row
-                    row += len(e["starts"])
+                    row += rows
                 m["shards"][name] = layout.write_shard(self.folder / name, np.concatenate(parts))
                 group = []
         m["next_shard"] = next_shard
@@ -322,7 +413,8 @@ class _Builder:
         self._drop_dead_shards()
 
     def _count_segments(self, todo) -> int:
-        """Segments to compute, from the files' headers (read in parallel), for the ETA."""
+        """Rows (segments x views) to compute, from the files' headers (read in parallel), for
+        the ETA."""
         import soundfile as sf
 
         def count(path: Path) -> int:
@@ -330,9 +422,9 @@ class _Builder:
                 info = sf.info(str(path))
             except Exception:
                 return 0  # reported as skipped when the reader fails on it
-            return len(plan_segments(int(info.frames),
-                                     seconds_to_samples(self.window_s, info.samplerate),
-                                     seconds_to_samples(self.hop_s, info.samplerate)))
+            return self.count * len(plan_segments(
+                int(info.frames), seconds_to_samples(self.window_s, info.samplerate),
+                seconds_to_samples(self.hop_s, info.samplerate)))
 
         with ThreadPoolExecutor(self.workers) as pool:
             return sum(pool.map(count, [path for _, path, _ in todo]))
@@ -362,7 +454,8 @@ class _Builder:
                             break
                         key, path, stat = job
                         pending.append((key, path, readers.submit(
-                            _load_file, key, path, stat, self.window_s, self.hop_s, self.sr)))
+                            _load_file, key, path, stat, self.window_s, self.hop_s, self.sr,
+                            self.views)))
                     if not pending and not queued:
                         break
                     if pending and queued < self.batch_size:
@@ -452,12 +545,13 @@ class _Builder:
             off = 0
             for f, first, k in owners:
                 if row < off + k:
-                    start = f.plan[first + row - off][0]
+                    view, seg = divmod(first + row - off, len(f.plan))
                     what = ("NaN/inf" if bad[row] else
                             f"values beyond the {self.dtype} range (use --dtype float32)")
                     raise ValueError(f"teacher {self.teacher.source} returned {what} for "
-                                     f"{f.path} (segment at sample {start}); output shape "
-                                     f"{shape}")
+                                     f"{f.path} (segment at sample {f.plan[seg][0]}"
+                                     + (f", view {view}" if self.count > 1 else "")
+                                     + f"); output shape {shape}")
                 off += k
         return y.astype(self.dtype)
 
@@ -477,6 +571,9 @@ class _Builder:
                 "level": level, "dim": dim, "frames": frames,
                 "audio_root": str(self.audio_root),
             }
+            if self.count > 1:
+                self.meta["views"] = {**self.views.cfg.to_dict(),
+                                      "hash": self.views.cfg.settings_hash()}
             layout.write_json(self.folder / layout.META, self.meta)
         elif (self.meta["level"], self.meta["dim"], self.meta["frames"]) != (level, dim, frames):
             raise ValueError(f"teacher {self.teacher.source} returned shape {y.shape} for "
@@ -502,7 +599,7 @@ class _Builder:
         for f in files:
             entries.append((f.key, layout.file_entry(
                 f.stat.size, f.stat.mtime_ns, f.content, f.file_sr, f.frames, name, row,
-                [s for s, _ in f.plan], [n for _, n in f.plan])))
+                [s for s, _ in f.plan], [n for _, n in f.plan], f.partners)))
             row += f.n
             f.out = []
         if self._writing is not None:

@@ -1,10 +1,11 @@
 """On-disk layout of an embedding cache folder (../shared/DESIGN.md, "Embedding cache").
 
-A cache root holds one folder per key ``<teacher sha256[:16]>-sr<rate>-w<W>-h<H>-<dtype>``::
+A cache root holds one folder per key ``<teacher sha256[:16]>-sr<rate>-w<W>-h<H>-<dtype>``,
+with ``-v<K>-<view settings hash[:8]>`` appended when segments have K > 1 views::
 
     meta.json       teacher (fingerprint, name, source, rate, its ssondo.json), window_s,
                     hop_s, window samples at the teacher rate, dtype, level ("clip"/"frame"),
-                    dim, frames, audio_root
+                    dim, frames, audio_root; with views, "views": the ViewConfig and its hash
     manifest.json   {"files": {key: FileEntry}, "shards": {name: {rows, bytes, sha256}},
                      "skipped": {key: reason}, "next_shard": int}
     shard-000000.npy ...  rows [n, D] (clip teachers) or [n, F, D] (frame teachers)
@@ -15,7 +16,10 @@ A cache root holds one folder per key ``<teacher sha256[:16]>-sr<rate>-w<W>-h<H>
     journal-r<R>.jsonl, shard-<n>-r<R>.npy   the same, written by rank R of a rank-sharded
                     build (each rank computes its share of the files; see builder.py)
 
-A file's segments are consecutive rows of one shard. A shard is written with
+A file's segments are consecutive rows of one shard; with K views, its n segments' view 0,
+then view 1, ... (row ``row + v * n + i`` is view v of segment i), and the entry's "partners"
+``[K-1][n]`` names each view's mixing partner ``[file key, start, rate, size, mtime_ns]``
+(or null). A shard is written with
 :mod:`pyssondo.atomic` (temporary name, fsync, rename) and only then announced by an fsynced
 journal line, so a kill at any moment leaves a consistent cache: at most an unreferenced
 shard, or a torn last journal line, both ignored. Appending a line per shard keeps the cost of
@@ -51,9 +55,11 @@ def _num(x: float) -> str:
 
 
 def cache_key(fingerprint: str, teacher_sr: int, window_s: float, hop_s: float,
-              dtype: str) -> str:
-    """Folder name of a cache: two teachers, rates, windows or dtypes never share one."""
-    return f"{fingerprint[:16]}-sr{teacher_sr}-w{_num(window_s)}-h{_num(hop_s)}-{dtype}"
+              dtype: str, views: int = 1, views_hash: str = "") -> str:
+    """Folder name of a cache: two teachers, rates, windows, dtypes or view settings never
+    share one (a cache without views, K = 1, keeps the plain name)."""
+    key = f"{fingerprint[:16]}-sr{teacher_sr}-w{_num(window_s)}-h{_num(hop_s)}-{dtype}"
+    return key if views == 1 else f"{key}-v{views}-{views_hash[:8]}"
 
 
 def shard_name(index: int, rank: Optional[int] = None) -> str:
@@ -177,11 +183,22 @@ def shard_problem(path: Path, record: Dict[str, Any], full: bool) -> Optional[st
 
 
 def file_entry(size: int, mtime_ns: int, content: str, sample_rate: int, frames: int,
-               shard: str, row: int, starts: List[int], lengths: List[int]) -> Dict[str, Any]:
+               shard: str, row: int, starts: List[int], lengths: List[int],
+               partners: Optional[List[List[Any]]] = None) -> Dict[str, Any]:
     """Manifest record of one audio file: change signals, where its rows are, its segments.
 
     ``starts``/``lengths`` are in samples at the file's own rate ``sample_rate``; ``frames``
-    is the file's length in samples. Rows ``row .. row + len(starts) - 1`` of ``shard``.
+    is the file's length in samples. Rows ``row .. row + K * len(starts) - 1`` of ``shard``
+    (K views). ``partners``: the mixing partners of views 1 .. K-1 (kept only when any).
     """
-    return {"size": size, "mtime_ns": mtime_ns, "hash": content, "sample_rate": sample_rate,
-            "frames": frames, "shard": shard, "row": row, "starts": starts, "lengths": lengths}
+    entry = {"size": size, "mtime_ns": mtime_ns, "hash": content, "sample_rate": sample_rate,
+             "frames": frames, "shard": shard, "row": row, "starts": starts, "lengths": lengths}
+    if partners and any(p for view in partners for p in view):
+        entry["partners"] = partners
+    return entry
+
+
+def partners(entry: Dict[str, Any]) -> List[List[Any]]:
+    """The mixing partners of the views of ``entry``: ``[file key, start, rate, size,
+    mtime_ns]`` each (see :mod:`.builder`)."""
+    return [p for view in entry.get("partners", ()) for p in view if p]

@@ -37,14 +37,16 @@ def open_cache(root: PathLike, *, teacher: str, audio: str, window_s: float,
                hop_s: Optional[float] = None, dtype: str = "float16",
                teacher_sr: Optional[int] = None, batch_size: int = 16, device: str = "cpu",
                progress: bool = True, rank: int = 0, world_size: int = 1,
-               barrier: Optional[Callable[[], None]] = None, **build_options) -> Path:
+               barrier: Optional[Callable[[], None]] = None, views=None,
+               **build_options) -> Path:
     """The cache folder of ``teacher``'s embeddings of ``audio``.
 
     ``root`` is either a cache folder (holding meta.json), which is used as it is after checking
     that it was built by this teacher with this window, hop and rate, or a cache root in which
     :func:`pyssondo.cache.build_cache` makes or updates the folder of these settings (rank-
-    sharded under torchrun: every rank calls this with its own rank). ``build_options`` go to
-    build_cache (workers, shard_rows). The teacher file is hashed once: by the check of an
+    sharded under torchrun: every rank calls this with its own rank). ``views``: the
+    teacher-side view settings (:class:`pyssondo.views.ViewConfig`, default none).
+    ``build_options`` go to build_cache (workers, shard_rows). The teacher file is hashed once: by the check of an
     existing folder, or by the build, whose folder name carries the hash.
 
     Raises:
@@ -57,7 +59,7 @@ def open_cache(root: PathLike, *, teacher: str, audio: str, window_s: float,
     hop = window_s if hop_s is None else hop_s
     if (root / layout.META).is_file():
         check_cache_matches(root, teacher=teacher, window_s=window_s, hop_s=hop,
-                            teacher_sr=teacher_sr)
+                            teacher_sr=teacher_sr, views=views)
         return root
     if not teacher or not audio:
         raise ParameterError(f"{root}: no teacher cache there; give a teacher and an audio "
@@ -67,13 +69,15 @@ def open_cache(root: PathLike, *, teacher: str, audio: str, window_s: float,
     return Path(build_cache(teacher, audio, root, window_s=window_s, hop_s=hop, dtype=dtype,
                             teacher_sr=teacher_sr, batch_size=batch_size, device=device,
                             progress=progress, rank=rank, world_size=world_size,
-                            barrier=barrier, **build_options))
+                            barrier=barrier, views=views, **build_options))
 
 
 def check_cache_matches(path: Path, *, teacher: str, window_s: float, hop_s: float,
-                        teacher_sr: Optional[int]) -> None:
+                        teacher_sr: Optional[int], views=None) -> None:
     """Raises ValueError when the cache folder ``path`` was built for another teacher (compared
-    by sha256; a factory teacher is not checked), window, hop or teacher rate."""
+    by sha256; a factory teacher is not checked), window, hop, teacher rate or views."""
+    from ..views import ViewConfig
+
     from ..models import file_sha256, is_factory_spec
 
     meta = layout.read_json(path / layout.META) or {}
@@ -88,6 +92,12 @@ def check_cache_matches(path: Path, *, teacher: str, window_s: float, hop_s: flo
         stored = float(meta.get(f"{what}_s", "nan"))
         if not math.isclose(stored, mine):
             problems.append(f"{what} {stored:g} s, not --{what} {mine:g} s")
+    stored = meta.get("views") or {"count": 1, "hash": None}
+    mine = views or ViewConfig()
+    want = (mine.count, mine.settings_hash() if mine.active else None)
+    if (int(stored["count"]), stored["hash"]) != want:
+        problems.append(f"{stored['count']} views (settings {stored['hash']}), not --views "
+                        f"{want[0]} (settings {want[1]})")
     if teacher_sr and int(meta.get("teacher_sample_rate", 0)) != teacher_sr:
         problems.append(f"teacher rate {meta.get('teacher_sample_rate')} Hz, not --teacher-sr "
                         f"{teacher_sr} Hz")

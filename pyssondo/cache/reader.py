@@ -46,7 +46,10 @@ class EmbeddingCache:
     Segments are ordered by file key, then start sample. ``len(cache)`` is the number of
     segments; ``cache.ids[i]`` is segment i's id ``(file_key, start)``; ``cache[i]`` or
     ``cache[(file_key, start)]`` is its row ([D] for clip caches, [F, D] for frame caches);
-    iteration yields ``(segment_id, row)``. Shards are memory-mapped.
+    iteration yields ``(segment_id, row)``. Shards are memory-mapped. With ``cache.views`` =
+    K > 1 augmented views per segment (:mod:`pyssondo.views`), all of these are view 0 (the
+    clean segment); ``rows(..., view=v)`` and ``embeddings(view=v)`` read view v, and
+    ``partner(i, v)`` names the segment mixed into it.
 
     Args:
         path: the cache folder (the keyed subfolder, as returned by build_cache), or a
@@ -77,17 +80,21 @@ class EmbeddingCache:
                                  f"recompute it")
         shard_index = {n: i for i, n in enumerate(self._shard_names)}
         self.ids: List[SegmentId] = []
-        shard_of, row_of, lengths, rates = [], [], [], []
+        views = meta.get("views")
+        self.views = int(views["count"]) if views else 1
+        shard_of, row_of, per_file, lengths, rates = [], [], [], [], []
         for key in sorted(manifest["files"]):
             e = manifest["files"][key]
             n = len(e["starts"])
             self.ids += [(key, int(s)) for s in e["starts"]]
             shard_of += [shard_index[e["shard"]]] * n
             row_of += range(e["row"], e["row"] + n)
+            per_file += [n] * n
             lengths += e["lengths"]
             rates += [e["sample_rate"]] * n
         self._shard_of = np.asarray(shard_of, dtype=np.int64)
         self._row_of = np.asarray(row_of, dtype=np.int64)
+        self._per_file = np.asarray(per_file, dtype=np.int64)  # view v: row_of + v * per_file
         self._lengths = np.asarray(lengths, dtype=np.int64)
         self._rates = np.asarray(rates, dtype=np.int64)
         self._index = {sid: i for i, sid in enumerate(self.ids)}
@@ -105,6 +112,32 @@ class EmbeddingCache:
     def frames(self) -> Optional[int]:
         """Frames per row for frame caches, None for clip caches."""
         return self.meta["frames"]
+
+    @property
+    def view_config(self):
+        """The :class:`pyssondo.views.ViewConfig` the views were rendered with (count 1 when
+        the cache has none)."""
+        from ..views import ViewConfig
+
+        views = dict(self.meta.get("views") or {})
+        views.pop("hash", None)
+        return ViewConfig.from_dict(views) if views else ViewConfig()
+
+    def partner(self, i: int, view: int) -> Optional[Tuple[str, int, int]]:
+        """``(file key, start, rate)`` of the segment mixed into view ``view`` of segment
+        ``i``, or None (no mixing). The key is checked to be one of the cache's files."""
+        key, start = self.ids[i]
+        e = self.manifest["files"][key]
+        if view == 0 or "partners" not in e:
+            return None
+        p = e["partners"][view - 1][e["starts"].index(start)]
+        if p is None:
+            return None
+        if p[0] not in self.manifest["files"]:
+            raise ValueError(f"{self.path / layout.MANIFEST}: file {key!r} names a mixing "
+                             f"partner {p[0]!r} that is not in the cache; run 'ssondo cache' "
+                             f"again to recompute it")
+        return str(p[0]), int(p[1]), int(p[2])
 
     @property
     def skipped(self) -> Dict[str, str]:
@@ -130,6 +163,11 @@ class EmbeddingCache:
                                       allow_pickle=False)
         return self._shards[i]
 
+    def _view_rows(self, view: int) -> np.ndarray:
+        if not 0 <= view < self.views:
+            raise IndexError(f"view {view} out of range for a cache of {self.views} views")
+        return self._row_of + view * self._per_file if view else self._row_of
+
     def __getitem__(self, item) -> np.ndarray:
         i = self._index[item] if isinstance(item, tuple) else int(item)
         if not -len(self) <= i < len(self):
@@ -143,13 +181,15 @@ class EmbeddingCache:
         for i, sid in enumerate(self.ids):
             yield sid, self[i]
 
-    def rows(self, indices, pool: Optional[str] = None) -> np.ndarray:
-        """Rows of the segments ``indices`` (int array), pooled as in :meth:`embeddings`."""
+    def rows(self, indices, pool: Optional[str] = None, view: int = 0) -> np.ndarray:
+        """Rows of view ``view`` of the segments ``indices`` (int array), pooled as in
+        :meth:`embeddings`."""
         idx = np.asarray(indices, dtype=np.int64)
+        row_of = self._view_rows(view)
         out = None
         for s in np.unique(self._shard_of[idx]):
             sel = np.flatnonzero(self._shard_of[idx] == s)
-            block = np.asarray(self._shard(int(s))[self._row_of[idx[sel]]])
+            block = np.asarray(self._shard(int(s))[row_of[idx[sel]]])
             if out is None:
                 out = np.empty((idx.size,) + block.shape[1:], dtype=block.dtype)
             out[sel] = block
@@ -176,19 +216,20 @@ class EmbeddingCache:
         for first in range(0, len(self), block):
             yield first, self.rows(np.arange(first, min(first + block, len(self))), pool)
 
-    def embeddings(self, pool: Optional[str] = "mean") -> np.ndarray:
-        """All rows in segment order: [N, D] (clip caches, or frame caches with pool="mean",
-        which averages the frames holding real audio: the first ceil(F * length / window));
+    def embeddings(self, pool: Optional[str] = "mean", view: int = 0) -> np.ndarray:
+        """All rows of view ``view`` in segment order: [N, D] (clip caches, or frame caches
+        with pool="mean", which averages the frames holding real audio: the first
+        ceil(F * length / window));
         [N, F, D] for frame caches with pool=None.
 
         A memory map when the rows already lie in order in one shard and need no pooling;
         otherwise a new array (float32 when pooled, else the cache dtype).
         """
         if (len(self._shard_names) == 1 and (pool is None or self.frames is None)
-                and np.array_equal(self._row_of, np.arange(len(self)))
+                and self.views == 1 and np.array_equal(self._row_of, np.arange(len(self)))
                 and self._shard(0).shape[0] == len(self)):
             return self._shard(0)
-        return self.rows(np.arange(len(self)), pool)
+        return self.rows(np.arange(len(self)), pool, view)
 
     def summary(self) -> str:
         """Human-readable summary: teacher, rate, files, segments, dims, dtype, size, skipped."""
@@ -203,7 +244,8 @@ class EmbeddingCache:
             f"audio        {self.audio_root}",
             f"files        {len(self.manifest['files'])}",
             f"segments     {len(self)}",
-            f"rows         {shape} per segment, {m['dtype']}",
+            f"views        {self.view_config.describe()}",
+            f"rows         {shape} per segment and view, {m['dtype']}",
             f"size         {self.disk_bytes() / 1e6:.1f} MB in {len(self._shard_names)} shards",
             f"skipped      {len(self.skipped)} files" + "".join(
                 f"\n  {k}: {v}" for k, v in sorted(self.skipped.items())),

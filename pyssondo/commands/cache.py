@@ -22,17 +22,26 @@ skipped with a warning and listed by --info. Under torchrun, the processes share
 TorchScript file (see 'ssondo teacher build') or a Python factory pkg.module:function
 returning an nn.Module.
 
+--views K adds K-1 augmented views of every segment (random speed, EQ, time shift, mixing
+with another file's segment, gain; --view-augment chooses them), each seeded by (segment,
+view, settings), and runs the teacher on each: K times the teacher time. View 0 is always the
+clean segment. The cache key gets -v<K>-<settings hash>, so views never mix with a plain cache.
+
 examples:
   ssondo teacher build crepe-tiny -o crepe_tiny.pt
   ssondo cache crepe_tiny.pt audio/ --out cache/
   ssondo cache crepe_tiny.pt audio/ --window 4 --hop 2 --dtype float32 --out cache/
   ssondo cache mypkg.models:teacher audio/ --teacher-sr 32000
+  ssondo cache aisfx.pt audio/ --views 4 --out cache/
+  ssondo cache aisfx.pt audio/ --views 2 --view-augment gain=-3:3,speed=0.9:1.1 --out cache/
   ssondo cache --info cache/            (a root holding one cache, or cache/<key>/)
   torchrun --standalone --nproc_per_node 4 -m pyssondo cache teacher.pt audio/ --device cuda
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pyssondo.views import DEFAULT_SPEC
+
     p.add_argument("teacher", nargs="?", help="teacher .pt file or pkg.module:factory")
     p.add_argument("audio_dir", nargs="?", help="folder of audio files (scanned recursively)")
     p.add_argument("--info", metavar="CACHE_DIR", help="print a summary of a cache folder")
@@ -55,10 +64,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads for the teacher (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--views", type=int, default=1,
+                   help="views per segment, view 0 clean (default: 1 = no augmentation)")
+    p.add_argument("--view-augment", default=DEFAULT_SPEC, metavar="SPEC",
+                   help=f"augmentations of views >= 1: gain=LO:HI dB, eq=LO:HI dB, bands=N, "
+                        f"shift=S seconds, shift_mode=circular|pad, mix=LO:HI SNR dB, "
+                        f"speed=LO:HI, or none (default: {DEFAULT_SPEC})")
 
 
 def run(args: argparse.Namespace) -> int:
     from pyssondo.cache import EmbeddingCache, build_cache
+    from pyssondo.views import ViewConfig
 
     if args.info:
         if args.teacher or args.audio_dir:
@@ -67,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not (args.teacher and args.audio_dir):
         raise ValueError("give a teacher and an audio folder (or --info CACHE_DIR)")
+    views = ViewConfig.from_spec(args.views, args.view_augment)  # checked before the teacher
     import torch
 
     from pyssondo.cache.open import default_cache_root
@@ -83,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                              shard_rows=args.shard_rows,
                              device=str(local_device(torch.device(args.device))),
                              progress=world.rank == 0, rank=world.rank,
-                             world_size=world.size, barrier=barrier)
+                             world_size=world.size, barrier=barrier, views=views)
     if world.rank == 0:
         print(EmbeddingCache(folder).summary())
     return 0

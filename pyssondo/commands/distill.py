@@ -24,6 +24,7 @@ examples:
   ssondo distill aisfx.pt audio/ --eval labeled.csv --label-column program  # % of teacher kept
   ssondo distill teacher.pt audio/ --student mn04 --epochs 20 --batch-size 32
   ssondo distill teacher.pt audio/ --config cfg.toml --device cuda --precision bf16
+  ssondo distill teacher.pt audio/ --views 4                  # 3 augmented views per segment
   ssondo distill teacher.pt audio/ --resume auto              # continue an interrupted run
   ssondo distill --resume runs/20260101-120000-mn10-teacher   # continue that run
 """
@@ -69,6 +70,10 @@ OPTIONS = [
     ("--time-mask", "time_mask", int, "augmentation: max masked frames (0 = off)"),
     ("--freq-mask", "freq_mask", int, "augmentation: max masked mel bands (0 = off)"),
     ("--mixup", "mixup", float, "augmentation: Beta(a, a) mixup of inputs and targets (0 = off)"),
+    ("--views", "views", int,
+     "teacher-side views per segment in the teacher cache, view 0 clean (1 = none)"),
+    ("--view-augment", "view_augment", str,
+     "augmentations of views >= 1 (see 'ssondo cache --help')"),
     ("--out", "out", str, "folder that receives the run folder"),
     ("--save-every", "save_every", int, "also checkpoint every N steps (0 = each epoch only)"),
     ("--log-every", "log_every", int, "steps between log.jsonl lines"),

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..config import MelConfig
 from ..errors import ParameterError
+from ..views import DEFAULT_SPEC, ViewConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MEL = ("auto", "on", "off")
@@ -86,6 +87,9 @@ class DistillConfig:
     time_mask: int = 0                   # max frames of one time mask (0 = off)
     freq_mask: int = 0                   # max bands of one frequency mask (0 = off)
     mixup: float = 0.0                   # Beta(mixup, mixup) mixing weight (0 = off)
+    # Teacher-side views: K per segment in the teacher cache, view 0 clean (pyssondo.views).
+    views: int = 1                       # 1 = the clean segment only
+    view_augment: str = DEFAULT_SPEC     # augmentations of views >= 1 (ViewConfig.from_spec)
     # Bookkeeping.
     out: str = "runs"
     save_every: int = 0                  # also checkpoint every N steps (0 = each epoch only)
@@ -112,6 +116,11 @@ class DistillConfig:
     @property
     def resolved_warmup_epochs(self) -> int:
         return self.warmup_epochs if self.warmup_epochs is not None else min(8, self.epochs // 4)
+
+    @property
+    def view_config(self) -> ViewConfig:
+        """The teacher-side view settings (ParameterError when invalid)."""
+        return ViewConfig.from_spec(self.views, self.view_augment)
 
     @property
     def resolved_hop_s(self) -> float:
@@ -155,10 +164,17 @@ class DistillConfig:
             ("mixup", self.mixup >= 0, "expected >= 0 (0 = off)"),
             ("save_every", self.save_every >= 0, "expected >= 0 steps"),
             ("log_every", self.log_every >= 1, "expected >= 1 step"),
+            ("views", isinstance(self.views, int) and self.views >= 1,
+             "expected an integer >= 1 (1 = no teacher-side views)"),
         ]
         for name, ok, valid in checks:
             if not ok:
                 raise bad(name, valid)
+        try:
+            self.view_config
+        except ParameterError as e:
+            raise ParameterError(f"distill: view_augment={self.view_augment!r} is invalid: "
+                                 f"{e}") from None
         self.mel.validate()
         self.validate_specs()
 
@@ -227,6 +243,9 @@ class DistillConfig:
         d = self.to_dict()
         for name in NOT_HASHED:
             d.pop(name, None)
+        if d.get("views") == 1:  # no views: the augmentations change nothing (and runs made
+            d.pop("views")       # before views existed keep their hash)
+            d.pop("view_augment", None)
         return d
 
     def hash(self) -> str:

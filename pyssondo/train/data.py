@@ -8,6 +8,14 @@ has room (``--cache-mel auto``), computed once into a float16 log-mel file next 
 cache and memory-mapped: the segments are fixed, so recomputing their log-mel every epoch would
 only take CPU time from the model.
 
+Views (:mod:`pyssondo.views`): with K teacher-side views per segment, a training item is
+(segment, view): :class:`DistillDataset` draws the view of each training key uniformly from a
+generator seeded by ``(seed, epoch, position)`` (validation keys use view 0, the clean
+segment), reads the teacher's row of that view and renders exactly the audio the teacher saw
+(:func:`pyssondo.views.segment_view`, at the student's rate); the log-mel file holds every
+view. A random view per draw leaves the balanced sampler, its epoch length and its resumable
+position as they are; every view is seen equally often on average.
+
 Determinism: batches are lists of keys ``(epoch, position, row)``; every random choice of the
 augmentation is drawn from a generator seeded by ``(seed, epoch, position)``, so the data a step
 sees does not depend on worker count, prefetching, or whether the run was resumed.
@@ -38,6 +46,7 @@ from ..config import MelConfig
 from ..errors import ParameterError
 from ..progress import Progress
 from ..segments import cut_segment, seconds_to_samples
+from ..views import FileAudio, ViewConfig, partner_segment, segment_view
 
 Key = Tuple[int, int, int]  # (epoch, position in epoch, cache row)
 
@@ -64,23 +73,47 @@ class SegmentAudio:
         sample_rate: the student's rate in Hz.
         window_s: segment window in seconds (the teacher's).
         max_samples: LRU budget in samples per process (default 32M = 128 MB of float32).
+        views: the cache's view settings (:attr:`EmbeddingCache.view_config`); default none.
+        partner: ``partner(row, view)`` -> ``(file key, start, rate)`` or None, the mixing
+            partner the cache recorded (:meth:`EmbeddingCache.partner`), keys relative to
+            ``audio_root``.
     """
 
     def __init__(self, segments: Sequence[Any], sample_rate: int, window_s: float,
-                 max_samples: int = 32_000_000) -> None:
+                 max_samples: int = 32_000_000, views: Optional[ViewConfig] = None,
+                 partner: Optional[Any] = None, audio_root: Optional[Path] = None) -> None:
         self.segments = segments
         self.sample_rate = int(sample_rate)
+        self.window_s = float(window_s)
         self.window = seconds_to_samples(window_s, self.sample_rate)
         self.max_samples = max_samples
         self._lru: "collections.OrderedDict[str, np.ndarray]" = collections.OrderedDict()
         self._held = 0
+        self.views = views or ViewConfig()
+        self.count = self.views.count  # views per segment
+        self.partner, self.audio_root = partner, audio_root
+        self._files = FileAudio(max_samples // 4) if self.views.active else None
 
-    def __call__(self, row: int) -> np.ndarray:
-        """float32 [W]: segment ``row`` at the student's rate, zero-padded past the file's end."""
+    def __call__(self, row: int, view: int = 0) -> np.ndarray:
+        """float32 [W]: view ``view`` of segment ``row`` at the student's rate, zero-padded
+        past the file's end (view 0: the clean segment)."""
         seg = self.segments[row]
+        if view:
+            return self._view(seg, row, view)
         wav = self._decoded(str(seg.path))
         start = int(round(seg.start * self.sample_rate / seg.file_sr))
         return cut_segment(wav, start, self.window)
+
+    def _view(self, seg: Any, row: int, view: int) -> np.ndarray:
+        """The audio the teacher saw for this view, at the student's rate."""
+        p = self.partner(row, view) if self.partner is not None else None
+        audio = None
+        if p is not None:
+            audio = partner_segment(self._files, Path(self.audio_root) / p[0], p[1], p[2],
+                                    seg.file_sr, seconds_to_samples(self.window_s, seg.file_sr))
+        return segment_view(self._files(seg.path, seg.file_sr), seg.file_sr,
+                            (seg.file_key, seg.start), view, self.views, self.window_s,
+                            self.sample_rate, audio)
 
     def _decoded(self, path: str) -> np.ndarray:
         wav = self._lru.get(path)
@@ -111,25 +144,39 @@ def warn_upsampled(segments: Sequence[Any], sample_rate: int) -> None:
 class DistillDataset(torch.utils.data.Dataset):
     """Maps a key ``(epoch, position, row)`` to ``(key, x, target)``.
 
-    ``x`` is the segment's waveform float32 [W] at the student's rate, or its log-mel float16
-    [n_mels, frames] when a mel file is given; ``target`` is the cached teacher embedding of
-    the row, [D] (clip level) or [F, D] (frame level), as stored (float16/float32).
+    ``x`` is the waveform float32 [W] at the student's rate of the key's view of segment
+    ``row`` (:meth:`view_of`), or its log-mel float16 [n_mels, frames] when a mel file is
+    given; ``target`` is the cached teacher embedding of that view, [D] (clip level) or
+    [F, D] (frame level), as stored (float16/float32). ``targets`` and ``mel`` hold
+    ``audio.count`` views of N segments view-major: item ``view * N + row``.
     ``targets`` and ``mel`` are arrays or row views (:class:`StackedRows`,
     :class:`JoinedTargets`).
     """
 
-    def __init__(self, audio: SegmentAudio, targets: Any, mel: Optional[Any] = None) -> None:
+    def __init__(self, audio: SegmentAudio, targets: Any, mel: Optional[Any] = None,
+                 seed: int = 0) -> None:
         self.audio = audio
         self.targets = targets
         self.mel = mel
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
+    def view_of(self, key: Key) -> int:
+        """The view of a key: uniform over the ``audio.count`` views, seeded by (seed, epoch,
+        position); 0 for validation keys (epoch < 0) and caches without views."""
+        if self.audio.count == 1 or key[0] < 0:
+            return 0
+        return int(np.random.default_rng([self.seed, key[0], key[1], 2]).integers(
+            self.audio.count))
+
     def __getitem__(self, key: Key) -> Tuple[Key, np.ndarray, np.ndarray]:
         row = key[2]
-        x = self.mel[row] if self.mel is not None else self.audio(row)
-        return key, np.asarray(x), np.asarray(self.targets[row])
+        view = self.view_of(key)
+        item = view * len(self.audio.segments) + row  # targets and mel rows: view-major
+        x = self.mel[item] if self.mel is not None else self.audio(row, view)
+        return key, np.asarray(x), np.asarray(self.targets[item])
 
 
 class StackedRows:
@@ -307,15 +354,18 @@ def split_by_file(segments: Sequence[Any], fraction: float, seed: int
 def mel_cache_path(cache_dir: Path, audio: SegmentAudio, cfg: MelConfig,
                    ids: Sequence[Any]) -> Path:
     """Where the log-mel file of these segments lives: ``mel-<hash>.npy`` in the cache folder,
-    keyed by the front-end settings, the window and the segment ids."""
-    key = json.dumps({"mel": cfg.to_dict(), "window": audio.window,
-                      "ids": [list(map(str, i)) for i in ids]}, sort_keys=True)
+    keyed by the front-end settings, the window, the segment ids and the views (if any)."""
+    settings = {"mel": cfg.to_dict(), "window": audio.window,
+                "ids": [list(map(str, i)) for i in ids]}
+    if audio.views.active:
+        settings["views"] = [audio.count, audio.views.settings_hash()]
+    key = json.dumps(settings, sort_keys=True)
     return Path(cache_dir) / f"mel-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
 
 
 def mel_cache_bytes(n_segments: int, audio: SegmentAudio, cfg: MelConfig) -> int:
-    """Size in bytes of the float16 log-mel of ``n_segments`` segments."""
-    return 2 * n_segments * cfg.n_mels * cfg.num_frames(audio.window)
+    """Size in bytes of the float16 log-mel of ``n_segments`` segments (each of its views)."""
+    return 2 * n_segments * audio.count * cfg.n_mels * cfg.num_frames(audio.window)
 
 
 def want_mel_cache(setting: str, path: Path, n_bytes: int) -> bool:
@@ -330,7 +380,8 @@ def want_mel_cache(setting: str, path: Path, n_bytes: int) -> bool:
 
 def mel_cache(path: Path, audio: SegmentAudio, cfg: MelConfig, batch_size: int = 32
               ) -> np.ndarray:
-    """The float16 log-mel of every cache segment, [N, n_mels, frames], memory-mapped.
+    """The float16 log-mel of every cache segment, [K N, n_mels, frames] (K = ``audio.count``
+    views, view-major), memory-mapped.
 
     Computed once (batched C++ log-mel with the process's threads) into a temporary name next
     to ``path`` and renamed when complete; later runs map the finished file.
@@ -339,8 +390,9 @@ def mel_cache(path: Path, audio: SegmentAudio, cfg: MelConfig, batch_size: int =
 
     if path.is_file():
         return np.load(path, mmap_mode="r")
-    n = len(audio.segments)
+    n = len(audio.segments) * audio.count
     frames = cfg.num_frames(audio.window)
+    per_view = len(audio.segments)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                     shape=(n, cfg.n_mels, frames))
@@ -348,7 +400,8 @@ def mel_cache(path: Path, audio: SegmentAudio, cfg: MelConfig, batch_size: int =
         with Progress(n, desc="log-mel cache", unit="seg") as bar:
             for i in range(0, n, batch_size):
                 rows = range(i, min(n, i + batch_size))
-                out[i:i + len(rows)] = log_mel(np.stack([audio(r) for r in rows]), cfg)
+                out[i:i + len(rows)] = log_mel(np.stack([audio(r % per_view, r // per_view)
+                                                         for r in rows]), cfg)
                 bar.update(len(rows))
         out.flush()
         del out

@@ -32,7 +32,7 @@ from ..evaluation.agreement import MEASURES
 
 from ..models import teacher_name
 from .config import DistillConfig
-from .data import DistillDataset, split_by_file, warn_upsampled
+from .data import DistillDataset, StackedRows, split_by_file, warn_upsampled
 from .distributed import gather_batch, is_main, main_first, on_main
 from .engine import Trainer
 from .job import (RunResult, create_run, finish, job_cache, measure, open_job, setup,
@@ -88,7 +88,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                          f"{fingerprints[0][:12]}; start a new run")
     loss_fn = make_loss(cfg.loss)
     frame_level = loss_fn.level == "frame"
-    arrays = [c.embeddings(pool=None if frame_level else "mean") for c in caches]
+    pool = None if frame_level else "mean"
+    arrays = [c.embeddings(pool=pool) for c in caches]  # view 0
     if frame_level and (len(arrays) > 1 or arrays[0].ndim != 3):
         raise ValueError(f"distill: loss {cfg.loss} needs one frame-level teacher, but "
                          f"{', '.join(map(str, paths))} hold"
@@ -98,7 +99,11 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     specs = make_specs([c.meta for c in caches],
                        [teacher_record(c.meta, a.shape[-1]) for c, a in zip(caches, arrays)],
                        cfg.teacher_weights, cfg.target_weights)
-    y = arrays[0] if len(arrays) == 1 else JoinedRows(arrays, maps)
+    # Dataset items: view * N + row (views view-major, DistillDataset).
+    with_views = [StackedRows([a] + [c.embeddings(pool, v) for v in range(1, c.views)])
+                  if c.views > 1 else a for c, a in zip(caches, arrays)]
+    y = with_views[0] if len(arrays) == 1 else JoinedRows(with_views, maps,
+                                                          [len(c) for c in caches])
     model = build_model(cfg, [t.dim for t in specs], frame_level)
     if cfg.init and job.fresh:
         load_init(model, cfg.init)
@@ -117,7 +122,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                               alpha=cfg.balance_alpha, seed=cfg.seed)
     audio, mel, cached = student_inputs(cfg, [(paths[0], caches[0])],
                                         job.recorded.get("mel_cached"))
-    dataset = DistillDataset(audio, y, mel)
+    dataset = DistillDataset(audio, y, mel, seed=cfg.seed)
     # Target statistics from the training rows, once (a resumed run reads its own).
     train_y = [np.asarray(a[m[train_rows]], np.float64) for a, m in zip(arrays, maps)]
     train_y = [t.mean(1) if t.ndim == 3 else t for t in train_y]

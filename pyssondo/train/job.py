@@ -116,7 +116,7 @@ def job_cache(cfg: DistillConfig, teacher: str, audio: str, root: Optional[str],
                       audio=audio, window_s=cfg.window_s, hop_s=cfg.hop_s, dtype=cfg.cache_dtype,
                       teacher_sr=cfg.teacher_sr,
                       device=str(local_device(torch.device(cfg.device))), progress=progress,
-                      rank=rank, world_size=size, barrier=barrier)
+                      rank=rank, world_size=size, barrier=barrier, views=cfg.view_config)
 
 
 def teacher_record(meta: Dict[str, Any], dim: int) -> Dict[str, Any]:
@@ -131,15 +131,18 @@ def student_inputs(cfg: DistillConfig, parts: Sequence[Tuple[Path, Any]],
                    recorded: Optional[bool] = None) -> Tuple[SegmentAudio, Optional[Any], bool]:
     """The student's view of the segments of several caches, one after another.
 
-    ``parts``: (cache folder, :class:`pyssondo.cache.EmbeddingCache`) in row order.
-    ``recorded``: the log-mel choice a resumed run started with (kept, whatever the disk
-    says now). Returns (student-rate audio of all segments, their float16 log-mel rows or None
-    when computed per batch, whether the log-mel files are used).
+    ``parts``: (cache folder, :class:`pyssondo.cache.EmbeddingCache`) in row order. One cache
+    brings its teacher-side views (:mod:`pyssondo.views`; log-mel rows view-major); several
+    are read at view 0. ``recorded``: the log-mel choice a resumed run started with (kept,
+    whatever the disk says now). Returns (student-rate audio of all segments, their float16
+    log-mel rows or None when computed per batch, whether the log-mel files are used).
     """
     window = float(parts[0][1].meta["window_s"])
     pieces = []
     for folder, cache in parts:
-        audio = SegmentAudio(cache.segments(), cfg.mel.sample_rate, window)
+        views = dict(views=cache.view_config, partner=cache.partner,
+                     audio_root=cache.audio_root) if len(parts) == 1 else {}
+        audio = SegmentAudio(cache.segments(), cfg.mel.sample_rate, window, **views)
         pieces.append((mel_cache_path(folder, audio, cfg.mel, cache.ids), audio))
     cached = choose_mel_cache(cfg, pieces, recorded)
     mel = None
@@ -147,6 +150,8 @@ def student_inputs(cfg: DistillConfig, parts: Sequence[Tuple[Path, Any]],
         with main_first():
             rows = [mel_cache(path, audio, cfg.mel) for path, audio in pieces]
         mel = rows[0] if len(rows) == 1 else StackedRows(rows)
+    if len(pieces) == 1:
+        return pieces[0][1], mel, cached
     segments: List[Any] = [s for _, audio in pieces for s in audio.segments]
     return SegmentAudio(segments, cfg.mel.sample_rate, window), mel, cached
 

@@ -107,18 +107,24 @@ def align_caches(caches: Sequence[Any]) -> Tuple[np.ndarray, List[np.ndarray]]:
 
 
 class JoinedRows:
-    """Row r (a row of the first cache) = ``arrays[k][maps[k][r]]`` side by side on the last
-    axis, float32: the targets of several caches as one [N0, sum D] array (``joined[r]``,
-    ``shape``); rows missing from a cache must not be read (see :func:`align_caches`)."""
+    """The targets of several caches as one array: item ``view * N0 + r`` (r a row of the first
+    cache) = ``arrays[k][view * sizes[k] + maps[k][r]]`` side by side on the last axis, float32
+    [K N0, sum D] (``joined[item]``, ``shape``). ``arrays[k]`` holds cache k's K views
+    view-major, ``sizes[k]`` rows each; rows missing from a cache (map -1) must not be read
+    (see :func:`align_caches`)."""
 
-    def __init__(self, arrays: Sequence[Any], maps: Sequence[np.ndarray]) -> None:
-        self.arrays, self.maps = list(arrays), list(maps)
-        self.shape = (int(len(self.maps[0])),) + tuple(self.arrays[0].shape[1:-1]) + (
+    def __init__(self, arrays: Sequence[Any], maps: Sequence[np.ndarray],
+                 sizes: Sequence[int]) -> None:
+        self.arrays, self.maps, self.sizes = list(arrays), list(maps), [int(n) for n in sizes]
+        self.n0 = int(len(self.maps[0]))
+        views = int(self.arrays[0].shape[0]) // self.sizes[0]
+        self.shape = (views * self.n0,) + tuple(self.arrays[0].shape[1:-1]) + (
             sum(int(a.shape[-1]) for a in self.arrays),)
 
-    def __getitem__(self, r: int) -> np.ndarray:
-        return np.concatenate([np.asarray(a[int(m[r])], np.float32)
-                               for a, m in zip(self.arrays, self.maps)], axis=-1)
+    def __getitem__(self, item: int) -> np.ndarray:
+        view, r = divmod(int(item), self.n0)
+        return np.concatenate([np.asarray(a[view * n + int(m[r])], np.float32)
+                               for a, m, n in zip(self.arrays, self.maps, self.sizes)], axis=-1)
 
 
 class TargetNorm(nn.Module):
