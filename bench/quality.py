@@ -72,6 +72,9 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "whiten": {"target_norm": "whiten"},
     "whiten-mse": {"target_norm": "whiten", "loss": "mse"},
     "center-rkd": {"target_norm": "center", "loss": "cosine:1,rkd-dist:1,rkd-angle:2"},
+    # Teacher-side views: K augmented views per segment in the teacher cache.
+    "views4": {"views": 4},
+    "views8": {"views": 8},
 }
 
 DATA = Path(os.environ.get("SSONDO_DATA", ROOT.parent / "shared" / "data"))
