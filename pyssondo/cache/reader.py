@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -190,6 +190,12 @@ class EmbeddingCache:
             return self._shard(0)
         return self.rows(np.arange(len(self)), pool)
 
+    @property
+    def targets(self) -> List[Dict[str, Any]]:
+        """What each row's last axis holds, in order: ``[{"name", "dim"}, ...]`` (the teacher's
+        targets, e.g. several layers; one "embedding" target for caches written before)."""
+        return self.meta.get("targets") or [{"name": "embedding", "dim": self.dim}]
+
     def summary(self) -> str:
         """Human-readable summary: teacher, rate, files, segments, dims, dtype, size, skipped."""
         m, t = self.meta, self.meta["teacher"]
@@ -203,7 +209,9 @@ class EmbeddingCache:
             f"audio        {self.audio_root}",
             f"files        {len(self.manifest['files'])}",
             f"segments     {len(self)}",
-            f"rows         {shape} per segment, {m['dtype']}",
+            f"rows         {shape} per segment, {m['dtype']}; "
+            f"{'frame' if m['frames'] else 'pooled clip'} storage",
+            f"targets      " + ", ".join(f"{t['name']} [{t['dim']}]" for t in self.targets),
             f"size         {self.disk_bytes() / 1e6:.1f} MB in {len(self._shard_names)} shards",
             f"skipped      {len(self.skipped)} files" + "".join(
                 f"\n  {k}: {v}" for k, v in sorted(self.skipped.items())),

@@ -1,0 +1,186 @@
+"""Hugging Face audio encoders as teachers (``hf:FOLDER``) against the transformers models.
+
+Each supported architecture is built from a tiny random config (hidden size 32, 2 layers),
+saved with ``save_pretrained``, turned into a teacher file by ``ssondo teacher build`` and
+compared with the transformers model called on its own feature extractor's output. Offline:
+nothing is downloaded (HF_HUB_OFFLINE=1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from pyssondo import cli  # noqa: E402
+from pyssondo.audio import resample  # noqa: E402
+from pyssondo.models import load_model  # noqa: E402
+from pyssondo.teachers import hf_frontends  # noqa: E402
+
+KINDS = ["wav2vec2", "hubert", "wavlm", "whisper", "ast", "clap"]
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+CONV = dict(conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline():
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _tiny(kind: str):
+    """(model, feature extractor) of ``kind``, random weights (seeded), hidden size 32."""
+    T = transformers
+    torch.manual_seed(0)
+    if kind == "wav2vec2":
+        return (T.Wav2Vec2Model(T.Wav2Vec2Config(**SMALL, **CONV)),
+                T.Wav2Vec2FeatureExtractor(do_normalize=True))
+    if kind == "hubert":
+        return T.HubertModel(T.HubertConfig(**SMALL, **CONV)), T.Wav2Vec2FeatureExtractor(
+            do_normalize=False)
+    if kind == "wavlm":
+        return (T.WavLMModel(T.WavLMConfig(**SMALL, **CONV, num_buckets=16,
+                                           max_bucket_distance=40)),
+                T.Wav2Vec2FeatureExtractor(do_normalize=True))
+    if kind == "whisper":
+        cfg = T.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
+                              encoder_attention_heads=2, decoder_attention_heads=2,
+                              encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100,
+                              max_target_positions=32, pad_token_id=0, bos_token_id=1,
+                              eos_token_id=2, decoder_start_token_id=1)
+        return T.WhisperModel(cfg), T.WhisperFeatureExtractor()
+    if kind == "ast":
+        return (T.ASTModel(T.ASTConfig(**SMALL, max_length=128, num_mel_bins=128)),
+                T.ASTFeatureExtractor(max_length=128))
+    audio = T.ClapAudioConfig(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1],
+                              num_attention_heads=[2, 2], window_size=4, spec_size=64,
+                              num_mel_bins=16, patch_stride=(4, 4), enable_fusion=False)
+    text = T.ClapTextConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, vocab_size=100)
+    cfg = T.ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(),
+                       projection_dim=16)
+    return T.ClapModel(cfg), T.ClapFeatureExtractor(feature_size=16, max_length_s=1,
+                                                    truncation="rand_trunc")
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory):
+    """kind -> (snapshot folder, eval-mode encoder, feature extractor)."""
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for kind in KINDS:
+        model, fe = _tiny(kind)
+        model.eval().save_pretrained(root / kind)
+        fe.save_pretrained(root / kind)
+        encoder = {"whisper": lambda m: m.get_encoder(),
+                   "clap": lambda m: m.audio_model}.get(kind, lambda m: m)(model)
+        out[kind] = (root / kind, encoder.eval(), fe)
+    return out
+
+
+def _clips(shared_data, rate: int, seconds: float) -> np.ndarray:
+    """Two real instrument notes [2, T] at ``rate`` Hz."""
+    wavs = []
+    for name in ("p000_n048_v064.flac", "p000_n048_v112.flac"):
+        wav, sr = sf.read(shared_data / "notes" / name, dtype="float32")
+        wavs.append(resample(wav, sr, rate)[: int(seconds * rate)])
+    return np.stack(wavs)
+
+
+def _features(kind: str, fe, wav: np.ndarray) -> torch.Tensor:
+    """The feature extractor's (numpy) output for ``wav`` [B, T], as the model takes it."""
+    rate = fe.sampling_rate
+    if kind == "whisper":
+        padded = np.zeros((wav.shape[0], fe.n_samples), np.float32)
+        padded[:, :wav.shape[1]] = wav
+        return torch.from_numpy(fe._np_extract_fbank_features(padded, "cpu")).float()
+    out = fe(list(wav), sampling_rate=rate, return_tensors="np")
+    key = "input_features" if kind == "clap" else "input_values"
+    return torch.from_numpy(np.asarray(out[key])).float()
+
+
+def _reference(kind: str, encoder, feats: torch.Tensor, layers, samples: int):
+    """The transformers model's hidden states ``layers``, each [B, F, D] (Whisper: the frames
+    covering ``samples``; CLAP: stage tokens row-major)."""
+    with torch.no_grad():
+        hs = encoder(feats, output_hidden_states=True).hidden_states
+    if kind == "clap":
+        hs = [h.flatten(2).transpose(1, 2) for h in hs]
+    if kind == "whisper":
+        hs = [h[:, : -(-samples // 320)] for h in hs]
+    return [hs[i] for i in layers]
+
+
+def _build(tmp_path, folder, *args) -> torch.nn.Module:
+    out = tmp_path / f"teacher{len(list(tmp_path.iterdir()))}.pt"
+    assert cli.main(["teacher", "build", f"hf:{folder}", "-o", str(out), *args]) == 0
+    return load_model(out, role="teacher")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_front_end_equals_the_feature_extractor(kind, snapshots, shared_data):
+    from pyssondo.teachers.hf import make_frontend, read_snapshot_config
+
+    folder, _, fe = snapshots[kind]
+    wav = _clips(shared_data, fe.sampling_rate, 0.9)
+    ours = make_frontend(read_snapshot_config(folder)["model_type"], fe,
+                         json.loads((folder / "config.json").read_text()))
+    ref = _features(kind, fe, wav)
+    got = torch.jit.script(ours)(torch.from_numpy(wav))
+    assert got.shape == ref.shape
+    # log-mel / fbank / dB values: float32 against numpy's float64
+    atol = {"clap": 2e-3, "ast": 2e-4}.get(kind, 1e-4)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=atol)
+    if kind == "whisper":  # and the extractor's own call (its torch path where torch exists)
+        called = fe(list(wav), sampling_rate=16000, return_tensors="np").input_features
+        torch.testing.assert_close(got, torch.from_numpy(called), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_teacher_equals_the_transformers_model(kind, snapshots, shared_data, tmp_path):
+    folder, encoder, fe = snapshots[kind]
+    wav = _clips(shared_data, fe.sampling_rate, 0.9)
+    feats = _features(kind, fe, wav)
+    x = torch.from_numpy(wav)
+
+    layers = [1, 2] if kind == "clap" else [0, 2]  # CLAP's stage 0 has 4x the tokens
+    frames = _build(tmp_path, folder, "--layers", ",".join(map(str, layers)), "--pool", "none")
+    assert frames.meta["format"] == "torchscript"
+    assert [t["name"] for t in frames.targets] == [f"layer{i}" for i in layers]
+    with torch.no_grad():
+        got = frames.module(x)
+    expected = torch.cat(_reference(kind, encoder, feats, layers, wav.shape[1]), dim=-1)
+    assert got.shape[-1] == sum(t["dim"] for t in frames.targets) == frames.meta["dim"]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+    pooled = _build(tmp_path, folder, "--layer", "1")
+    assert pooled.meta["output"] == "clip" and pooled.targets == [{"name": "layer1", "dim": 32}]
+    with torch.no_grad():
+        got = pooled.module(x[:1])
+    ref = _reference(kind, encoder, feats[:1], [1], wav.shape[1])[0].mean(1)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_clap_frames_of_stages_with_different_token_counts_are_refused(snapshots, tmp_path,
+                                                                     capsys):
+    folder = snapshots["clap"][0]
+    code = cli.main(["teacher", "build", f"hf:{folder}", "--layers", "0,2", "--pool", "none",
+                     "-o", str(tmp_path / "t.pt")])
+    assert code == 1 and "different frame counts" in capsys.readouterr().err
+    assert not (tmp_path / "t.pt").exists()
