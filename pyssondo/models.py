@@ -2,10 +2,10 @@
 
 Contract (../shared/DESIGN.md, "Teacher"): ``forward(wav: Tensor[B, T]) -> Tensor[B, D]``
 (clip embeddings) or ``Tensor[B, F, D]`` (frame embeddings), float32 mono at the model's sample
-rate. An hf teacher that TorchScript cannot hold is a "state" zip (config + safetensors weights)
-rebuilt here with ``transformers`` (:mod:`pyssondo.teachers.hf`). The rate comes from, in order: the caller's override, ``ssondo.json`` among the file's
+rate. The rate comes from, in order: the caller's override, ``ssondo.json`` among the file's
 extra files, a module attribute ``sample_rate``. Teachers, exported students and eval models
-all load here.
+all load here. An hf teacher that TorchScript cannot hold is a "state" zip (config +
+safetensors weights) rebuilt here with ``transformers`` (:mod:`pyssondo.teachers.hf`).
 """
 from __future__ import annotations
 

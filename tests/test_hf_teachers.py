@@ -21,7 +21,6 @@ transformers = pytest.importorskip("transformers")
 from pyssondo import cli  # noqa: E402
 from pyssondo.audio import resample  # noqa: E402
 from pyssondo.models import load_model  # noqa: E402
-from pyssondo.teachers import hf_frontends  # noqa: E402
 
 KINDS = ["wav2vec2", "hubert", "wavlm", "whisper", "ast", "clap"]
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -184,3 +183,95 @@ def test_clap_frames_of_stages_with_different_token_counts_are_refused(snapshots
                      "-o", str(tmp_path / "t.pt")])
     assert code == 1 and "different frame counts" in capsys.readouterr().err
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_state_file_with_a_layer_mean_equals_the_model(snapshots, shared_data, tmp_path):
+    folder, encoder, fe = snapshots["wavlm"]
+    wav = _clips(shared_data, 16000, 0.7)
+    state = _build(tmp_path, folder, "--layer-mean", "1:2", "--pool", "none", "--format",
+                   "state")
+    assert state.meta["format"] == "state" and not isinstance(state.module,
+                                                              torch.jit.ScriptModule)
+    assert state.targets == [{"name": "layers1-2-mean", "dim": 32}]
+    ref = torch.stack(_reference("wavlm", encoder, _features("wavlm", fe, wav), [1, 2],
+                                 wav.shape[1])).mean(0)
+    with torch.no_grad():
+        got = state.module(torch.from_numpy(wav))
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    # the fingerprint covers the weights: another snapshot gives another file hash
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    model = transformers.WavLMModel.from_pretrained(other)
+    with torch.no_grad():
+        model.encoder.layers[1].feed_forward.output_dense.bias.add_(1.0)
+    model.save_pretrained(other)
+    changed = _build(tmp_path, other, "--layer-mean", "1:2", "--pool", "none", "--format",
+                     "state")
+    assert changed.fingerprint != state.fingerprint
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "3"], "layer 3 does not exist; this hubert model has hidden states 0..2"),
+    (["--layers", "1,x"], "layer 'x' must be an integer >= 0"),
+    (["--layer-mean", "2:1"], "--layer-mean '2:1' must be A:B"),
+])
+def test_bad_layer_settings_are_one_line_errors(snapshots, tmp_path, capsys, args, message):
+    out = tmp_path / "t.pt"
+    assert cli.main(["teacher", "build", f"hf:{snapshots['hubert'][0]}", "-o", str(out),
+                     *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_unsupported_model_or_missing_snapshot_is_one_line(tmp_path, capsys):
+    bert = tmp_path / "bert"
+    transformers.BertModel(transformers.BertConfig(**SMALL)).save_pretrained(bert)
+    transformers.Wav2Vec2FeatureExtractor().save_pretrained(bert)
+    capsys.readouterr()
+    assert cli.main(["teacher", "build", f"hf:{bert}", "-o", str(tmp_path / "t.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "model_type 'bert' is not supported" in err and "wav2vec2, hubert, wavlm, whisper" in err
+    assert len(err.splitlines()) == 1
+    assert cli.main(["teacher", "build", "hf:nobody/no-such-model", "-o",
+                     str(tmp_path / "t.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "not a repo id in the local Hugging Face cache" in err and len(err.splitlines()) == 1
+
+
+def test_cache_records_the_targets_and_a_short_distill_runs(snapshots, shared_data, tmp_path,
+                                                            capsys):
+    from pyssondo.cache import EmbeddingCache
+
+    folder = snapshots["hubert"][0]
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    notes = sorted((shared_data / "notes").glob("*.flac"))[:6]
+    for path in notes:
+        shutil.copy(path, audio / path.name)
+    two = tmp_path / "two.pt"
+    assert cli.main(["teacher", "build", f"hf:{folder}", "--layers", "1,2", "-o", str(two)]) == 0
+    assert cli.main(["cache", str(two), str(audio), "--window", "1", "--out",
+                     str(tmp_path / "cache"), "--teacher-batch-size", "3", "--threads", "1"]) == 0
+    cache = EmbeddingCache(tmp_path / "cache")
+    meta = json.loads((cache.path / "meta.json").read_text())
+    assert meta["targets"] == [{"name": "layer1", "dim": 32}, {"name": "layer2", "dim": 32}]
+    assert meta["level"] == "clip" and cache.dim == 64 and len(cache) == 2 * len(notes)
+    capsys.readouterr()
+    assert cli.main(["cache", "--info", str(tmp_path / "cache")]) == 0
+    info = capsys.readouterr().out
+    assert "targets      layer1 [32], layer2 [32]" in info and "pooled clip storage" in info
+    # the first row of a file is the teacher on its first second
+    wav, _ = sf.read(notes[0], dtype="float32")
+    with torch.no_grad():
+        ref = load_model(two).module(torch.from_numpy(wav[None, :16000]))[0].numpy()
+    np.testing.assert_allclose(cache[(notes[0].name, 0)].astype(np.float32), ref, rtol=2e-3,
+                               atol=2e-3)
+
+    one = tmp_path / "one.pt"
+    assert cli.main(["teacher", "build", f"hf:{folder}", "-o", str(one)]) == 0
+    assert cli.main(["distill", str(one), str(audio), "--student", "mn01", "--student-sr",
+                     "16000", "--n-mels", "64", "--window", "1", "--clusters", "2",
+                     "--batch-size", "4", "--epochs", "1", "--val-fraction", "0.2",
+                     "--workers", "0", "--threads", "1", "--cache-dir",
+                     str(tmp_path / "cache"), "--out", str(tmp_path / "runs")]) == 0
+    assert list((tmp_path / "runs").glob("*/student.pt"))

@@ -211,7 +211,7 @@ class EmbeddingCache:
             f"segments     {len(self)}",
             f"rows         {shape} per segment, {m['dtype']}; "
             f"{'frame' if m['frames'] else 'pooled clip'} storage",
-            f"targets      " + ", ".join(f"{t['name']} [{t['dim']}]" for t in self.targets),
+            "targets      " + ", ".join(f"{t['name']} [{t['dim']}]" for t in self.targets),
             f"size         {self.disk_bytes() / 1e6:.1f} MB in {len(self._shard_names)} shards",
             f"skipped      {len(self.skipped)} files" + "".join(
                 f"\n  {k}: {v}" for k, v in sorted(self.skipped.items())),

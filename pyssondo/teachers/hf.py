@@ -30,7 +30,6 @@ to its clip length; tokens of the Swin stage).
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -191,68 +190,8 @@ def resolve_targets(targets: List[Target], config: Dict[str, Any], where: str) -
 
 
 # -------------------------------------------------------------------------------------------
-# The model: feature extractor -> transformers model -> chosen hidden states
+# The model: feature extractor -> transformers model -> chosen hidden states (:mod:`.hf_module`)
 # -------------------------------------------------------------------------------------------
-def _make_core(model, kind: str, targets: List[Target]):
-    """``nn.Module``: model features -> a list of each target's hidden states [B, F_i, D_i]."""
-    import torch
-    from torch import nn
-
-    groups = [list(t.layers) for t in targets]
-
-    class HFCore(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def hidden(self, features: torch.Tensor) -> List[torch.Tensor]:
-            """All hidden states, each [B, F, D] (CLAP: the stage's tokens, row-major)."""
-            if kind == "clap":
-                fusion = bool(getattr(self.model.config, "enable_fusion", False))
-                longer = (torch.zeros(features.shape[0], 1, dtype=torch.bool) if fusion
-                          else None)
-                hs = self.model(features, is_longer=longer, output_hidden_states=True,
-                                return_dict=True).hidden_states
-                return [h.flatten(2).transpose(1, 2) for h in hs]
-            return list(self.model(features, output_hidden_states=True,
-                                   return_dict=True).hidden_states)
-
-        def forward(self, features: torch.Tensor) -> List[torch.Tensor]:
-            hs = self.hidden(features)
-            return [hs[g[0]] if len(g) == 1 else torch.stack([hs[i] for i in g]).mean(0)
-                    for g in groups]
-
-    return HFCore().eval()
-
-
-def _make_teacher_module(frontend, core, pool: bool, sample_rate: int):
-    """The teacher ``nn.Module`` (scriptable when ``core`` is a traced module)."""
-    import torch
-    from torch import nn
-
-    class HFTeacher(nn.Module):
-        """float32 [B, T] at ``sample_rate`` -> [B, F, D] frames, or [B, D] when pooled
-        (each target averaged over its own frames, then concatenated)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.frontend = frontend
-            self.core = core
-            self.pool = pool
-            self.sample_rate = sample_rate
-
-        def forward(self, wav: torch.Tensor) -> torch.Tensor:
-            if wav.dim() != 2:
-                raise ValueError("hf teacher expects a waveform [B, T]")
-            outs: List[torch.Tensor] = []
-            for y in self.core(self.frontend(wav)):
-                y = y[:, :self.frontend.valid_frames(wav.shape[1], y.shape[1])]
-                outs.append(y.mean(dim=1) if self.pool else y)
-            return torch.cat(outs, dim=-1)
-
-    return HFTeacher().eval()
-
-
 def make_frontend(kind: str, fe: Any, config: Dict[str, Any]):
     """The torch front end of ``kind`` built from the feature extractor object ``fe``."""
     from . import hf_frontends as fr
@@ -352,10 +291,12 @@ def load_parts(spec: str, targets: List[Target], pool: str = "mean") -> HFParts:
 
 
 def _assemble(kind, fe, config, model, targets, pool) -> HFParts:
+    from .hf_module import HFCore, HFTeacher
+
     frontend = make_frontend(kind, fe, config)
-    core = _make_core(model, kind, targets)
+    core = HFCore(model, kind, [list(t.layers) for t in targets]).eval()
     rate = int(fe.sampling_rate)
-    return HFParts(_make_teacher_module(frontend, core, pool, rate), frontend, core, kind, rate,
+    return HFParts(HFTeacher(frontend, core, pool, rate).eval(), frontend, core, kind, rate,
                    targets, pool, config, fe)
 
 
@@ -464,13 +405,15 @@ def trace_teacher(parts: HFParts):
 
     import torch
 
+    from .hf_module import HFTeacher
+
     example = parts.frontend(_check_inputs(parts.sample_rate)[0])
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings of transformers' shape checks
         traced_core = torch.jit.trace(parts.core, (example,), check_trace=False, strict=False)
         _device_portable(traced_core)
-        scripted = torch.jit.script(_make_teacher_module(parts.frontend, traced_core, parts.pool,
-                                                         parts.sample_rate))
+        scripted = torch.jit.script(HFTeacher(parts.frontend, traced_core, parts.pool,
+                                              parts.sample_rate).eval())
     err = _max_error(scripted, parts.module, _check_inputs(parts.sample_rate))
     if not err <= CHECK_TOLERANCE:
         raise RuntimeError(f"traced teacher differs from the eager model by {err:.2g}")
