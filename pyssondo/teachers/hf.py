@@ -124,6 +124,8 @@ def resolve_snapshot(spec: str) -> Path:
     if path.exists():
         raise ValueError(f"{text}: not a folder (an hf: teacher is a snapshot folder or a "
                          f"repo id in the local Hugging Face cache)")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", text) or text.startswith("."):  # a path, no repo id
+        raise ValueError(f"{text}: no such snapshot folder")
     try:
         from huggingface_hub import snapshot_download
 
