@@ -29,6 +29,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={build_type}",
             "-DSSONDO_BUILD_PYTHON=ON",
+            f"-DSSONDO_PACKAGE_VERSION={self.distribution.get_version()}",
         ]
         if "CMAKE_ARGS" in os.environ:
             cmake_args += [item for item in os.environ["CMAKE_ARGS"].split(" ") if item]

@@ -135,9 +135,9 @@ def main() -> int:
     from pyssondo.losses import make_loss
     from pyssondo.sampling import BalancedSampler
     from pyssondo.train.config import DistillConfig
-    from pyssondo.train.data import (Collate, DistillDataset, KeyBatches, SegmentAudio,
-                                     make_loader, mel_cache, mel_cache_path)
-    from pyssondo.train.loop import build_model
+    from pyssondo.train.data import DistillDataset
+    from pyssondo.train.job import student_inputs, train_loader
+    from pyssondo.train.model import build_model
 
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
@@ -151,7 +151,8 @@ def main() -> int:
         cache = EmbeddingCache(cache_dir)
         segments, targets = cache.segments(), cache.embeddings()
         n = len(segments)
-        cfg = DistillConfig(student=args.student, mel=mel_cfg, window_s=args.window)
+        cfg = DistillConfig(student=args.student, mel=mel_cfg, window_s=args.window,
+                            batch_size=args.batch_size, epochs=1, cache_mel="on")
         model = build_model(cfg, targets.shape[1], frame_level=False).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         loss_fn = make_loss("cosine")
@@ -160,15 +161,15 @@ def main() -> int:
 
         warm = 4 * -(-n // args.batch_size)  # 4 passes of random draws: ~98% of files decoded
 
+        # The training pipeline's own inputs and loader (pyssondo.train.job).
+        audio, mel, _ = student_inputs(cfg, [(cache_dir, cache)])
+
         def ours_loader(mel=None, workers=args.workers, batches=total + warm):
             sampler = BalancedSampler(np.zeros(n, np.int32), batches * args.batch_size, seed=0)
-            audio = SegmentAudio(segments, mel_cfg.sample_rate, args.window)
-            return make_loader(DistillDataset(audio, targets, mel),
-                               KeyBatches(sampler, rows, args.batch_size, 0, 1),
-                               Collate(mel_cfg), workers, pin_memory=device.type == "cuda")
+            return train_loader(cfg.replace(workers=workers), DistillDataset(audio, targets, mel),
+                                sampler, rows, 0, device)
 
         # Baseline data: one .npy per segment at the student's rate (written once, untimed).
-        audio = SegmentAudio(segments, mel_cfg.sample_rate, args.window)
         files = []
         for i in range(n):
             path = tmp / "npy" / f"{i:06d}.npy"
@@ -183,7 +184,6 @@ def main() -> int:
                 sampler=order.tolist(), num_workers=args.workers,
                 worker_init_fn=lambda _: torch.set_num_threads(1))
 
-        mel = mel_cache(mel_cache_path(cache_dir, audio, mel_cfg, cache.ids), audio, mel_cfg)
         memory = [tuple(t.to(device) for t in b[:2])
                   for _, b in zip(range(total), ours_loader(workers=0))]
 

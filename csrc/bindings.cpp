@@ -37,7 +37,7 @@ void require_ndim(const py::array_t<T, py::array::c_style>& a, py::ssize_t ndim,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Section: front end (FFT, STFT, log-mel, resampler, WAV reading). Owner: issue 2 / issue 8.
+// Section: front end (FFT, STFT, log-mel, resampler, WAV reading).
 // ---------------------------------------------------------------------------------------------
 using FloatArray = py::array_t<float, py::array::c_style>;
 
@@ -172,7 +172,7 @@ void bind_frontend(py::module_& m) {
 //
 
 // ---------------------------------------------------------------------------------------------
-// Section: k-means and sampling. Owner: issue 4.
+// Section: k-means and sampling.
 // ---------------------------------------------------------------------------------------------
 namespace km = ssondo::kmeans;
 
@@ -334,7 +334,7 @@ void bind_kmeans(py::module_& m) {
 //
 
 // ---------------------------------------------------------------------------------------------
-// Section: fused relational losses. Owner: issue 5.
+// Section: fused relational losses.
 // ---------------------------------------------------------------------------------------------
 void bind_losses(py::module_& m) {
   // Each kernel is bound for float32 and float64 (same name; the dtype picks the overload;

@@ -6,11 +6,15 @@ nothing here imports torch, and the compiled core loads on first use.
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import Any
 
 from .errors import AudioError, ParameterError
 
-__version__ = "0.1.0"
+try:  # one source: pyproject.toml's version, as installed (the C++ core is built with it too)
+    __version__ = metadata.version("ssondo")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"
 
 _LAZY = {
     "MelConfig": "pyssondo.config",

@@ -1,6 +1,6 @@
 """A clustered codebook that grows online for continual adaptation (SONAR).
 
-The old run's k-means centroids (cosine metric, :func:`load_or_fit_codebook`) describe the
+The old run's k-means centroids (the run's metric, :func:`load_or_fit_codebook`) describe the
 patterns the student was distilled on. A new domain brings embeddings that are near some of
 them and far from all of them; :func:`grow_codebook` keeps the old centroids fixed and adds new
 ones for the far patterns, by this rule (similarity = cosine, deterministic for a seed):
@@ -82,15 +82,15 @@ def grow_codebook(centers: np.ndarray, X, threshold: float, seed: int = 0) -> np
     return np.concatenate([old, grown.astype(np.float32)])
 
 
-def load_or_fit_codebook(cache_dir: Union[str, "os.PathLike[str]"], k: int, seed: int = 0
-                         ) -> Tuple[np.ndarray, np.ndarray]:
-    """Cosine k-means of an embedding cache, as distill fits and stores it: (labels int32 [N],
-    centroids float32 [k, D]) (:func:`pyssondo.sampling.load_or_fit_clusters`; reused while
-    the cache is unchanged)."""
+def load_or_fit_codebook(cache_dir: Union[str, "os.PathLike[str]"], k: int,
+                         metric: str = "cosine", seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """The k-means of an embedding cache with the run's ``metric``, as distill fits and stores
+    it: (labels int32 [N], centroids float32 [k, D]) (:func:`pyssondo.sampling.
+    load_or_fit_clusters`; reused while the cache is unchanged)."""
     from .sampling import cluster_file, load_or_fit_clusters
 
-    labels = load_or_fit_clusters(cache_dir, k=k, metric="cosine", seed=seed)
-    path = cluster_file(Path(cache_dir), k, "cosine", seed).with_suffix(".centers.npy")
+    labels = load_or_fit_clusters(cache_dir, k=k, metric=metric, seed=seed)
+    path = cluster_file(Path(cache_dir), k, metric, seed).with_suffix(".centers.npy")
     if not path.is_file():  # ids stored without their centroids: fit again
-        labels = load_or_fit_clusters(cache_dir, k=k, metric="cosine", seed=seed, force=True)
+        labels = load_or_fit_clusters(cache_dir, k=k, metric=metric, seed=seed, force=True)
     return labels, np.load(path)

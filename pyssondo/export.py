@@ -237,8 +237,7 @@ def export_run(run_dir: PathLike, out: PathLike, *, projected: bool = False, int
         FileNotFoundError: no run folder/checkpoint. ValueError: unknown ``which``.
     """
     from .train.checkpoint import load_checkpoint
-    from .train.config import DistillConfig
-    from .train.loop import build_model
+    from .train.model import model_from_checkpoint
     from .train.rundir import RunDir
 
     if which not in ("best", "last"):
@@ -248,12 +247,9 @@ def export_run(run_dir: PathLike, out: PathLike, *, projected: bool = False, int
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
     path = run.best if which == "best" and run.best.is_file() else run.last
     state = load_checkpoint(path)
-    cfg = DistillConfig.from_json(state["config"])
+    cfg, model, projection = model_from_checkpoint(state)
     teacher = dict(state["teacher"])
-    model = build_model(cfg, teacher["dim"], frame_level=False)
-    model.student.load_state_dict(state["student"])
-    model.head.load_state_dict(state["head"])
-    module = wrap(model.student, model.head if projected else None, cfg.mel, cfg.window_s)
+    module = wrap(model.student, projection if projected else None, cfg.mel, cfg.window_s)
     meta = {"mel": cfg.mel.to_dict(), "projected": bool(projected), "window_s": cfg.window_s,
             "student": cfg.student, "teacher": teacher, "ssondo_version": _version(),
             "training": {"run": run.path.name, "checkpoint": path.name,

@@ -24,6 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .errors import ParameterError
+from .frames import resample_frames
 
 # kernel(gs, gt, xs, xt, want_grad) -> (loss, S or None); all arrays float32 or all float64.
 Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool],
@@ -116,8 +117,6 @@ def similarity_preserving_fused(student: torch.Tensor, teacher: torch.Tensor) ->
 
 def iusp_fused(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """IUSP on frames resampled to the teacher's count; student [B, Fs, Ds], teacher [B, Ft, Dt]."""
-    from .losses import resample_frames
-
     student = resample_frames(student, teacher.shape[1])
     xs, xt = _prepare(student, teacher, center=False)
     return _GramLoss.apply(xs, xt, _sp_kernel)

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ParameterError
+from .frames import resample_frames
 
 # F.normalize's and Park et al.'s pdist epsilon.
 EPS = 1e-12
@@ -159,15 +160,6 @@ def similarity_preserving_loss(student: torch.Tensor, teacher: torch.Tensor) -> 
     """
     b = student.shape[0]
     return (_sp_gram(teacher.detach()) - _sp_gram(student)).pow(2).sum() / (b * b)
-
-
-def resample_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """[B, F, D] -> [B, frames, D] by linear interpolation along time (F.interpolate,
-    align_corners=False: frame centres are aligned). Returns x itself when F == frames."""
-    if x.shape[1] == frames:
-        return x
-    return F.interpolate(x.transpose(1, 2), size=frames, mode="linear",
-                         align_corners=False).transpose(1, 2)
 
 
 def iusp_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -495,7 +487,7 @@ def make_loss(spec: str = "cosine", *, fused: Optional[bool] = None) -> Combined
 
 
 __all__ = [
-    "DistillLoss", "CombinedLoss", "make_loss", "list_losses", "resample_frames", "park_pdist",
+    "DistillLoss", "CombinedLoss", "make_loss", "list_losses", "park_pdist",
     "cosine_loss", "mse_loss", "l1_loss", "kl_loss", "infonce_loss", "rkd_distance_loss",
     "rkd_angle_loss", "pairwise_cosine_loss", "similarity_preserving_loss", "iusp_loss",
     "CosineLoss", "MSELoss", "L1Loss", "KLLoss", "InfoNCELoss", "RKDDistanceLoss",

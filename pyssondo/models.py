@@ -52,7 +52,8 @@ class LoadedModel:
         return teacher_targets(self.meta, self.source)
 
 
-def teacher_targets(meta: Dict[str, Any], where: str = "teacher") -> Optional[List[Dict[str, Any]]]:
+def teacher_targets(meta: Dict[str, Any],
+                    where: str = "teacher") -> Optional[List[Dict[str, Any]]]:
     """The targets a teacher's ``ssondo.json`` lists: ``[{"name": str, "dim": int}, ...]`` in
     the order their dims are concatenated on the output's last axis (several layers of an hf
     teacher); None when it lists none (one target, the whole output).
@@ -77,6 +78,11 @@ def teacher_targets(meta: Dict[str, Any], where: str = "teacher") -> Optional[Li
 def is_factory_spec(spec: str) -> bool:
     """True for ``pkg.mod:fn`` (and not an existing file path)."""
     return ":" in spec and not Path(spec).exists() and "/" not in spec.split(":", 1)[0]
+
+
+def teacher_name(spec: str) -> str:
+    """Short id of a teacher spec: the factory's function name, or the file's stem."""
+    return spec.split(":", 1)[1] if is_factory_spec(spec) else Path(spec).stem
 
 
 def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from pyssondo import cli
-from pyssondo.adapt import adapt, adapt_config
+from pyssondo.train.adapt import adapt, adapt_config
 from pyssondo.codebook import grow_codebook, nearest, similarity_percentile
 from pyssondo.config import MelConfig
 from pyssondo.sampling import StratifiedSampler
 from pyssondo.train.config import DistillConfig
-from pyssondo.train.loop import distill
+from pyssondo.train.distill import distill
 from tests.run_helpers import (checkpoint_weights, kill_after_first_checkpoint,
                                 write_other_teacher)
 

@@ -23,3 +23,13 @@ def test_help_of_every_command_never_imports_torch():
                              capture_output=True, text=True, env={**os.environ,
                                                                    "PYTHONPATH": str(ROOT)})
         assert res.returncode == 0 and "examples" in res.stdout.lower(), (command, res.stderr)
+
+
+def test_package_and_core_report_the_installed_version():
+    from importlib import metadata
+
+    import pyssondo
+    from pyssondo import _core
+
+    assert pyssondo.__version__ == metadata.version("ssondo")
+    assert _core.__version__ == pyssondo.__version__

@@ -21,7 +21,7 @@ from pyssondo.errors import ParameterError
 from pyssondo.sampling import BalancedSampler
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.data import KeyBatches
-from pyssondo.train.loop import distill
+from pyssondo.train.distill import distill
 from tests.run_helpers import checkpoint_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def torchrun_args(cfg: DistillConfig, n: int = 2):
 
 
 def rebuild(ckpt):
-    from pyssondo.train.loop import build_model
+    from pyssondo.train.model import build_model
 
     model = build_model(DistillConfig.from_json(ckpt["config"]), ckpt["head"]["weight"].shape[0],
                         False)

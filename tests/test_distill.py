@@ -18,7 +18,7 @@ from pyssondo import cli
 from pyssondo.config import MelConfig
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.engine import TrainingDiverged
-from pyssondo.train.loop import distill
+from pyssondo.train.distill import distill
 from tests.run_helpers import (checkpoint_weights, kill_after_first_checkpoint,
                                 write_other_teacher)
 
@@ -72,7 +72,7 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     from pyssondo.audio import load_audio
     from pyssondo.export import wrap
     from pyssondo.models import load_model
-    from pyssondo.train.loop import build_model
+    from pyssondo.train.model import build_model
 
     cfg = config(work, tmp_path / "runs", epochs=3)
     proc = subprocess.run([sys.executable, "-m", "pyssondo", "distill", *cli_args(cfg),
@@ -333,7 +333,7 @@ def test_key_batches_resume_mid_epoch_continues_the_same_order():
 
 
 def test_each_audio_folder_gets_its_own_default_cache_root(tmp_path, monkeypatch):
-    from pyssondo.train.loop import audio_cache_root
+    from pyssondo.cache.open import audio_cache_root
 
     (tmp_path / "a" / "audio").mkdir(parents=True)
     (tmp_path / "b" / "audio").mkdir(parents=True)

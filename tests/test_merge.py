@@ -12,7 +12,7 @@ from pyssondo import cli
 from pyssondo.config import MelConfig
 from pyssondo.merge import merge_task_vectors
 from pyssondo.train.config import DistillConfig
-from pyssondo.train.loop import distill
+from pyssondo.train.distill import distill
 
 MEL = MelConfig(sample_rate=16000, f_max=8000.0, n_mels=64)
 

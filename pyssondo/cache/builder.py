@@ -467,7 +467,7 @@ class _Builder:
         dim = int(y.shape[-1])
         if self.meta is None:
             t = self.teacher
-            targets = t.targets or [{"name": "embedding", "dim": dim}]
+            targets = t.targets or [{"name": t.name, "dim": dim}]  # one: named after it
             if sum(x["dim"] for x in targets) != dim:
                 raise ValueError(f"teacher {t.source} lists targets of dims "
                                  f"{[x['dim'] for x in targets]} but returned dim {dim}")

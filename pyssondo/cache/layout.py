@@ -4,7 +4,8 @@ A cache root holds one folder per key ``<teacher sha256[:16]>-sr<rate>-w<W>-h<H>
 
     meta.json       teacher (fingerprint, name, source, rate, its ssondo.json), window_s,
                     hop_s, window samples at the teacher rate, dtype, level ("clip"/"frame"),
-                    dim, frames, audio_root
+                    dim, frames, targets ([{name, dim}] in the order they are
+                    concatenated on each row's last axis), audio_root
     manifest.json   {"files": {key: FileEntry}, "shards": {name: {rows, bytes, sha256}},
                      "skipped": {key: reason}, "next_shard": int}
     shard-000000.npy ...  rows [n, D] (clip teachers) or [n, F, D] (frame teachers)

@@ -193,8 +193,10 @@ class EmbeddingCache:
     @property
     def targets(self) -> List[Dict[str, Any]]:
         """What each row's last axis holds, in order: ``[{"name", "dim"}, ...]`` (the teacher's
-        targets, e.g. several layers; one "embedding" target for caches written before)."""
-        return self.meta.get("targets") or [{"name": "embedding", "dim": self.dim}]
+        targets, e.g. several layers; caches written before list none: one target named after
+        the teacher, as :func:`pyssondo.train.targets.cache_targets` reads them)."""
+        return self.meta.get("targets") or [{"name": str(self.meta["teacher"]["name"]),
+                                             "dim": self.dim}]
 
     def summary(self) -> str:
         """Human-readable summary: teacher, rate, files, segments, dims, dtype, size, skipped."""

@@ -39,7 +39,7 @@ OWN_HELP = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pyssondo.adapt import OVERRIDABLE, AdaptConfig
+    from pyssondo.train.adapt import OVERRIDABLE, AdaptConfig
     from pyssondo.commands.distill import FLAGS, OPTIONS
 
     defaults = AdaptConfig()
@@ -78,14 +78,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyssondo.adapt import OVERRIDABLE, adapt, adapt_config
-    from pyssondo.commands.distill import _absolute, _exists
+    from pyssondo.commands.distill import _absolute
     from pyssondo.commands.training import run_training
+    from pyssondo.models import is_factory_spec
+    from pyssondo.train.adapt import OVERRIDABLE, adapt, adapt_config
 
     overrides = {name: getattr(args, name) for name in OVERRIDABLE if hasattr(args, name)}
     for name in ("teacher", "cache_dir", "out"):
-        if name in overrides and not (name == "teacher" and ":" in overrides[name]
-                                      and not _exists(overrides[name])):
+        if name in overrides and not (name == "teacher" and is_factory_spec(overrides[name])):
             overrides[name] = _absolute(overrides[name])
     cfg = adapt_config(args.parent, args.new_audio, replay_fraction=args.replay_fraction,
                        self_weight=args.self_weight, grow_threshold=args.grow_threshold,

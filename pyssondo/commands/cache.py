@@ -12,6 +12,9 @@ file's hash, its sample rate, the window, the hop and the dtype:
 
   OUT/<sha256[:16]>-sr<rate>-w<W>-h<H>-<dtype>/{meta.json, manifest.json, shard-*.npy}
 
+OUT defaults to runs/cache/<audio folder>-<hash>, the root 'ssondo distill' uses for that folder
+with its default --out, so a cache built here is the one distill reads.
+
 Running it again skips unchanged files, computes new or changed ones and drops vanished ones;
 an interrupted run (Ctrl-C, kill -9) resumes where it stopped. Unreadable audio files are
 skipped with a warning and listed by --info. Under torchrun, the processes share the files
@@ -40,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hop", type=float, default=None,
                    help="segment hop, s (default: the window)")
     p.add_argument("--out", default=None,
-                   help="cache root folder (default: ./ssondo-cache)")
+                   help="cache root folder (default: runs/cache/<audio folder>-<hash>, "
+                        "as 'ssondo distill' uses)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                    help="stored row type (default: float16)")
     p.add_argument("--teacher-batch-size", "--batch-size", dest="batch_size", type=int,
@@ -68,12 +72,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give a teacher and an audio folder (or --info CACHE_DIR)")
     import torch
 
+    from pyssondo.cache.open import default_cache_root
+    from pyssondo.train.config import DistillConfig
     from pyssondo.train.distributed import barrier, local_device, process_group
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    root = args.out or default_cache_root(DistillConfig().out, args.audio_dir)
     with process_group(args.device) as world:
-        folder = build_cache(args.teacher, args.audio_dir, args.out, window_s=args.window,
+        folder = build_cache(args.teacher, args.audio_dir, root, window_s=args.window,
                              hop_s=args.hop, dtype=args.dtype, teacher_sr=args.teacher_sr,
                              batch_size=args.batch_size, workers=args.workers,
                              shard_rows=args.shard_rows,

@@ -80,6 +80,35 @@ def synth_clip(rng, kind: str, sr: int = SR, seconds: float = CLIP_S):
     return (0.7 * x / max(1e-6, np.abs(x).max())).astype(np.float32)
 
 
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+def write_pitch_task(folder, per_class: int, seed: int):
+    """A held-out labeled task: one sub-folder per pitch class, ``per_class`` harmonic tones
+    each (octaves 2-5, random timbre, vibrato and envelope, as 'tone' clips); returns the
+    folder (the layout 'ssondo eval' reads)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    n = int(CLIP_S * SR)
+    t = np.arange(n) / SR
+    for pc, name in enumerate(PITCH_CLASSES):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            f0 = 440.0 * 2 ** ((12 * rng.integers(3, 6) + pc - 69) / 12)  # MIDI 36-71
+            vib = 1 + rng.uniform(0, 0.01) * np.sin(2 * np.pi * rng.uniform(4, 7) * t)
+            phase = 2 * np.pi * np.cumsum(f0 * vib) / SR
+            tilt = rng.uniform(0.5, 2.0)
+            x = sum(np.sin(h * phase) / h ** tilt for h in range(1, rng.integers(2, 9))
+                    if h * f0 < SR / 2)
+            x = x * np.exp(-rng.uniform(0, 1.5) * t) * np.clip(t / 0.02, 0, 1)
+            x = 0.7 * x / np.abs(x).max() + 0.003 * rng.standard_normal(n)
+            sf.write(folder / name / f"{name.replace('#', 's')}_{i}.wav",
+                     x.astype(np.float32), SR, subtype="PCM_16")
+    return folder
+
+
 def write_set(folder, count: int, seed: int):
     """Writes ``count`` clips cycling through the four kinds; returns their paths."""
     import numpy as np
@@ -111,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     from pyssondo.models import load_model
     from pyssondo.teachers import build_teacher_file
     from pyssondo.train.config import DistillConfig
-    from pyssondo.train.loop import build_model, distill
+    from pyssondo.train.distill import distill
+    from pyssondo.train.model import build_model
 
     if args.minutes <= 0 or args.clips < 8:
         raise ValueError("demo: --minutes must be > 0 and --clips >= 8")
@@ -131,12 +161,13 @@ def run(args: argparse.Namespace) -> int:
               f"clips ({CLIP_S:g} s, {SR} Hz)")
         train_files = write_set(root / "audio", args.clips, args.seed)
         held_files = write_set(root / "held-out", max(4, args.clips // 4), args.seed + 1)
+        task = write_pitch_task(root / "pitch-class", 5, args.seed + 2)
 
         mel = MelConfig(sample_rate=SR, f_max=SR / 2, n_mels=64)
         cfg = DistillConfig(teacher=str(teacher_path), audio=str(root / "audio"), student=STUDENT,
                             mel=mel, window_s=WINDOW_S, clusters=8, batch_size=32, lr=4e-3,
                             val_fraction=0.1, out=str(root / "runs"), seed=args.seed,
-                            workers=0, projected=True, epochs=1)
+                            workers=0, projected=True, epochs=1, eval_data=str(task))
         segments = len(train_files) * int(np.ceil(CLIP_S / WINDOW_S))
         epochs = plan_epochs(cfg, segments, 60 * args.minutes)
         cfg = cfg.replace(epochs=epochs)
@@ -147,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
               f"{result.run.path}")
 
         print("[4/5] exported (with the head, teacher space) ->", result.export)
-        print("[5/5] cosine similarity to the teacher on held-out clips")
+        print("[5/5] cosine similarity to the teacher on held-out clips; the pitch-class task "
+              "was scored by --eval at the end of training")
         teacher = load_model(teacher_path, role="teacher")
         student = load_model(result.export, role="student")
         torch.manual_seed(args.seed)
@@ -169,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
               f"(teacher CREPE tiny: {teacher_params / 1e3:.0f}k parameters)")
         print(f"held-out cosine to the teacher: trained {np.mean(sims['trained']):.3f}, "
               f"untrained {np.mean(sims['untrained']):.3f} ({len(held_files)} clips)")
+        print(f"held-out pitch-class task ({len(PITCH_CLASSES)} classes, linear probe + kNN, "
+              f"5-fold): the student keeps {result.summary['kept']:.0%} of the teacher's score "
+              f"(report: {result.summary['eval_report']})")
         print(f"total time {time.perf_counter() - start:.0f} s; next: ssondo distill TEACHER "
               f"AUDIO_DIR (see ssondo distill --help)")
     finally:
@@ -183,7 +218,7 @@ def plan_epochs(cfg, segments: int, seconds: float) -> int:
 
     import torch
 
-    from pyssondo.train.loop import build_model
+    from pyssondo.train.model import build_model
 
     model = build_model(cfg, 256, frame_level=False).train()
     opt = torch.optim.Adam(model.parameters())

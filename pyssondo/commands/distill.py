@@ -20,6 +20,8 @@ teacher's; a warning says when source audio is upsampled for it.
 
 examples:
   ssondo distill crepe-tiny.pt audio/                        # S-SONDO defaults, mn10
+  ssondo distill crepe-tiny.pt aisfx.pt audio/ --teacher-weights 1,1  # two teachers, two heads
+  ssondo distill aisfx.pt audio/ --eval labeled.csv --label-column program  # % of teacher kept
   ssondo distill teacher.pt audio/ --student mn04 --epochs 20 --batch-size 32
   ssondo distill teacher.pt audio/ --config cfg.toml --device cuda --precision bf16
   ssondo distill teacher.pt audio/ --resume auto              # continue an interrupted run
@@ -38,6 +40,13 @@ OPTIONS = [
     ("--head", "head", str, "mapping head: mlp, linear or identity"),
     ("--init", "init", str, "start from these student weights (run folder or checkpoint)"),
     ("--loss", "loss", str, "distillation loss (cosine, infonce, kl, l1, mse, rkd-*, ...)"),
+    ("--target-norm", "target_norm", str,
+     "targets normalised with the cache's statistics: none, center, standardize, whiten"),
+    ("--teacher-weights", "teacher_weights", "floats", "loss weight per teacher, e.g. 1,0.5"),
+    ("--target-weights", "target_weights", "floats",
+     "loss weight per target (teachers' layers in order), e.g. 1,1,2"),
+    ("--best-metric", "best_metric", str,
+     "validation measure best.pt follows: val_cos, val_cos_centered, knn_agree_backbone, ..."),
     ("--clusters", "clusters", int, "K of the k-means behind balanced sampling"),
     ("--cluster-metric", "cluster_metric", str, "k-means metric: cosine or euclidean"),
     ("--balance-alpha", "balance_alpha", float, "0 = uniform, 1 = every cluster equally often"),
@@ -63,6 +72,9 @@ OPTIONS = [
     ("--out", "out", str, "folder that receives the run folder"),
     ("--save-every", "save_every", int, "also checkpoint every N steps (0 = each epoch only)"),
     ("--log-every", "log_every", int, "steps between log.jsonl lines"),
+    ("--eval", "eval_data", str, "labeled data (class folders or CSV) scored at the end with "
+                                 "'ssondo eval --compare': the share of the teacher kept"),
+    ("--label-column", "eval_label_column", str, "label column of the --eval CSV"),
 ]
 FLAGS = [
     ("--projected", "projected", "export the teacher-space embedding (through the head)"),
@@ -74,17 +86,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from pyssondo.train.config import DistillConfig
 
     defaults = DistillConfig()
-    p.add_argument("teacher", nargs="?", default=argparse.SUPPRESS,
-                   help="teacher TorchScript file or pkg.module:factory")
-    p.add_argument("audio", nargs="?", default=argparse.SUPPRESS, metavar="AUDIO_DIR",
-                   help="folder of unlabeled audio (scanned recursively)")
+    p.add_argument("inputs", nargs="*", metavar="TEACHER... AUDIO_DIR",
+                   help="one or more teachers (TorchScript files or pkg.module:factory; several "
+                        "= ensemble distillation, one head each), then the folder of unlabeled "
+                        "audio (scanned recursively)")
     p.add_argument("--config", help="TOML or JSON file of settings (options override it)")
     p.add_argument("--resume", metavar="auto|PATH",
                    help="'auto': continue the newest run under --out with the same settings; "
                         "or a run folder / checkpoint to continue")
     for flag, name, typ, text in OPTIONS:
-        p.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS,
-                       metavar=typ.__name__.upper().replace("STR", "TEXT"),
+        parse, metavar = ((_floats, "W,W,...") if typ == "floats"
+                          else (typ, typ.__name__.upper().replace("STR", "TEXT")))
+        p.add_argument(flag, dest=name, type=parse, default=argparse.SUPPRESS, metavar=metavar,
                        help=f"{text} (default: {getattr(defaults, name)})")
     for flag, name, text in FLAGS:
         p.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
@@ -108,6 +121,10 @@ def resolve_config(args: argparse.Namespace):
     settings = read_settings(args.config) if args.config else {}
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)
              if f.name != "mel" and hasattr(args, f.name)}
+    if args.inputs:
+        *teachers, given["audio"] = args.inputs
+        if teachers:
+            given["teacher"] = teachers[0] if len(teachers) == 1 else teachers
     cfg = DistillConfig.from_dict({**settings, **given}, source=args.config or "options")
     mel = {}
     if hasattr(args, "mel_sample_rate"):
@@ -117,19 +134,24 @@ def resolve_config(args: argparse.Namespace):
         mel["n_mels"] = args.mel_n_mels
     if mel:
         cfg = cfg.replace(mel=cfg.mel.replace(**mel))
-    for name in ("teacher", "audio", "init"):
-        value = getattr(cfg, name)
-        if value and not (":" in value and not _exists(value)):
-            cfg = cfg.replace(**{name: _absolute(value)})
+    from pyssondo.models import is_factory_spec
+
+    def absolute(spec: str) -> str:
+        return spec if not spec or is_factory_spec(spec) else _absolute(spec)
+
+    cfg = cfg.replace(audio=absolute(cfg.audio), init=absolute(cfg.init),
+                      eval_data=absolute(cfg.eval_data),
+                      teacher=([absolute(t) for t in cfg.teacher]
+                               if isinstance(cfg.teacher, list) else absolute(cfg.teacher)))
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     from pyssondo.commands.training import run_training
-    from pyssondo.train.loop import distill
+    from pyssondo.train.distill import distill
 
     cfg = resolve_config(args)
-    if not args.resume and not (cfg.teacher and cfg.audio) and not cfg.cache_dir:
+    if not args.resume and not (cfg.teachers and cfg.audio) and not cfg.cache_dir:
         raise ValueError("give TEACHER and AUDIO_DIR (or --resume, or --cache-dir of a cache)")
     result, code = run_training("distill", cfg.device, lambda: distill(cfg, resume=args.resume))
     if result is None:
@@ -141,17 +163,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoints  {run_dir.last} (best: {run_dir.best})")
     if run_dir.plot.is_file():
         print(f"plot         {run_dir.plot}")
+    final = result.summary.get("final") or {}
+    if final.get("val_cos") is not None:
+        print(f"validation   held-out segments, last epoch: cosine to the teacher "
+              f"{final['val_cos']:.4f}, after removing the teacher's mean "
+              f"{final['val_cos_centered']:.4f}; neighbours shared with the teacher "
+              f"{final['knn_agree_backbone']:.1%}; CKA {final['cka_backbone']:.3f}")
     if result.best_val_cos is not None:
-        print(f"validation   best cosine similarity to the teacher {result.best_val_cos:.4f}")
+        print(f"best.pt      best {result.summary['best_metric']} {result.best_val_cos:.4f}")
+    kept = result.summary.get("kept")
+    if kept is not None:
+        print(f"quality      the student keeps {kept:.1%} of the teacher's probe score on "
+              f"{result.summary['eval_data']} (report: {result.summary['eval_report']})")
     if result.export:
         print(f"export       {result.export}  (embed with: ssondo embed {result.export} audio.wav)")
     return 0
 
 
-def _exists(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).exists()
+def _floats(text: str):
+    """'1,0.5' -> [1.0, 0.5] (argparse type)."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
 
 
 def _absolute(path: str) -> str:

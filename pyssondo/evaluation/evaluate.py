@@ -116,3 +116,26 @@ def _unique_names(names: Sequence[str]) -> List[str]:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
     return out
+
+
+def share_of_teacher(student: str, teacher: str, data: str, *, label_column: Optional[str] = None,
+                     teacher_sr: Optional[int] = None, window_s: float = 10.0,
+                     device: str = "cpu", cache_dir: Optional[Path] = None,
+                     progress: bool = True) -> Dict[str, Any]:
+    """``ssondo eval STUDENT DATA --compare STUDENT --teacher TEACHER`` as a function: the
+    report (with its ``compare`` entry) and ``kept``, the student's share of the teacher's
+    average probe score, averaged over the probes (a fraction; 0.9 = 90%)."""
+    from .data import load_labeled
+    from .embed import open_embedder
+    from .report import compare
+
+    task = load_labeled(Path(data), label_column=label_column)
+    models = [open_embedder(student, None, device=device, role="model"),
+              open_embedder(teacher, teacher_sr, device=device, role="teacher")]
+    report = evaluate(models, [task], replace(EvalConfig(), window_s=window_s),
+                      cache_dir=cache_dir, progress=progress).report
+    names = [m["name"] for m in report["models"]]
+    report["compare"] = compare(report, names[0], names[1])
+    percents = [p["average"]["percent"] for p in report["compare"]["probes"].values()]
+    report["kept"] = float(np.mean(percents)) / 100.0
+    return report

@@ -1,6 +1,6 @@
 """Distillation training: settings, data pipeline, loop, checkpoints and run folders.
 
-Entry point: :func:`pyssondo.train.loop.distill` with a :class:`DistillConfig`.
+Entry point: :func:`pyssondo.train.distill.distill` with a :class:`DistillConfig`.
 """
 from .config import DistillConfig
 

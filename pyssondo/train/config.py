@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from ..config import MelConfig
 from ..errors import ParameterError
@@ -27,9 +27,14 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MEL = ("auto", "on", "off")
 DEVICES = ("cpu", "cuda")
 
+CLUSTER_METRICS = ("cosine", "euclidean")
+
 # Settings that change neither the data, the model nor the numbers a run produces: two
 # configs that differ only here are the same run for ``--resume auto``.
-NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every")
+NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every", "eval_data",
+              "eval_label_column")
+# Of those, the ones a resumed run takes from the command that resumes it.
+RUNTIME = ("out", "workers", "threads", "log_every", "eval_data", "eval_label_column")
 
 
 @dataclass
@@ -37,7 +42,8 @@ class DistillConfig:
     """Resolved settings of one distillation run (units in the comments)."""
 
     # Inputs.
-    teacher: str = ""                    # TorchScript file or pkg.mod:fn
+    teacher: Union[str, List[str]] = ""  # TorchScript file or pkg.mod:fn, or a list of them
+                                         # (ensemble distillation: one head per target)
     audio: str = ""                      # folder of unlabeled audio
     teacher_sr: Optional[int] = None     # Hz; only when the teacher does not state its rate
     cache_dir: Optional[str] = None      # cache root (default: OUT/cache/<audio>-<hash>) or a
@@ -52,6 +58,10 @@ class DistillConfig:
     mel: MelConfig = field(default_factory=MelConfig)
     # Objective and sampling.
     loss: str = "cosine"
+    target_norm: str = "none"            # none | center | standardize | whiten (cache stats)
+    teacher_weights: List[float] = field(default_factory=list)  # per teacher (empty = all 1)
+    target_weights: List[float] = field(default_factory=list)   # per target (empty = all 1)
+    best_metric: str = "val_cos"         # validation measure best.pt follows (see MEASURES)
     clusters: int = 50                   # K of the k-means behind balanced sampling
     cluster_metric: str = "cosine"
     balance_alpha: float = 1.0           # 0 = uniform sampling, 1 = every cluster equally often
@@ -81,6 +91,9 @@ class DistillConfig:
     save_every: int = 0                  # also checkpoint every N steps (0 = each epoch only)
     log_every: int = 10                  # steps between log.jsonl lines
     projected: bool = False              # the run's student.pt outputs teacher-space embeddings
+    eval_data: Optional[str] = None      # labeled data scored with 'ssondo eval --compare' at
+                                         # the end (a folder of class folders or a CSV)
+    eval_label_column: Optional[str] = None  # the CSV's label column for eval_data
 
     def __post_init__(self) -> None:
         if isinstance(self.mel, dict):
@@ -90,6 +103,13 @@ class DistillConfig:
 
     # -- derived values ------------------------------------------------------------------
     @property
+    def teachers(self) -> List[str]:
+        """The teacher specs, in order (one for a plain run)."""
+        if isinstance(self.teacher, (list, tuple)):
+            return [str(t) for t in self.teacher]
+        return [self.teacher] if self.teacher else []
+
+    @property
     def resolved_warmup_epochs(self) -> int:
         return self.warmup_epochs if self.warmup_epochs is not None else min(8, self.epochs // 4)
 
@@ -98,7 +118,9 @@ class DistillConfig:
         return self.hop_s if self.hop_s is not None else self.window_s
 
     def validate(self) -> None:
-        """Raises ParameterError naming the first invalid setting and its valid range."""
+        """Raises ParameterError naming the first invalid setting and its valid range, and
+        checks the specs (teacher, student, head, loss) against their registries, so that a
+        typo is found before any audio is read."""
         def bad(name: str, valid: str) -> ParameterError:
             return ParameterError(f"distill: {name}={getattr(self, name)!r} is invalid: {valid}")
 
@@ -107,6 +129,8 @@ class DistillConfig:
             ("hop_s", self.hop_s is None or self.hop_s > 0, "expected seconds > 0"),
             ("cache_dtype", self.cache_dtype in ("float16", "float32"), "float16 or float32"),
             ("clusters", self.clusters >= 1, "expected an integer >= 1"),
+            ("cluster_metric", self.cluster_metric in CLUSTER_METRICS,
+             f"expected one of {CLUSTER_METRICS}"),
             ("balance_alpha", 0.0 <= self.balance_alpha <= 1.0, "expected 0 <= alpha <= 1"),
             ("val_fraction", 0.0 <= self.val_fraction < 1.0, "expected 0 <= fraction < 1"),
             ("epochs", self.epochs >= 1, "expected an integer >= 1"),
@@ -136,6 +160,42 @@ class DistillConfig:
             if not ok:
                 raise bad(name, valid)
         self.mel.validate()
+        self.validate_specs()
+
+    def validate_specs(self) -> None:
+        """The teacher file exists (or is a ``pkg.mod:fn`` factory; a run reading an existing
+        cache folder needs neither) and the student, head and loss are known; ParameterError
+        (FileNotFoundError for a missing teacher) otherwise."""
+        from ..evaluation.agreement import MEASURES
+        from ..heads import HEAD_KINDS
+        from ..losses import make_loss
+        from ..models import is_factory_spec
+        from ..students import student_entry
+        from .targets import NORMS
+
+        for spec in self.teachers:
+            if not self.cache_dir and not is_factory_spec(spec) and not Path(spec).is_file():
+                raise FileNotFoundError(f"{spec}: teacher file not found (a TorchScript file "
+                                        f"or pkg.module:factory)")
+        student_entry(self.student)
+        if self.head not in HEAD_KINDS:
+            raise ParameterError(f"distill: head={self.head!r} is invalid: expected one of "
+                                 f"{HEAD_KINDS}")
+        make_loss(self.loss)
+        choices = {"target_norm": NORMS, "best_metric": MEASURES}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ParameterError(f"distill: {name}={getattr(self, name)!r} is invalid: "
+                                     f"expected one of {valid}")
+        if self.teacher_weights and len(self.teacher_weights) != len(self.teachers):
+            raise ParameterError(f"distill: {len(self.teacher_weights)} teacher weights for "
+                                 f"{len(self.teachers)} teachers")
+        for name in ("teacher_weights", "target_weights"):
+            if any(not (w >= 0) for w in getattr(self, name)):
+                raise ParameterError(f"distill: {name}={getattr(self, name)!r}: weights must "
+                                     f"be >= 0")
+        if self.eval_data and not Path(self.eval_data).exists():
+            raise FileNotFoundError(f"{self.eval_data}: --eval data not found")
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -175,6 +235,11 @@ class DistillConfig:
 
     def replace(self, **changes: Any) -> "DistillConfig":
         return dataclasses.replace(self, **changes)
+
+    def with_runtime_of(self, current: "DistillConfig") -> "DistillConfig":
+        """These (stored) settings with the :data:`RUNTIME` ones of ``current``: what a
+        resumed run trains with."""
+        return self.replace(**{name: getattr(current, name) for name in RUNTIME})
 
 
 def settings_hash(settings: Dict[str, Any]) -> str:

@@ -288,24 +288,6 @@ class Trainer:
             log.info("epoch %d/%d: train loss %.4f%s", self.epoch, cfg.epochs, train_loss, shown)
 
 
-def finish(run: RunDir, *, projected: bool, export: bool) -> Tuple[Dict[str, Any], Optional[Path]]:
-    """After training: the loss plot, the final checkpoint, and (when ``export``) student.pt
-    exported from the best checkpoint (written by rank 0 while the others wait). Returns
-    (final checkpoint state, export path or None)."""
-    def plot_and_export() -> Optional[str]:
-        from .rundir import plot_curves
-
-        plot_curves(run)
-        if not export:
-            return None
-        from ..export import export_run
-        return str(export_run(run.path, run.export, projected=projected, which="best",
-                              quiet=True).path)
-
-    out = on_main(plot_and_export)
-    return load_checkpoint(run.last), Path(out) if out else None
-
-
 def _rank_seed(seed: int, rank: int, step: int) -> int:
     """The torch seed of rank ``rank`` > 0 (its own dropout masks), from (seed, rank, step)."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])

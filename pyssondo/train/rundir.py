@@ -10,6 +10,7 @@ Layout (../shared/DESIGN.md, "Run folder")::
     validation.png         adapt runs: validation cosine on old and new data per epoch
     previous-<key>.npy     adapt runs: the previous student's embeddings (self-distillation)
     student.pt             the exported student
+    eval.json              with --eval: 'ssondo eval --compare' of student.pt vs the teacher
 """
 from __future__ import annotations
 
@@ -40,10 +41,17 @@ class RunDir:
     plot = property(lambda self: self.path / "loss.png")
     validation_plot = property(lambda self: self.path / "validation.png")
     export = property(lambda self: self.path / "student.pt")
+    eval_report = property(lambda self: self.path / "eval.json")
 
     def write_config(self, cfg: DistillConfig, extra: Optional[Dict[str, Any]] = None) -> None:
         d = {**cfg.to_dict(), "config_hash": cfg.hash(), **(extra or {})}
         atomic_write_text(self.config, json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+    def add_to_config(self, fields: Dict[str, Any]) -> None:
+        """Adds ``fields`` to config.json (results known at the end, e.g. the eval score)."""
+        d = json.loads(self.config.read_text(encoding="utf-8"))
+        atomic_write_text(self.config, json.dumps({**d, **fields}, indent=2, sort_keys=True)
+                          + "\n")
 
     def append_log(self, record: Dict[str, Any]) -> None:
         """Appends one JSON line (a torn last line after a kill is skipped by :meth:`read_log`)."""

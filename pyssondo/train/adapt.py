@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from .errors import ParameterError
-from .train.config import DistillConfig, settings_hash
-from .train.rundir import RunDir
+from ..errors import ParameterError
+from .config import DistillConfig, settings_hash
+from .rundir import RunDir
 
 if TYPE_CHECKING:  # torch is imported by the functions that train, so --help stays instant
     import torch
@@ -124,7 +124,7 @@ class Parent:
     """
 
     def __init__(self, path: "str | Path") -> None:
-        from .train.checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         self.run = RunDir(Path(path).expanduser().resolve())
         if not self.run.config.is_file():
@@ -155,10 +155,10 @@ def adapt_config(parent: "str | Path", new_audio: "str | Path", *,
     parent's. Defaults that differ from the parent's: ``out`` is the folder holding the parent
     run; ``cache_dir`` (the cache root of the new audio) is
     ``<parent cache root>/<audio folder name>-<8 hex of its path>``
-    (:func:`pyssondo.train.loop.audio_cache_root`), never the parent's root itself, whose
+    (:func:`pyssondo.cache.open.audio_cache_root`), never the parent's root itself, whose
     cache of the old domain it would replace.
     """
-    from .train.loop import audio_cache_root
+    from ..cache.open import audio_cache_root
 
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
@@ -176,7 +176,7 @@ def adapt_config(parent: "str | Path", new_audio: "str | Path", *,
 
 def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = True,
           export: bool = True):
-    """Runs (or resumes) an adaptation and returns a :class:`pyssondo.train.loop.RunResult`
+    """Runs (or resumes) an adaptation and returns a :class:`pyssondo.train.job.RunResult`
     whose ``summary`` holds the codebook and the validation before and after.
 
     Args:
@@ -192,34 +192,29 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     """
     import torch
 
-    from .cache import EmbeddingCache
-    from .codebook import GROW_PERCENTILE, grow_codebook, load_or_fit_codebook, nearest, \
+    from ..cache import EmbeddingCache
+    from ..codebook import GROW_PERCENTILE, grow_codebook, load_or_fit_codebook, nearest, \
         similarity_percentile
-    from .losses import make_loss
-    from .sampling import StratifiedSampler
-    from .train.data import (Augment, Collate, DistillDataset, JoinedTargets, KeyBatches,
-                             SegmentAudio, StackedRows, make_loader, mel_cache, mel_cache_path,
-                             split_by_file, warn_upsampled)
-    from .train.distributed import gather_batch, is_main, main_first, on_main, world
-    from .train.engine import Trainer, finish, open_run
-    from .train.loop import (RunResult, build_model, choose_mel_cache, evaluate, resolve_cache,
-                             setup)
-    from .train.rundir import new_run_dir, plot_epoch_metrics
+    from ..losses import make_loss
+    from ..sampling import StratifiedSampler
+    from .data import DistillDataset, JoinedTargets, StackedRows, split_by_file, warn_upsampled
+    from .distributed import gather_batch, is_main, main_first, on_main
+    from .engine import Trainer
+    from .job import (RunResult, create_run, evaluate, finish, job_cache, open_job, setup,
+                      student_inputs, teacher_record, train_loader)
+    from .model import build_model
+    from .rundir import new_run_dir, plot_epoch_metrics
 
-    run, state = open_run(cfg.train.out, cfg.hash(), resume)
-    recorded: Dict[str, Any] = {}
-    if state is not None:
-        if "adapt" not in state:
-            raise ValueError(f"{run.path}: not an adapt run; continue it with "
-                             f"'ssondo distill --resume {run.path}'")
-        stored = AdaptConfig.from_json(state["adapt"])
-        t = cfg.train
-        cfg = stored.replace(train=stored.train.replace(
-            out=t.out, workers=t.workers, threads=t.threads, log_every=t.log_every))
-        recorded = json.loads(run.config.read_text()) if run.config.is_file() else {}
+    job = open_job(cfg.train.out, cfg.hash(), resume, "adapt")
+    if not job.fresh:
+        stored = AdaptConfig.from_json(job.state["adapt"])
+        cfg = stored.replace(train=stored.train.with_runtime_of(cfg.train))
     cfg.validate()
     train = cfg.train
     parent = Parent(cfg.parent)
+    if len(parent.cfg.teachers) > 1 or len(parent.state.get("targets") or [0]) > 1:
+        raise ValueError(f"{parent.run.path}: a run with several targets; adapt continues "
+                         f"single-target runs only")
     device = setup(train, "adapt")
     progress = progress and is_main()
 
@@ -234,7 +229,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
         raise ValueError(f"--cache-dir {train.cache_dir} holds the teacher cache of the old audio "
                          f"({parent.cache}); caching the new audio there would replace it; give "
                          f"another folder")
-    new_path = resolve_cache(train.replace(audio=cfg.new_audio), progress)
+    new_path = job_cache(train, train.teacher, cfg.new_audio, train.cache_dir, progress)
     new = EmbeddingCache(new_path)
     if len(new) == 0:
         raise ValueError(f"{cfg.new_audio}: no usable audio segments (the folder is empty or "
@@ -263,7 +258,8 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     # The grown codebook and the stratified sampler over it.
     k = min(parent.cfg.clusters, n_old)
     with main_first():
-        _, centers = load_or_fit_codebook(parent.cache, k, parent.cfg.seed)
+        _, centers = load_or_fit_codebook(parent.cache, k, parent.cfg.cluster_metric,
+                                          parent.cfg.seed)
     threshold = (cfg.grow_threshold if cfg.grow_threshold is not None
                  else similarity_percentile(old_x, centers, GROW_PERCENTILE))
     codebook = on_main(lambda: grow_codebook(centers, np.asarray(new_x[new_train]), threshold,
@@ -279,16 +275,8 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     rows = np.concatenate([old_train, n_old + new_train])
 
     # Inputs (log-mel files when chosen) and targets over the rows [old | new].
-    window = float(old.meta["window_s"])
-    parts = []
-    for folder, cache, segs in ((parent.cache, old, old_segs), (new_path, new, new_segs)):
-        part_audio = SegmentAudio(segs, train.mel.sample_rate, window)
-        parts.append((mel_cache_path(folder, part_audio, train.mel, cache.ids), part_audio))
-    cached = choose_mel_cache(train, parts, recorded.get("mel_cached"))
-    with main_first():
-        mel = StackedRows([mel_cache(path, a, train.mel) for path, a in parts]) \
-            if cached else None
-    audio = SegmentAudio(old_segs + new_segs, train.mel.sample_rate, window)
+    audio, mel, cached = student_inputs(train, [(parent.cache, old), (new_path, new)],
+                                        job.recorded.get("mel_cached"))
     teacher_rows = StackedRows([old_x, new_x])
     plain = DistillDataset(audio, teacher_rows, mel)
 
@@ -297,23 +285,16 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
               "threshold_rule": ("given" if cfg.grow_threshold is not None else
                                  f"{GROW_PERCENTILE:g}th percentile of the old embeddings' "
                                  f"cosine to their centroid")}
-    fresh = state is None
-
-    def create() -> str:
-        made = new_run_dir(train.out, train.student, f"adapt-{Path(cfg.new_audio).name}")
-        made.write_config(train, {
-            "config_hash": cfg.hash(), "adapt": json.loads(cfg.to_json()),
-            "parent": str(parent.run.path), "parent_checkpoint": str(parent.checkpoint),
-            "teacher_fingerprint": old_fp, "cache": str(parent.cache),
-            "new_cache": str(new_path), "codebook": growth,
-            "train_segments_old": int(len(old_train)), "val_segments_old": int(len(old_val)),
-            "train_segments_new": int(len(new_train)), "val_segments_new": int(len(new_val)),
-            "replay_per_batch": sampler.n_a, "new_per_batch": sampler.n_b,
-            "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
-        return str(made.path)
-
-    if fresh:
-        run = RunDir(on_main(create))
+    run = job.run or create_run(
+        lambda: new_run_dir(train.out, train.student, f"adapt-{Path(cfg.new_audio).name}"),
+        train, {"config_hash": cfg.hash(), "adapt": json.loads(cfg.to_json()),
+                "parent": str(parent.run.path), "parent_checkpoint": str(parent.checkpoint),
+                "teacher_fingerprint": old_fp, "cache": str(parent.cache),
+                "new_cache": str(new_path), "codebook": growth,
+                "train_segments_old": int(len(old_train)), "val_segments_old": int(len(old_val)),
+                "train_segments_new": int(len(new_train)), "val_segments_new": int(len(new_val)),
+                "replay_per_batch": sampler.n_a, "new_per_batch": sampler.n_b,
+                "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
     targets: Any = teacher_rows
     if cfg.self_weight:
         key = hashlib.sha256(f"{parent.checkpoint}:{old.digest}:{new.digest}:"
@@ -324,15 +305,13 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
         targets = JoinedTargets(teacher_rows, prev)
     dataset = DistillDataset(audio, targets, mel)
 
-    teacher = {"name": str(old.meta["teacher"]["name"]), "fingerprint": old_fp, "dim": dim,
-               "sample_rate": int(old.meta["teacher_sample_rate"]),
-               "level": str(old.meta["level"])}
     # With self-distillation, batch norm keeps the parent's statistics: the student at step 0
     # is then the frozen previous model and the self term measures only how far the weights
     # moved. (In train mode the statistics of mixed old/new batches would differ from those
     # the previous embeddings were computed with, and the term would pull at that gap.)
     frozen = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    trainer = Trainer(run, train, model, sampler, steps_per_epoch, device, teacher,
+    trainer = Trainer(run, train, model, sampler, steps_per_epoch, device,
+                      teacher_record(old.meta, dim),
                       config_hash=cfg.hash(), extra={"adapt": cfg.to_json()},
                       frozen=frozen if cfg.self_weight else (), command="adapt")
 
@@ -345,14 +324,14 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
         mean = float(np.mean(have)) if have else None
         return mean, {**scores, "val_cos": mean}
 
-    if fresh:
+    if job.fresh:
         _, before = validate()
         if is_main():
             run.append_log({"kind": "epoch", "epoch": 0, "step": 0, **before})
         log.info("before adapting: validation cosine old %s, new %s",
                  _fmt(before["val_cos_old"]), _fmt(before["val_cos_new"]))
     else:
-        trainer.restore(state)
+        trainer.restore(job.state)
 
     def compute_loss(x: torch.Tensor, y: torch.Tensor):
         with trainer.autocast():
@@ -366,11 +345,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
         return (teacher_loss + cfg.self_weight * self_loss,
                 {"teacher_loss": teacher_loss, "self_loss": self_loss})
 
-    augment = Augment(train.gain_db, train.time_mask, train.freq_mask, train.mixup)
-    loader = make_loader(dataset, KeyBatches(sampler, rows, train.batch_size, trainer.epoch,
-                                             train.epochs, *world()[:2]),
-                         Collate(train.mel, augment, train.seed), train.workers,
-                         pin_memory=device.type == "cuda")
+    loader = train_loader(train, dataset, sampler, rows, trainer.epoch, device)
     batches = iter(loader)
     trainer.fit(batches, compute_loss, validate, progress)
     del batches, loader
@@ -396,9 +371,9 @@ def previous_embeddings(path: Path, model, dataset, n: int, cfg: DistillConfig,
     (atomically; memory-mapped when read back). Reused when ``path`` holds [n, d] rows."""
     import torch
 
-    from .atomic import atomic_open
-    from .progress import Progress
-    from .train.data import Collate, fixed_batches, make_loader
+    from ..atomic import atomic_open
+    from ..progress import Progress
+    from .data import Collate, fixed_batches, make_loader
 
     if path.is_file():
         rows = np.load(path, mmap_mode="r")
@@ -421,7 +396,7 @@ def previous_embeddings(path: Path, model, dataset, n: int, cfg: DistillConfig,
 
 def _check_teacher(teacher: str, fingerprint: str, parent: Parent) -> None:
     """The teacher must be the one that built the parent's cache (compared by sha256)."""
-    from .models import file_sha256, is_factory_spec
+    from ..models import file_sha256, is_factory_spec
 
     if not teacher or is_factory_spec(teacher):
         return
