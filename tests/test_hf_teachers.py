@@ -277,3 +277,19 @@ def test_cache_records_the_targets_and_a_short_distill_runs(snapshots, shared_da
                      "--workers", "0", "--threads", "1", "--cache-dir",
                      str(tmp_path / "cache"), "--out", str(tmp_path / "runs")]) == 0
     assert list((tmp_path / "runs").glob("*/student.pt"))
+
+
+def test_a_repo_id_resolves_in_the_local_hugging_face_cache(snapshots, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from pyssondo.teachers.hf import resolve_snapshot
+
+    # the cache layout huggingface_hub writes: models--ORG--NAME/{refs/main, snapshots/REV/}
+    repo = tmp_path / "hub" / "models--someone--tiny-hubert"
+    shutil.copytree(snapshots["hubert"][0], repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_snapshot("hf:someone/tiny-hubert") == repo / "snapshots" / "0123abcd"
+    teacher = _build(tmp_path, "someone/tiny-hubert", "--layer", "2")
+    assert teacher.meta["source"] == "hf:someone/tiny-hubert"
