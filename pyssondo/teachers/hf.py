@@ -485,7 +485,7 @@ def is_state_file(path: PathLike) -> bool:
     """True when ``path`` is a state teacher file (a zip holding ssondo.json at its top)."""
     try:
         with zipfile.ZipFile(path) as z:
-            return "ssondo.json" in z.namelist() and "model.safetensors" in z.namelist()
+            return {"ssondo.json", *STATE_FILES} <= set(z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
 
