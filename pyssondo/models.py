@@ -4,7 +4,8 @@ Contract (../shared/DESIGN.md, "Teacher"): ``forward(wav: Tensor[B, T]) -> Tenso
 (clip embeddings) or ``Tensor[B, F, D]`` (frame embeddings), float32 mono at the model's sample
 rate. The rate comes from, in order: the caller's override, ``ssondo.json`` among the file's
 extra files, a module attribute ``sample_rate``. Teachers, exported students and eval models
-all load here.
+all load here. An hf teacher that TorchScript cannot hold is a "state" zip (config +
+safetensors weights) rebuilt here with ``transformers`` (:mod:`pyssondo.teachers.hf`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from .errors import ParameterError
 
@@ -36,6 +37,7 @@ class LoadedModel:
             two different models never share a fingerprint, so it keys caches.
         meta: the parsed ``ssondo.json`` (empty when absent).
         source: the path or spec the model was loaded from.
+        targets: what the output's last axis holds, in order (:func:`teacher_targets`).
     """
 
     module: Any
@@ -44,6 +46,33 @@ class LoadedModel:
     fingerprint: str
     source: str
     meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def targets(self) -> Optional[List[Dict[str, Any]]]:
+        return teacher_targets(self.meta, self.source)
+
+
+def teacher_targets(meta: Dict[str, Any],
+                    where: str = "teacher") -> Optional[List[Dict[str, Any]]]:
+    """The targets a teacher's ``ssondo.json`` lists: ``[{"name": str, "dim": int}, ...]`` in
+    the order their dims are concatenated on the output's last axis (several layers of an hf
+    teacher); None when it lists none (one target, the whole output).
+
+    Raises:
+        ValueError: a malformed list, or dims that do not sum to the stated ``dim``.
+    """
+    raw = meta.get("targets")
+    if raw is None:
+        return None
+    try:
+        targets = [{"name": str(t["name"]), "dim": int(t["dim"])} for t in raw]
+    except (KeyError, TypeError, ValueError):
+        targets = []
+    if not targets or any(t["dim"] < 1 for t in targets) or (
+            meta.get("dim") is not None and sum(t["dim"] for t in targets) != meta["dim"]):
+        raise ValueError(f"{where}: {META_FILE} 'targets' must be a list of "
+                         f"{{name, dim >= 1}} whose dims sum to 'dim' ({meta.get('dim')})")
+    return targets
 
 
 def is_factory_spec(spec: str) -> bool:
@@ -93,13 +122,18 @@ def load_model(spec: PathLike, sample_rate: Optional[int] = None, *, device: str
         path = Path(text)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: {role} file not found")
-        extra = {META_FILE: ""}
-        try:
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-        except Exception as e:
-            raise ValueError(f"{path}: not a TorchScript {role} file ({_first_line(e)}); "
-                             f"a Python model can be given as pkg.module:factory") from None
-        meta = _parse_meta(path, extra[META_FILE])
+        from .teachers.hf import is_state_file, load_state_teacher
+
+        if is_state_file(path):  # an hf teacher TorchScript cannot hold: rebuilt eagerly
+            module, meta = load_state_teacher(path)
+        else:
+            extra = {META_FILE: ""}
+            try:
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            except Exception as e:
+                raise ValueError(f"{path}: not a TorchScript {role} file ({_first_line(e)}); "
+                                 f"a Python model can be given as pkg.module:factory") from None
+            meta = _parse_meta(path, extra[META_FILE])
         fingerprint, name = file_sha256(path), path.stem
     rate = sample_rate or meta.get("sample_rate") or _attr_rate(module)
     if not rate:

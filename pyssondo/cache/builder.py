@@ -561,6 +561,10 @@ class _Builder:
         dim = int(y.shape[-1])
         if self.meta is None:
             t = self.teacher
+            targets = t.targets or [{"name": t.name, "dim": dim}]  # one: named after it
+            if sum(x["dim"] for x in targets) != dim:
+                raise ValueError(f"teacher {t.source} lists targets of dims "
+                                 f"{[x['dim'] for x in targets]} but returned dim {dim}")
             self.meta = {
                 "version": layout.FORMAT_VERSION,
                 "teacher": {"fingerprint": t.fingerprint, "name": t.name, "source": t.source,
@@ -568,7 +572,7 @@ class _Builder:
                 "teacher_fingerprint": t.fingerprint,
                 "teacher_sample_rate": self.sr, "window_s": self.window_s,
                 "hop_s": self.hop_s, "window_samples": self.window_t, "dtype": self.dtype,
-                "level": level, "dim": dim, "frames": frames,
+                "level": level, "dim": dim, "frames": frames, "targets": targets,
                 "audio_root": str(self.audio_root),
             }
             if self.count > 1:

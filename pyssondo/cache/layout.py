@@ -5,7 +5,9 @@ with ``-v<K>-<view settings hash[:8]>`` appended when segments have K > 1 views:
 
     meta.json       teacher (fingerprint, name, source, rate, its ssondo.json), window_s,
                     hop_s, window samples at the teacher rate, dtype, level ("clip"/"frame"),
-                    dim, frames, audio_root; with views, "views": the ViewConfig and its hash
+                    dim, frames, targets ([{name, dim}] in the order they are
+                    concatenated on each row's last axis), audio_root; with views, "views":
+                    the ViewConfig and its hash
     manifest.json   {"files": {key: FileEntry}, "shards": {name: {rows, bytes, sha256}},
                      "skipped": {key: reason}, "next_shard": int}
     shard-000000.npy ...  rows [n, D] (clip teachers) or [n, F, D] (frame teachers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -231,6 +231,14 @@ class EmbeddingCache:
             return self._shard(0)
         return self.rows(np.arange(len(self)), pool, view)
 
+    @property
+    def targets(self) -> List[Dict[str, Any]]:
+        """What each row's last axis holds, in order: ``[{"name", "dim"}, ...]`` (the teacher's
+        targets, e.g. several layers; caches written before list none: one target named after
+        the teacher, as :func:`pyssondo.train.targets.cache_targets` reads them)."""
+        return self.meta.get("targets") or [{"name": str(self.meta["teacher"]["name"]),
+                                             "dim": self.dim}]
+
     def summary(self) -> str:
         """Human-readable summary: teacher, rate, files, segments, dims, dtype, size, skipped."""
         m, t = self.meta, self.meta["teacher"]
@@ -246,6 +254,9 @@ class EmbeddingCache:
             f"segments     {len(self)}",
             f"views        {self.view_config.describe()}",
             f"rows         {shape} per segment and view, {m['dtype']}",
+            f"rows         {shape} per segment, {m['dtype']}; "
+            f"{'frame' if m['frames'] else 'pooled clip'} storage",
+            "targets      " + ", ".join(f"{t['name']} [{t['dim']}]" for t in self.targets),
             f"size         {self.disk_bytes() / 1e6:.1f} MB in {len(self._shard_names)} shards",
             f"skipped      {len(self.skipped)} files" + "".join(
                 f"\n  {k}: {v}" for k, v in sorted(self.skipped.items())),

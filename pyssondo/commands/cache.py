@@ -19,8 +19,9 @@ Running it again skips unchanged files, computes new or changed ones and drops v
 an interrupted run (Ctrl-C, kill -9) resumes where it stopped. Unreadable audio files are
 skipped with a warning and listed by --info. Under torchrun, the processes share the files
 (each runs the teacher on its own device; rank 0 merges their shards). The teacher is a
-TorchScript file (see 'ssondo teacher build') or a Python factory pkg.module:function
-returning an nn.Module.
+TorchScript file (see 'ssondo teacher build'; an hf teacher state file is loaded with
+transformers) or a Python factory pkg.module:function returning an nn.Module. A teacher with
+several targets (layers) stores them concatenated in each row; --info lists them.
 
 --views K adds K-1 augmented views of every segment (random speed, EQ, time shift, mixing
 with another file's segment, gain; --view-augment chooses them), each seeded by (segment,
@@ -34,6 +35,8 @@ examples:
   ssondo cache mypkg.models:teacher audio/ --teacher-sr 32000
   ssondo cache aisfx.pt audio/ --views 4 --out cache/
   ssondo cache aisfx.pt audio/ --views 2 --view-augment gain=-3:3,speed=0.9:1.1 --out cache/
+  ssondo teacher build hf:snapshots/hubert-base --layers 4,8,12 -o hubert.pt
+  ssondo cache hubert.pt audio/ --device cuda --teacher-batch-size 64 --out cache/
   ssondo cache --info cache/            (a root holding one cache, or cache/<key>/)
   torchrun --standalone --nproc_per_node 4 -m pyssondo cache teacher.pt audio/ --device cuda
 """
@@ -53,8 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "as 'ssondo distill' uses)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                    help="stored row type (default: float16)")
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="segments per teacher call (default: 16)")
+    p.add_argument("--teacher-batch-size", "--batch-size", dest="batch_size", type=int,
+                   default=16, help="segments per teacher forward (default: 16)")
     p.add_argument("--teacher-sr", type=int, default=None,
                    help="teacher input sample rate in Hz (overrides the teacher's own)")
     p.add_argument("--workers", type=int, default=None,

@@ -37,6 +37,8 @@ OPTIONS = [
     ("--window", "window_s", float, "segment window in seconds"),
     ("--hop", "hop_s", float, "segment hop in seconds (default: the window)"),
     ("--cache-dtype", "cache_dtype", str, "float16 or float32 teacher embeddings on disk"),
+    ("--teacher-batch-size", "teacher_batch_size", int,
+     "segments per teacher forward while filling the cache"),
     ("--student", "student", str, "student architecture (see 'ssondo students')"),
     ("--head", "head", str, "mapping head: mlp, linear or identity"),
     ("--init", "init", str, "start from these student weights (run folder or checkpoint)"),

@@ -4,6 +4,10 @@
 [B, T] at ``module.sample_rate`` to embeddings; ``save_teacher`` scripts it into a TorchScript
 file whose ``ssondo.json`` extra file carries sample rate, name, description, output level
 ("frame" -> [B, F, D], "clip" -> [B, D]), dim and hop. Known names: :func:`list_teachers`.
+
+Hugging Face ``transformers`` audio encoders read from a local snapshot (``hf:PATH_OR_ID``,
+any layer or layers) are built by :func:`build_hf_teacher_file` (:mod:`.hf`; needs the
+``ssondo[hf]`` extra, imported only then).
 """
 from __future__ import annotations
 
@@ -95,7 +99,8 @@ def teacher_meta(name: str, hop: int = 1024) -> Dict[str, Any]:
 
 
 def save_teacher(module, path: PathLike, meta: Dict[str, Any]) -> None:
-    """Scripts ``module`` and writes it atomically to ``path`` with ``ssondo.json`` = ``meta``."""
+    """Scripts ``module`` (a ScriptModule is kept as is) and writes it atomically to ``path``
+    with ``ssondo.json`` = ``meta``."""
     import io
 
     import torch
@@ -114,3 +119,12 @@ def build_teacher_file(name: str, path: PathLike, hop: int = 1024) -> Dict[str, 
     meta = teacher_meta(name, hop)
     save_teacher(build_teacher(name, hop), path, meta)
     return meta
+
+
+def build_hf_teacher_file(spec: str, path: PathLike, **options: Any) -> Dict[str, Any]:
+    """Builds the teacher file of a Hugging Face audio encoder ``hf:PATH_OR_ID`` (layers,
+    pooling and format in ``options``, see :func:`pyssondo.teachers.hf.build_hf_teacher_file`);
+    returns its metadata."""
+    from .hf import build_hf_teacher_file as build
+
+    return build(spec, path, **options)

@@ -33,9 +33,10 @@ CLUSTER_METRICS = ("cosine", "euclidean")
 # Settings that change neither the data, the model nor the numbers a run produces: two
 # configs that differ only here are the same run for ``--resume auto``.
 NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every", "eval_data",
-              "eval_label_column")
+              "eval_label_column", "teacher_batch_size")
 # Of those, the ones a resumed run takes from the command that resumes it.
-RUNTIME = ("out", "workers", "threads", "log_every", "eval_data", "eval_label_column")
+RUNTIME = ("out", "workers", "threads", "log_every", "eval_data", "eval_label_column",
+           "teacher_batch_size")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class DistillConfig:
     window_s: float = 10.0               # segment window, seconds
     hop_s: Optional[float] = None        # segment hop, seconds (None = window)
     cache_dtype: str = "float16"         # teacher embeddings on disk
+    teacher_batch_size: int = 16         # segments per teacher forward when filling the cache
     # Model.
     student: str = "mn10"
     head: str = "mlp"                    # mlp | linear | identity
@@ -137,6 +139,7 @@ class DistillConfig:
             ("window_s", self.window_s > 0, "expected seconds > 0"),
             ("hop_s", self.hop_s is None or self.hop_s > 0, "expected seconds > 0"),
             ("cache_dtype", self.cache_dtype in ("float16", "float32"), "float16 or float32"),
+            ("teacher_batch_size", self.teacher_batch_size >= 1, "expected an integer >= 1"),
             ("clusters", self.clusters >= 1, "expected an integer >= 1"),
             ("cluster_metric", self.cluster_metric in CLUSTER_METRICS,
              f"expected one of {CLUSTER_METRICS}"),

@@ -114,7 +114,7 @@ def job_cache(cfg: DistillConfig, teacher: str, audio: str, root: Optional[str],
     rank, size, _ = world()
     return open_cache(root or default_cache_root(cfg.out, audio), teacher=teacher,
                       audio=audio, window_s=cfg.window_s, hop_s=cfg.hop_s, dtype=cfg.cache_dtype,
-                      teacher_sr=cfg.teacher_sr,
+                      teacher_sr=cfg.teacher_sr, batch_size=cfg.teacher_batch_size,
                       device=str(local_device(torch.device(cfg.device))), progress=progress,
                       rank=rank, world_size=size, barrier=barrier, views=cfg.view_config)
 
