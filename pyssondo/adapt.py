@@ -134,10 +134,7 @@ class Parent:
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{path}: the run has no checkpoint yet (checkpoints/"
                                     f"best.pt or last.pt); finish it with --resume first")
-        try:
-            self.record: Dict[str, Any] = json.loads(self.run.config.read_text())
-        except ValueError as e:
-            raise ValueError(f"{self.run.config}: unreadable ({e})") from None
+        self.record: Dict[str, Any] = self.run.read_config()
         self.state = load_checkpoint(self.checkpoint)
         self.cfg = DistillConfig.from_json(self.state["config"])
         if "cache" not in self.record:
@@ -216,7 +213,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
         t = cfg.train
         cfg = stored.replace(train=stored.train.replace(
             out=t.out, workers=t.workers, threads=t.threads, log_every=t.log_every))
-        recorded = json.loads(run.config.read_text()) if run.config.is_file() else {}
+        recorded = run.read_config()
     cfg.validate()
     train = cfg.train
     parent = Parent(cfg.parent)

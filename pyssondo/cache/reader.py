@@ -60,7 +60,7 @@ class EmbeddingCache:
 
     def __init__(self, path: PathLike, verify: bool = False) -> None:
         self.path = resolve_cache_dir(path)
-        meta = layout.read_json(self.path / layout.META)
+        meta = layout.read_meta(self.path)
         manifest = layout.read_manifest(self.path)
         if meta is None or manifest is None:
             raise FileNotFoundError(f"{self.path}: not an embedding cache folder (no "

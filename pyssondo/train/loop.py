@@ -20,7 +20,6 @@ the head has no dropout and mixup is off.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -129,7 +128,9 @@ def check_cache_matches(path: Path, cfg: DistillConfig) -> None:
     """Raises ValueError when the cache at ``path`` was built for another teacher or setup."""
     from ..models import file_sha256, is_factory_spec
 
-    meta = json.loads((path / "meta.json").read_text())
+    from ..cache.layout import read_meta
+
+    meta = read_meta(path)
     problems = []
     fp = meta["teacher"]["fingerprint"]
     if cfg.teacher and not is_factory_spec(cfg.teacher) and Path(cfg.teacher).is_file():
@@ -215,7 +216,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
             raise ValueError(f"{run.path}: an adapt run; continue it with 'ssondo adapt "
                              f"PARENT NEW_AUDIO --resume {run.path}'")
         stored = DistillConfig.from_json(state["config"])
-        recorded = json.loads(run.config.read_text()) if run.config.is_file() else {}
+        recorded = run.read_config()
         cfg = stored.replace(out=cfg.out, workers=cfg.workers, threads=cfg.threads,
                              log_every=cfg.log_every,
                              cache_dir=cfg.cache_dir or recorded.get("cache") or stored.cache_dir)
