@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -22,7 +21,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -125,6 +123,30 @@ def bad_names(box, folder: Path):
 # -------------------------------------------------------------------------------------------
 # 1, 2: names read from a cache stay inside it
 # -------------------------------------------------------------------------------------------
+def test_safe_member_and_safe_key(tmp_path):
+    from pyssondo.cache.layout import safe_key, safe_member
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "inside.npy").write_bytes(b"x")
+    (folder / "link.npy").symlink_to(folder / "inside.npy")
+    (folder / "escape.npy").symlink_to(tmp_path)
+    (folder / "loop.npy").symlink_to("loop.npy")
+    src = folder / "manifest.json"
+    for name in ("shard-000000.npy", "link.npy", "not-there-yet.npy", "..x", "a b"):
+        assert safe_member(folder, name, src) == folder / name
+    for name in ("", ".", "..", "../x", "a/b", "a\\b", "/etc/passwd", "x\0", 3, None,
+                 "escape.npy", "loop.npy"):
+        with pytest.raises(ValueError, match="manifest.json: refusing"):
+            safe_member(folder, name, src)
+    for key in ("a.wav", "sub/dir/a.flac", "..a/b..", "a b/c"):
+        assert safe_key(key, src) == key
+    for key in ("", "/abs.wav", "../a.wav", "a/../../b.wav", "a//b.wav", "./a.wav", "a\\b",
+                "a/", 7):
+        with pytest.raises(ValueError, match="manifest.json: refusing the unsafe file key"):
+            safe_key(key, src)
+
+
 @pytest.mark.parametrize("kind", ["relative", "absolute", "subfolder", "dotdot"])
 def test_cache_refuses_a_manifest_shard_name_outside_the_folder(box, kind):
     root = box.work / "cache"
@@ -189,6 +211,15 @@ def test_a_file_key_leaving_the_audio_folder_is_refused(box):
     edit_manifest(folder, edit)
     assert_error(ssondo("cache", "--info", folder, cwd=box.work), "manifest.json",
                  "'../../victim.txt'")
+
+
+def test_a_cache_folder_linked_out_of_the_root_is_refused(box):
+    root = box.work / "cache"
+    folder = build(box, box.work / "elsewhere")
+    root.mkdir()
+    (root / folder.name).symlink_to(box.base / "victim_dir", target_is_directory=True)
+    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, cwd=box.work)
+    assert_error(proc, str(root), repr(folder.name), "outside")
 
 
 # -------------------------------------------------------------------------------------------
@@ -364,6 +395,15 @@ def run_dir(tmp_path_factory, shared_data):
                         window_s=1.0, clusters=2, batch_size=4, epochs=1, val_fraction=0.25,
                         workers=0, threads=1, out=str(base / "runs"), cache_mel="off")
     return distill(cfg, progress=False, export=False).run.path
+
+
+def test_full_disk_before_the_first_checkpoint_claims_no_checkpoint(box, full_disk):
+    cache = box.work / "cache"
+    build(box, cache)
+    proc = ssondo("distill", TINY, box.audio, *DISTILL, "--epochs", "1", "--cache-dir", cache,
+                  "--out", full_disk / "runs", cwd=box.work)
+    line = assert_error(proc, "no space left on", str(full_disk), "--resume auto")
+    assert "intact" not in line
 
 
 def test_export_onto_a_full_disk_is_one_line(box, run_dir, full_disk):

@@ -131,6 +131,8 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
     audio_root, files = scan_audio(audio_dir_or_files, exclude=[root_out])
     folder = root_out / layout.cache_key(teacher.fingerprint, teacher.sample_rate, window_s,
                                          hop_s, dtype)
+    if folder.is_symlink():  # a link planted in a shared root: never write through it
+        layout.safe_member(root_out, folder.name, root_out)
     made = [p for p in (folder, root_out) if not p.exists()] if world_size == 1 else []
     folder.mkdir(parents=True, exist_ok=True)
     settings = (teacher, folder, audio_root, window_s, hop_s, dtype, batch_size,

@@ -175,8 +175,6 @@ def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
     None when neither exists. Every name in them is validated (:func:`check_manifest`)."""
     source = safe_member(folder, MANIFEST, folder / MANIFEST)
     manifest = read_json(source)
-    if manifest is not None:
-        check_manifest(folder, manifest, source)
     entries = []
     for path in journals(folder):
         safe_member(folder, path.name, path)
@@ -200,6 +198,8 @@ def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
                 raise ValueError(f"{path}: line {i + 1} names shard {entry['shard']!r}, not "
                                  f"one this cache writes; delete the cache folder to rebuild")
             entries.append((int(entry.get("t", 0)), str(path), i, entry))
+    if manifest is not None:
+        check_manifest(folder, manifest, source)
     if not entries:
         return manifest
     manifest = manifest or empty_manifest()
@@ -208,7 +208,7 @@ def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
         manifest["files"].update(entry["files"])
         manifest["next_shard"] = max(int(manifest["next_shard"]),
                                      int(entry["shard"][6:12]) + 1)
-    return check_manifest(folder, manifest, folder / MANIFEST)
+    return manifest
 
 
 def append_journal(folder: Path, shard: str, record: Dict[str, Any],

@@ -37,6 +37,8 @@ def resolve_cache_dir(path: PathLike) -> Path:
     if len(found) > 1:
         raise ValueError(f"{p} holds {len(found)} caches; give one of: "
                          + ", ".join(str(d) for d in found))
+    if found and found[0].is_symlink():  # found by listing a root: stays inside it
+        layout.safe_member(p, found[0].name, p)
     return found[0] if found else p
 
 
