@@ -449,6 +449,9 @@ def test_an_audio_folder_that_is_a_file_is_one_line(box):
 # 12: Ctrl-C prints the command that resumes
 # -------------------------------------------------------------------------------------------
 def test_ctrl_c_prints_the_command_that_resumes(box):
+    # distill skips broken symlinks too (3, 11): it reaches its first checkpoint past them
+    (box.audio / "loop.wav").symlink_to("loop.wav")
+    (box.audio / "gone.wav").symlink_to(box.audio / "missing.wav")
     out = box.work / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "pyssondo", "distill", TINY, str(box.audio),
                              *DISTILL, "--epochs", "50", "--save-every", "1", "--out", str(out)],
@@ -465,3 +468,4 @@ def test_ctrl_c_prints_the_command_that_resumes(box):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert f"ssondo distill --resume {run}" in err
+    assert "loop.wav: skipped" in err and "gone.wav: skipped" in err

@@ -11,10 +11,10 @@ def run_training(command: str, device: str, job: Callable[[], Any]
     """Runs ``job()`` inside the process group of a torchrun launch (none otherwise).
 
     Returns ``(result, 0)`` on the rank that reports (rank 0, or the only process), ``(None, 0)``
-    on the other ranks, and ``(None, 1)`` after printing one line when a file could not be
-    written (a full disk; it says the previous checkpoint is intact only when the failed
-    write was a checkpoint that existed before). Missing or unreadable files are raised as
-    they are.
+    on the other ranks, and ``(None, 1)`` after printing one line for any other OSError; for a
+    full disk it says how to continue, and that the previous checkpoint is intact only when
+    the failed write was a checkpoint that existed before. Missing or unreadable files are
+    raised as they are.
     """
     from pyssondo.train.distributed import is_main, process_group
 
@@ -29,9 +29,10 @@ def run_training(command: str, device: str, job: Callable[[], Any]
 
         from pyssondo.errors import disk_full_message
 
+        full = disk_full_message(e)
         kept = bool(e.filename) and Path(e.filename).suffix == ".pt" and Path(e.filename).exists()
-        print(f"ssondo {command}: error: {disk_full_message(e) or e}; "
-              f"{'the previous checkpoint is intact; ' if kept else ''}free space and rerun "
-              f"with --resume auto", file=sys.stderr)
+        hint = (f"; {'the previous checkpoint is intact; ' if kept else ''}free space and "
+                f"rerun with --resume auto") if full else ""
+        print(f"ssondo {command}: error: {full or e}{hint}", file=sys.stderr)
         return None, 1
     return (result if main else None), 0
