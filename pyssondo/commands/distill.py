@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 HELP = "distill a teacher into a small student on unlabeled audio (the main job)"
 DESCRIPTION = """\
@@ -126,18 +125,15 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyssondo.commands.training import run_training
+    from pyssondo.commands.training import resume_hint, run_training
     from pyssondo.train.loop import distill
 
     cfg = resolve_config(args)
     if not args.resume and not (cfg.teacher and cfg.audio) and not cfg.cache_dir:
         raise ValueError("give TEACHER and AUDIO_DIR (or --resume, or --cache-dir of a cache)")
-    try:
-        result, code = run_training("distill", cfg.device,
-                                    lambda: distill(cfg, resume=args.resume))
-    except KeyboardInterrupt:
-        print(f"ssondo distill: interrupted; {_how_to_resume(cfg, args.resume)}", file=sys.stderr)
-        return 130
+    result, code = run_training(
+        "distill", cfg.device, lambda: distill(cfg, resume=args.resume),
+        interrupted=lambda: resume_hint("ssondo distill", cfg.out, cfg.hash(), args.resume))
     if result is None:
         return code
     run_dir = result.run
@@ -152,18 +148,6 @@ def run(args: argparse.Namespace) -> int:
     if result.export:
         print(f"export       {result.export}  (embed with: ssondo embed {result.export} audio.wav)")
     return 0
-
-
-def _how_to_resume(cfg, resume) -> str:
-    """The command that continues an interrupted run: ``--resume`` with its run folder."""
-    from pyssondo.train.rundir import find_resumable
-
-    if resume and resume != "auto":
-        return f"continue with: ssondo distill --resume {resume}"
-    run = find_resumable(cfg.out, cfg.hash())
-    if run is None:
-        return "no checkpoint was written yet; run the same command to start again"
-    return f"the last checkpoint is kept; continue with: ssondo distill --resume {run.path}"
 
 
 def _exists(path: str) -> bool:
