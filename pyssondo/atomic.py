@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Union
 
+from .errors import DISK_FULL, DiskFull
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -41,12 +43,18 @@ def fsync_dir(path: PathLike) -> None:
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Opens a temporary file next to ``path``; on clean exit it is fsynced and renamed to
-    ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
+    ``path``. On any exception the temporary file is removed and ``path`` is untouched; a
+    full disk raises :class:`pyssondo.errors.DiskFull` naming ``path``."""
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open: mode must be 'wb' or 'w', got {mode!r}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise DiskFull(target, e.errno) from None
+        raise
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
@@ -54,9 +62,11 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_FULL and not isinstance(e, DiskFull):
+            raise DiskFull(target, e.errno) from None
         raise
     fsync_dir(target.parent)
 

@@ -79,11 +79,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("ssondo: interrupted; finished work is kept, run the same command to resume",
               file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        # Bad input: one line naming the file and the problem, no traceback.
+    except (ValueError, OSError) as e:
+        # Bad input or a full disk: one line naming the file and the problem, no traceback.
+        from .errors import disk_full_message
+
+        full = disk_full_message(e) if isinstance(e, OSError) else None
+        if isinstance(e, OSError) and full is None and not isinstance(
+                e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        line = f"{full}; free space and run again" if full else str(e)
         if args.verbose:
             raise
-        print(f"ssondo {args.command}: error: {e}", file=sys.stderr)
+        print(f"ssondo {args.command}: error: {line}", file=sys.stderr)
         return 1
 
 

@@ -1,4 +1,12 @@
-"""The exception types of pyssondo. Both are ValueErrors so callers may catch either."""
+"""The exception types of pyssondo. ParameterError and AudioError are ValueErrors so callers
+may catch either; DiskFull is the OSError (ENOSPC) of a write that found no space."""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Optional
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class ParameterError(ValueError):
@@ -7,3 +15,25 @@ class ParameterError(ValueError):
 
 class AudioError(ValueError):
     """An audio file cannot be used; the message names the file and the problem."""
+
+
+class DiskFull(OSError):
+    """No space left on the device (or quota) while writing ``path``. Raised by the atomic
+    writer, which leaves whatever was at ``path`` before as it was."""
+
+    def __init__(self, path: "os.PathLike[str] | str", code: int = errno.ENOSPC) -> None:
+        super().__init__(code, os.strerror(code), os.fspath(path))
+
+    def __str__(self) -> str:
+        kept = "left as it was" if os.path.exists(self.filename) else "not written"
+        return f"no space left on device for {self.filename} ({kept})"
+
+
+def disk_full_message(e: OSError) -> Optional[str]:
+    """One line for an OSError that means a full disk, naming the file when known (None for
+    any other error)."""
+    if e.errno not in DISK_FULL:
+        return None
+    if isinstance(e, DiskFull):
+        return str(e)
+    return f"no space left on device{f' for {e.filename}' if e.filename else ''}"

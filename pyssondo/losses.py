@@ -102,22 +102,45 @@ def _normalise_by_mean_positive(d: torch.Tensor) -> torch.Tensor:
     return d / positive.mean() if positive.numel() else d
 
 
+def _centred(e: torch.Tensor) -> torch.Tensor:
+    """Rows [B, D] minus their mean row."""
+    return e - e.mean(dim=0, keepdim=True)
+
+
 def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """RKD distance-wise loss (Park et al. 2019, lenscloth/RKD ``RkdDistance``).
 
     psi_ij = d_ij / mu with d = :func:`park_pdist` and mu the mean of the non-zero d_ij,
     computed separately for student and teacher; L = (1/B^2) sum_ij smoothL1(psi^s_ij - psi^t_ij)
     (Huber, delta 1, averaged over all B^2 entries). B = 1 gives 0 (Park's code gives NaN).
+
+    The rows are centred first (distances do not change; the Gram-derived squared distances
+    cancel far less), as the fused path does, so coincident rows get the same near-zero
+    distance on both paths.
     """
     with torch.no_grad():
-        t_d = _normalise_by_mean_positive(park_pdist(teacher.detach()))
-    d = _normalise_by_mean_positive(park_pdist(student))
+        t_d = _normalise_by_mean_positive(park_pdist(_centred(teacher.detach())))
+    d = _normalise_by_mean_positive(park_pdist(_centred(student)))
     return F.smooth_l1_loss(d, t_d, reduction="mean")
+
+
+def safe_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """x / max(||x||, 1e-12) along ``dim`` (F.normalize's value), but an exactly zero vector
+    maps to zero with a zero gradient, where F.normalize's gradient there is 1e12 * I.
+
+    Coincident rows (the same segment drawn twice in a batch) give exactly zero difference
+    vectors and zero rows; this is the fused kernels' convention at them (no gradient
+    through a zero vector).
+    """
+    sq = x.pow(2).sum(dim=dim, keepdim=True)
+    live = sq > 0
+    norm = torch.where(live, sq, torch.ones_like(sq)).sqrt().clamp(min=EPS)
+    return torch.where(live, x / norm, torch.zeros_like(x))
 
 
 def _angles(e: torch.Tensor) -> torch.Tensor:
     diff = e.unsqueeze(0) - e.unsqueeze(1)  # diff[j, i] = e_i - e_j: B x B x D
-    unit = F.normalize(diff, p=2, dim=2)  # zero difference vectors stay zero
+    unit = safe_normalize(diff, dim=2)  # zero difference vectors stay zero, without gradient
     return torch.bmm(unit, unit.transpose(1, 2)).view(-1)  # angle[j, i, k] = <u_ji, u_jk>
 
 
@@ -129,9 +152,9 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     L = (1/B^3) sum_ijk smoothL1(psi^s_ijk - psi^t_ijk). Builds a B x B x D tensor: memory
     B^2 D elements (and as much again for the gradient).
 
-    Where two student rows coincide exactly the angle is undefined; this reference then
-    returns F.normalize's 1e12-scaled gradient, the fused path returns no gradient through
-    that zero difference vector (the values agree).
+    Where two student rows coincide exactly (the same segment twice in a batch) the angles
+    at them are undefined: both paths set them to 0 and pass no gradient through the zero
+    difference vector (:func:`safe_normalize`), so the gradient stays finite.
     """
     with torch.no_grad():
         t_angle = _angles(teacher.detach())

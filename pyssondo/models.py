@@ -135,15 +135,63 @@ def load_model(spec: PathLike, sample_rate: Optional[int] = None, *, device: str
                                  f"a Python model can be given as pkg.module:factory") from None
             meta = _parse_meta(path, extra[META_FILE])
         fingerprint, name = file_sha256(path), path.stem
-    rate = sample_rate or meta.get("sample_rate") or _attr_rate(module)
-    if not rate:
+    if sample_rate is not None:
+        rate, where = sample_rate, "as given"
+    elif meta.get("sample_rate") is not None:
+        rate, where = meta["sample_rate"], f"from its {META_FILE}"
+    else:
+        rate, where = _attr_rate(module), "from its sample_rate attribute"
+    if rate is None:
+        option = "--teacher-sr" if role == "teacher" else "--sr"
         raise ValueError(f"{text}: the {role}'s sample rate is unknown (no 'sample_rate' attribute "
-                         f"or {META_FILE}); pass it with --teacher-sr / --sr")
-    if int(rate) <= 0:
-        raise ParameterError(f"{text}: sample rate {rate!r} must be a positive integer (Hz)")
+                         f"or {META_FILE}); pass it with {option}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1e9 \
+            or int(rate) != rate:
+        raise ParameterError(f"{text}: sample rate {rate!r} ({where}) must be a positive "
+                             f"integer (Hz)")
     module = module.to(device).eval()
     return LoadedModel(module=module, sample_rate=int(rate), name=name, fingerprint=fingerprint,
                        source=text, meta=meta)
+
+
+def describe_files(paths) -> str:
+    """'a, b, c and N more': the files of a batch, for error messages."""
+    paths = sorted({str(p) for p in paths})
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def forward_checked(module: Any, batch: Any, *, what: str, names: str, finite: bool = True):
+    """``module(batch)`` for a waveform batch [B, T] cut from the files ``names``, checked
+    against the contract: a tensor [B, D] or [B, F, D] (a tuple's first element is taken),
+    finite unless ``finite`` is False (a caller that locates bad rows itself).
+
+    Args:
+        what: the model in messages, e.g. "teacher crepe.pt".
+
+    Raises:
+        ValueError: one line naming ``what``, the batch shape and ``names``: the model raised
+            (its exception type and last message line), returned another shape, or NaN/inf.
+    """
+    import torch
+
+    b, t = int(batch.shape[0]), int(batch.shape[1])
+    try:
+        with torch.inference_mode():
+            out = module(batch)
+    except Exception as e:
+        text = str(e).strip()
+        raise ValueError(f"{what} failed on a batch [{b}, {t}] from {names}: "
+                         f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}") from e
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if not isinstance(out, torch.Tensor) or out.dim() not in (2, 3) or out.shape[0] != b:
+        raise ValueError(f"{what} returned {shape} for a batch [{b}, {t}] from {names}; "
+                         f"expected [{b}, D] or [{b}, F, D]")
+    if finite and not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{what} returned NaN/inf for a batch [{b}, {t}] from {names}; "
+                         f"output shape {shape}")
+    return out
 
 
 def _from_factory(spec: str):
@@ -154,7 +202,11 @@ def _from_factory(spec: str):
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"{spec}: cannot import factory ({_first_line(e)})") from None
-    module = fn()
+    try:
+        module = fn()
+    except Exception as e:
+        raise ValueError(f"{spec}: the factory raised {type(e).__name__}: {_first_line(e)}"
+                         ) from None
     if not isinstance(module, torch.nn.Module):
         raise ValueError(f"{spec}: factory returned {type(module).__name__}, expected an nn.Module")
     return module

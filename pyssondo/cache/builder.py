@@ -189,6 +189,9 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
                         ("workers", workers or 1), ("world_size", world_size)):
         if not isinstance(value, int) or value < 1:
             raise ParameterError(f"cache: {name}={value!r} must be a positive integer")
+    if teacher_sr is not None and (not isinstance(teacher_sr, int) or teacher_sr < 1):
+        raise ParameterError(f"cache: teacher sample rate {teacher_sr!r} must be a positive "
+                             f"integer (Hz)")
     if not 0 <= rank < world_size:
         raise ParameterError(f"cache: rank={rank!r} must be in [0, world_size={world_size})")
     if world_size > 1 and barrier is None:
@@ -204,24 +207,52 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
     audio_root, files = scan_audio(audio_dir_or_files, exclude=[root_out])
     folder = root_out / layout.cache_key(teacher.fingerprint, teacher.sample_rate, window_s,
                                          hop_s, dtype, views.count, views.settings_hash())
+    if folder.is_symlink():  # a link planted in a shared root: never write through it
+        layout.safe_member(root_out, folder.name, root_out)
+    made = [p for p in (folder, root_out) if not p.exists()] if world_size == 1 else []
     folder.mkdir(parents=True, exist_ok=True)
     settings = (teacher, folder, audio_root, window_s, hop_s, dtype, batch_size,
                 workers or min(4, os.cpu_count() or 1), shard_rows, device)
     rendering = _Views(views, audio_root, sorted(k for k, _ in files), window_s, hop_s)
-    if world_size > 1:
-        with _exclusive(folder, shared=True):
-            builder = _Builder(*settings, progress, rank=rank, world_size=world_size,
-                               views=rendering)
-            share = builder.share(files)
-            barrier()  # every rank has planned from the same manifest and journals
-            builder.compute(share)
-        barrier()  # every share is journaled
-    if rank == 0:
-        with _exclusive(folder):
-            _Builder(*settings, progress, views=rendering).run(files)
-    if world_size > 1:
-        barrier()  # the manifest is written
+    try:
+        if world_size > 1:
+            with _exclusive(folder, shared=True):
+                builder = _Builder(*settings, progress, rank=rank, world_size=world_size,
+                                   views=rendering)
+                share = builder.share(files)
+                barrier()  # every rank has planned from the same manifest and journals
+                builder.compute(share)
+            barrier()  # every share is journaled
+        if rank == 0:
+            with _exclusive(folder):
+                _Builder(*settings, progress, views=rendering).run(files)
+        if world_size > 1:
+            barrier()  # the manifest is written
+    except BaseException:
+        _remove_if_unused(folder, made)
+        raise
     return folder
+
+
+def _remove_if_unused(folder: Path, made: List[Path]) -> None:
+    """After a failed build: removes the folders it created (``made``: the cache folder, its
+    root) while they hold no rows, so a teacher that fails leaves no empty cache behind. Only
+    the files a build writes before its first shard are removed; anything else keeps them."""
+    if folder in made:
+        try:
+            manifest = layout.read_manifest(folder)
+        except ValueError:
+            return
+        if (manifest and manifest["files"]) or any(
+                re.fullmatch(layout.SHARD_PATTERN, p.name) for p in folder.iterdir()):
+            return
+        for name in (".lock", layout.MANIFEST, layout.META):
+            (folder / name).unlink(missing_ok=True)
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 @contextlib.contextmanager
@@ -233,7 +264,7 @@ def _exclusive(folder: Path, shared: bool = False):
     except ImportError:  # not POSIX: no locking
         yield
         return
-    with open(folder / ".lock", "a") as f:
+    with open(layout.open_in_folder(folder, ".lock"), "a") as f:
         try:
             fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
@@ -273,7 +304,7 @@ class _Builder:
         base = layout.read_json(folder / layout.MANIFEST)
         self._saved = layout.dump_json(base) if base is not None else ""
         self.manifest = layout.read_manifest(folder) or layout.empty_manifest()
-        self.meta = layout.read_json(folder / layout.META)
+        self.meta = layout.read_meta(folder)
         self.skipped: Dict[str, str] = {}
         self.upsampled: List[Tuple[str, int]] = []
 
@@ -302,7 +333,13 @@ class _Builder:
         m = self.manifest
         todo, present = [], {}
         for key, path in files:
-            stat = file_stat(path)
+            try:
+                stat = file_stat(path)
+            except OSError as e:  # a dangling or looping symlink: skipped like corrupt audio
+                reason = e.strerror or type(e).__name__
+                warnings.warn(f"{path}: skipped ({reason})")
+                self.skipped[key] = reason
+                continue
             present[key] = stat
             entry = m["files"].get(key)
             if entry and (entry["size"], entry["mtime_ns"]) == tuple(stat):
@@ -312,7 +349,7 @@ class _Builder:
                 continue
             m["files"].pop(key, None)
             todo.append((key, path, stat))
-        for key in [k for k in m["files"] if k not in present]:
+        for key in [k for k in m["files"] if k not in present or k in self.skipped]:
             del m["files"][key]
         stale = [k for k in sorted(m["files"])
                  if any(p[0] not in present or tuple(present[p[0]]) != tuple(p[3:5])
@@ -520,22 +557,13 @@ class _Builder:
         return finished
 
     def _forward(self, torch, batch: np.ndarray, owners) -> np.ndarray:
-        paths = sorted({str(f.path) for f, _, _ in owners})
-        names = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        from ..models import describe_files, forward_checked
+
+        names = describe_files(f.path for f, _, _ in owners)
         b = batch.shape[0]
-        try:
-            with torch.inference_mode():
-                out = self.teacher.module(torch.from_numpy(batch).to(self.device))
-        except Exception as e:
-            raise ValueError(f"teacher {self.teacher.source} failed on a batch [{b}, "
-                             f"{batch.shape[1]}] from {names}: {type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-                             ) from e
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        if not isinstance(out, torch.Tensor) or out.dim() not in (2, 3) or out.shape[0] != b:
-            raise ValueError(f"teacher {self.teacher.source} returned {shape} for a batch "
-                             f"[{b}, {batch.shape[1]}] from {names}; expected [{b}, D] or "
-                             f"[{b}, F, D]")
+        out = forward_checked(self.teacher.module, torch.from_numpy(batch).to(self.device),
+                              what=f"teacher {self.teacher.source}", names=names, finite=False)
+        shape = tuple(out.shape)
         y = out.detach().float().cpu().numpy()
         self._check_meta(y, names)
         bad = ~np.isfinite(y.reshape(b, -1)).all(axis=1)

@@ -32,10 +32,12 @@ rank replaces an older entry from another rank's journal.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -99,12 +101,91 @@ def journals(folder: Path) -> List[Path]:
     return sorted(folder.glob("journal*.jsonl"))
 
 
+def safe_member(folder: Path, name: Any, source: Path) -> Path:
+    """``folder / name`` for a file name read from ``source`` (a manifest, journal, meta or
+    config file, which may have been edited by anyone who can write the folder).
+
+    The name must be a plain file name: a non-empty string without '/', '\\' or NUL, not
+    '.' or '..', not absolute; and the path, with symlinks followed, must lie inside
+    ``folder``. So nothing outside the folder is ever read, written or removed through it.
+
+    Raises:
+        ValueError: one line naming ``source`` and the name; the folder is refused.
+    """
+    if (not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0")
+            or os.path.isabs(name)):
+        raise ValueError(f"{source}: refusing the unsafe file name {name!r} (a plain name "
+                         f"inside {folder} is expected); delete the folder to rebuild it")
+    path = folder / name
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        real = None
+    if real is None or folder.resolve() not in real.parents:
+        raise ValueError(f"{source}: refusing {name!r}, which leads outside {folder} "
+                         f"({'a symlink loop' if real is None else f'to {real}'}); delete the "
+                         f"folder to rebuild it")
+    return path
+
+
+def read_meta(folder: Path) -> Optional[Dict[str, Any]]:
+    """meta.json of the cache ``folder`` (None when absent); never read through a symlink
+    that leads out of the folder."""
+    return read_json(safe_member(folder, META, folder / META))
+
+
+def safe_key(key: Any, source: Path) -> str:
+    """``key``, a file key read from ``source``: a relative '/'-separated path whose parts
+    are plain names (no '..', '.', empty part, '\\' or NUL; not absolute), so that
+    ``audio_root / key`` stays under the audio root. Symlinks under the audio root are the
+    user's own and are not followed here.
+
+    Raises:
+        ValueError: one line naming ``source`` and the key.
+    """
+    if (not isinstance(key, str) or not key or key.startswith("/") or os.path.isabs(key)
+            or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in key.split("/"))):
+        raise ValueError(f"{source}: refusing the unsafe file key {key!r} (a path relative to "
+                         f"the audio folder is expected); delete the cache folder to rebuild it")
+    return key
+
+
+def check_manifest(folder: Path, manifest: Dict[str, Any], source: Path) -> Dict[str, Any]:
+    """Validates every name in ``manifest`` (read from ``source``): shard names with
+    :func:`safe_member`, file keys with :func:`safe_key`, and that each file's shard is
+    listed. Returns the manifest.
+
+    Raises:
+        ValueError: one line naming ``source`` and the first bad name or entry.
+    """
+    try:
+        shards, files = manifest["shards"], manifest["files"]
+        if not isinstance(shards, dict) or not isinstance(files, dict):
+            raise TypeError("'shards' and 'files' must be objects")
+        for name, record in shards.items():
+            safe_member(folder, name, source)
+            int(record["rows"]), int(record["bytes"]), str(record["sha256"])
+        for key, entry in files.items():
+            safe_key(key, source)
+            if entry["shard"] not in shards:
+                raise ValueError(f"{source}: file {key!r} names shard {entry['shard']!r}, "
+                                 f"which the manifest does not list; delete the cache folder "
+                                 f"to rebuild it")
+            int(entry["row"]), len(entry["starts"]), len(entry["lengths"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{source}: not a valid ssondo cache manifest ({type(e).__name__}: "
+                         f"{e}); delete the cache folder to rebuild it") from None
+    return manifest
+
+
 def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
     """manifest.json with the journals' complete lines applied in the order they were written;
-    None when neither exists."""
-    manifest = read_json(folder / MANIFEST)
+    None when neither exists. Every name in them is validated (:func:`check_manifest`)."""
+    source = safe_member(folder, MANIFEST, folder / MANIFEST)
+    manifest = read_json(source)
     entries = []
     for path in journals(folder):
+        safe_member(folder, path.name, path)
         lines = path.read_bytes().split(b"\n")
         for i, line in enumerate(lines):
             if not line.strip():
@@ -116,7 +197,17 @@ def read_manifest(folder: Path) -> Optional[Dict[str, Any]]:
                     break
                 raise ValueError(f"{path}: line {i + 1} is not valid JSON; delete the cache "
                                  f"folder to rebuild") from None
+            if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+                raise ValueError(f"{path}: line {i + 1} is not a journal entry; delete the "
+                                 f"cache folder to rebuild")
+            check_manifest(folder, {"shards": {entry.get("shard"): entry.get("record")},
+                                    "files": entry["files"]}, path)
+            if not re.fullmatch(SHARD_PATTERN, entry["shard"]):
+                raise ValueError(f"{path}: line {i + 1} names shard {entry['shard']!r}, not "
+                                 f"one this cache writes; delete the cache folder to rebuild")
             entries.append((int(entry.get("t", 0)), str(path), i, entry))
+    if manifest is not None:
+        check_manifest(folder, manifest, source)
     if not entries:
         return manifest
     manifest = manifest or empty_manifest()
@@ -134,10 +225,23 @@ def append_journal(folder: Path, shard: str, record: Dict[str, Any],
     sharded build), then fsync."""
     line = json.dumps({"shard": shard, "record": record, "files": files,
                        "t": time.time_ns()}, sort_keys=True)
-    with open(folder / journal_name(rank), "ab") as f:
+    with open(open_in_folder(folder, journal_name(rank)), "ab") as f:
         f.write(line.encode("utf-8") + b"\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def open_in_folder(folder: Path, name: str) -> int:
+    """A file descriptor of ``folder / name`` opened for appending (created if needed), never
+    through a symlink (O_NOFOLLOW where the platform has it)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(folder / name, flags, 0o666)
+    except OSError as e:
+        if e.errno == getattr(errno, "ELOOP", None):
+            raise ValueError(f"{folder / name}: is a symlink; refusing to write through it "
+                             f"(delete it)") from None
+        raise
 
 
 def dump_json(obj: Dict[str, Any]) -> str:

@@ -80,7 +80,7 @@ def check_cache_matches(path: Path, *, teacher: str, window_s: float, hop_s: flo
 
     from ..models import file_sha256, is_factory_spec
 
-    meta = layout.read_json(path / layout.META) or {}
+    meta = layout.read_meta(path) or {}
     problems = []
     fingerprint = str(meta.get("teacher", {}).get("fingerprint", ""))
     if teacher and not is_factory_spec(teacher) and Path(teacher).is_file():

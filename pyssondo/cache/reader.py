@@ -37,6 +37,8 @@ def resolve_cache_dir(path: PathLike) -> Path:
     if len(found) > 1:
         raise ValueError(f"{p} holds {len(found)} caches; give one of: "
                          + ", ".join(str(d) for d in found))
+    if found and found[0].is_symlink():  # found by listing a root: stays inside it
+        layout.safe_member(p, found[0].name, p)
     return found[0] if found else p
 
 
@@ -63,7 +65,7 @@ class EmbeddingCache:
 
     def __init__(self, path: PathLike, verify: bool = False) -> None:
         self.path = resolve_cache_dir(path)
-        meta = layout.read_json(self.path / layout.META)
+        meta = layout.read_meta(self.path)
         manifest = layout.read_manifest(self.path)
         if meta is None or manifest is None:
             raise FileNotFoundError(f"{self.path}: not an embedding cache folder (no "

@@ -42,6 +42,9 @@ def scan_audio(source: Union[PathLike, Iterable[PathLike]],
         if not root.exists():
             raise FileNotFoundError(f"{source}: no such folder")
         if root.is_file():
+            if not root.name.lower().endswith(AUDIO_EXTENSIONS):
+                raise ValueError(f"{source}: not an audio folder, nor an audio file "
+                                 f"(extensions: {' '.join(AUDIO_EXTENSIONS)})")
             paths = [root]
             root = root.parent
         else:

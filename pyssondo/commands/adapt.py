@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pyssondo.commands.distill import _absolute
-    from pyssondo.commands.training import run_training
+    from pyssondo.commands.training import resume_hint, run_training
     from pyssondo.models import is_factory_spec
     from pyssondo.train.adapt import OVERRIDABLE, adapt, adapt_config
 
@@ -90,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = adapt_config(args.parent, args.new_audio, replay_fraction=args.replay_fraction,
                        self_weight=args.self_weight, grow_threshold=args.grow_threshold,
                        **overrides)
-    result, code = run_training("adapt", cfg.train.device, lambda: adapt(cfg, resume=args.resume))
+    result, code = run_training(
+        "adapt", cfg.train.device, lambda: adapt(cfg, resume=args.resume),
+        interrupted=lambda: resume_hint(f"ssondo adapt {args.parent} {args.new_audio}",
+                                        cfg.train.out, cfg.hash(), args.resume))
     if result is None:
         return code
     run_dir, s = result.run, result.summary

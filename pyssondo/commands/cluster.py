@@ -13,7 +13,7 @@ sizes and how evenly the clusters are drawn without (alpha 0) and with balanced 
 (alpha 1): the entropy of the expected draws per cluster divided by log K (1 = perfectly even).
 
 examples:
-  ssondo cluster runs/cache/audio-3f2a9c1e -k 50
+  ssondo cluster runs/cache/audio-3f2a9c1e -k 50     (a root holding one cache, or root/<key>/)
   ssondo cluster embeddings.npy -k 50 --metric euclidean --plot clusters.png
 """
 
@@ -83,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
     if data.is_dir():
         from pyssondo.cache import EmbeddingCache
 
-        X = EmbeddingCache(data).embeddings(pool="mean")
-        folder, stem = data, "clusters"
-        extra = sampling._cache_files_hash(data)
+        cache = EmbeddingCache(data)  # a cache folder, or a root holding one (as distill makes)
+        X = cache.embeddings(pool="mean")
+        folder, stem = cache.path, "clusters"
+        extra = sampling._cache_files_hash(folder)
     elif data.suffix == ".npy":
         try:
             X = np.load(data, mmap_mode="r")

@@ -154,13 +154,15 @@ def resolve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyssondo.commands.training import run_training
+    from pyssondo.commands.training import resume_hint, run_training
     from pyssondo.train.distill import distill
 
     cfg = resolve_config(args)
     if not args.resume and not (cfg.teachers and cfg.audio) and not cfg.cache_dir:
         raise ValueError("give TEACHER and AUDIO_DIR (or --resume, or --cache-dir of a cache)")
-    result, code = run_training("distill", cfg.device, lambda: distill(cfg, resume=args.resume))
+    result, code = run_training(
+        "distill", cfg.device, lambda: distill(cfg, resume=args.resume),
+        interrupted=lambda: resume_hint("ssondo distill", cfg.out, cfg.hash(), args.resume))
     if result is None:
         return code
     run_dir = result.run

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pyssondo.atomic import atomic_write_bytes
     from pyssondo.audio import load_audio
-    from pyssondo.models import load_model
+    from pyssondo.models import forward_checked, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         for path in files:
             t0 = time.perf_counter()
             wav, _ = load_audio(path, model.sample_rate)
-            out = model.module(torch.from_numpy(wav)[None].to(args.device))
+            out = forward_checked(model.module, torch.from_numpy(wav)[None].to(args.device),
+                                  what=f"model {args.model}", names=str(path))
             emb = out.float().reshape(out.shape[0], -1, out.shape[-1]).mean(1)[0].cpu().numpy()
             rows.append(emb)
             if getattr(args, "verbose", False):

@@ -128,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import evaluate
     from ..evaluation.report import compare, format_table, write_json, write_markdown
 
+    if args.folds is not None and args.folds < 2:
+        raise ValueError(f"--folds {args.folds}: expected at least 2 folds")
+    if not args.window > 0:
+        raise ValueError(f"--window {args.window:g}: expected a window > 0 seconds")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
     models, data = split_items(args.items, args.data)
     if bool(args.compare) != bool(args.teacher):
         raise ValueError("--compare STUDENT and --teacher TEACHER go together")
@@ -161,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
                                        role="teacher" if is_teacher else "model"))
     defaults = EvalConfig()
     cfg = dataclasses.replace(
-        defaults, folds=args.folds or defaults.folds, seed=args.seed,
+        defaults, folds=defaults.folds if args.folds is None else args.folds, seed=args.seed,
         val_fraction=args.val_fraction, window_s=args.window, batch_size=args.batch_size,
         probes=("linear", "knn") if args.probe == "both" else (args.probe,))
     cache_dir = None if args.no_cache else (args.cache_dir or _default_cache_dir())

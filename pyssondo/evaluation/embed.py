@@ -31,6 +31,7 @@ from ..atomic import atomic_open
 from ..audio import load_audio, resample
 from ..config import MelConfig
 from ..errors import AudioError, ParameterError
+from ..models import describe_files
 from ..progress import Progress
 from ..segments import plan_segments, seconds_to_samples
 
@@ -49,7 +50,8 @@ class Embedder:
         fingerprint: sha256 hex identifying the model's weights (keys the cache).
         sample_rate: input rate in Hz.
         params: parameter count (0 for the baseline).
-        embed_batch: float32 [B, T] (equal lengths) -> float32 [B, D].
+        embed_batch: float32 [B, T] (equal lengths), and optionally the files they come
+            from (for messages) -> finite float32 [B, D].
         meta: the model's ``ssondo.json`` (empty when absent).
     """
 
@@ -58,7 +60,7 @@ class Embedder:
     fingerprint: str
     sample_rate: int
     params: int
-    embed_batch: Callable[[np.ndarray], np.ndarray]
+    embed_batch: Callable[..., np.ndarray]
     meta: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,24 +90,19 @@ def open_embedder(spec: str, sample_rate: Optional[int] = None, *, device: str =
         return Embedder(name=LOGMEL, source=LOGMEL,
                         fingerprint=hashlib.sha256((_LOGMEL_ID + cfg.to_json()).encode()).hexdigest(),
                         sample_rate=cfg.sample_rate, params=0,
-                        embed_batch=lambda x: logmel_embedding(x, cfg))
+                        embed_batch=lambda x, names="": logmel_embedding(x, cfg))
     import torch
 
-    from ..models import load_model
+    from ..models import forward_checked, load_model
 
     model = load_model(spec, sample_rate, device=device, role=role)
     module = model.module
 
-    def embed_batch(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
-        if isinstance(out, (tuple, list)):
-            out = out[0]
+    def embed_batch(x: np.ndarray, names: str = "the given audio") -> np.ndarray:
+        wav = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        out = forward_checked(module, wav, what=f"{role} {spec}", names=names)
         if out.dim() == 3:
             out = out.mean(dim=1)
-        if out.dim() != 2 or out.shape[0] != x.shape[0]:
-            raise ValueError(f"{spec}: forward returned shape {tuple(out.shape)} for input "
-                             f"{tuple(x.shape)}; expected [B, D] or [B, F, D]")
         return out.float().cpu().numpy()
 
     params = int(sum(p.numel() for p in module.parameters()))
@@ -129,8 +126,10 @@ def compute_embeddings(embedder: Embedder, paths: Sequence[Path], *, window_s: f
         marked not ok and left as zeros. Files below the model's rate are upsampled, with one
         warning per rate.
     """
-    if batch_size < 1 or window_s <= 0:
-        raise ParameterError(f"batch_size={batch_size} must be >= 1 and window_s={window_s} > 0")
+    if batch_size < 1:
+        raise ParameterError(f"batch_size={batch_size} must be >= 1")
+    if not window_s > 0:
+        raise ParameterError(f"window_s={window_s} must be > 0 seconds")
     window = seconds_to_samples(window_s, embedder.sample_rate)
     sums: List[Optional[np.ndarray]] = [None] * len(paths)
     counts = np.zeros(len(paths), dtype=np.int64)
@@ -138,7 +137,8 @@ def compute_embeddings(embedder: Embedder, paths: Sequence[Path], *, window_s: f
 
     def flush(length: int) -> None:
         items = pending.pop(length)
-        out = embedder.embed_batch(np.stack([w for _, w in items]))
+        out = embedder.embed_batch(np.stack([w for _, w in items]),
+                                   describe_files(paths[i] for i, _ in items))
         for (i, _), row in zip(items, out):
             sums[i] = row.astype(np.float64) if sums[i] is None else sums[i] + row
             counts[i] += 1

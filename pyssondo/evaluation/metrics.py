@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+MIN_CI_FOLDS = 3  # fewer folds: no confidence interval is reported
 # Student's t 0.975 quantiles for 1..30 degrees of freedom (scipy.stats.t.ppf, 6 decimals).
 _T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004,
          2.262157, 2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905,
@@ -91,10 +92,12 @@ def t_quantile_975(df: int) -> float:
 
 def mean_ci95(values: Sequence[float]) -> Dict[str, Optional[float]]:
     """Mean over folds and the half-width of its 95% confidence interval,
-    t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation (None for one fold)."""
+    t_{0.975, n-1} * s / sqrt(n) with s the sample standard deviation. None below
+    :data:`MIN_CI_FOLDS` folds: from 2 folds (t = 12.7) the interval is too wide to mean
+    anything."""
     v = np.asarray(values, dtype=np.float64)
     mean = float(np.mean(v))
-    if len(v) < 2:
+    if len(v) < MIN_CI_FOLDS:
         return {"mean": mean, "ci95": None}
     half = t_quantile_975(len(v) - 1) * float(np.std(v, ddof=1)) / math.sqrt(len(v))
     return {"mean": mean, "ci95": half}

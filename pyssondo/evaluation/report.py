@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..atomic import atomic_write_text
+from .metrics import MIN_CI_FOLDS
 
 
 def _score(report: Dict[str, Any], model: str, task: str, probe: str) -> Optional[float]:
@@ -58,7 +59,12 @@ def _percent(student: Optional[float], teacher: Optional[float]) -> Optional[flo
 
 def _cell(result: Dict[str, Any]) -> str:
     m = result["metrics"][result["primary"]]
-    ci = "" if m["ci95"] is None else f" ± {100 * m['ci95']:.1f}"
+    if m["ci95"] is not None:
+        ci = f" ± {100 * m['ci95']:.1f}"
+    elif len(m.get("folds", ())) > 1:
+        ci = f" ({len(m['folds'])} folds; CI needs >= {MIN_CI_FOLDS} folds)"
+    else:
+        ci = ""
     return f"{100 * m['mean']:.1f}{ci}"
 
 

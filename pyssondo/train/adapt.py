@@ -134,10 +134,7 @@ class Parent:
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{path}: the run has no checkpoint yet (checkpoints/"
                                     f"best.pt or last.pt); finish it with --resume first")
-        try:
-            self.record: Dict[str, Any] = json.loads(self.run.config.read_text())
-        except ValueError as e:
-            raise ValueError(f"{self.run.config}: unreadable ({e})") from None
+        self.record: Dict[str, Any] = self.run.read_config()
         self.state = load_checkpoint(self.checkpoint)
         self.cfg = DistillConfig.from_json(self.state["config"])
         if "cache" not in self.record:

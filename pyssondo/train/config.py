@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -233,7 +234,15 @@ class DistillConfig:
         if unknown:
             raise ParameterError(f"{source}: unknown settings {unknown}; known: {sorted(names)}")
         d = dict(d)
+        hints = typing.get_type_hints(cls)
+        for name, value in d.items():
+            legacy = name == "cache_mel" and isinstance(value, bool)  # see __post_init__
+            if name != "mel" and not legacy and not _has_type(value, hints[name]):
+                raise ParameterError(f"{source}: {name}={value!r} is invalid: expected "
+                                     f"{_type_name(hints[name])}")
         if "mel" in d and not isinstance(d["mel"], MelConfig):
+            if not isinstance(d["mel"], dict):
+                raise ParameterError(f"{source}: mel={d['mel']!r} is invalid: expected a table")
             d["mel"] = MelConfig.from_dict(dict(d["mel"]))
         return cls(**d)
 
@@ -262,6 +271,27 @@ class DistillConfig:
         """These (stored) settings with the :data:`RUNTIME` ones of ``current``: what a
         resumed run trains with."""
         return self.replace(**{name: getattr(current, name) for name in RUNTIME})
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a value read from a config file fits a field's annotation (an int is a float;
+    a bool is not a number)."""
+    if typing.get_origin(hint) is Union:
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Union:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "unset"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def settings_hash(settings: Dict[str, Any]) -> str:

@@ -16,7 +16,6 @@ the sampler, the loss terms and the validation. In order:
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +77,7 @@ def open_job(out: str, config_hash: str, resume: Optional[str], command: str) ->
     if command == "adapt" and not is_adapt:
         raise ValueError(f"{run.path}: not an adapt run; continue it with "
                          f"'ssondo distill --resume {run.path}'")
-    recorded = json.loads(run.config.read_text()) if run.config.is_file() else {}
-    return OpenedJob(run, state, recorded)
+    return OpenedJob(run, state, run.read_config())
 
 
 def setup(cfg: DistillConfig, command: str = "distill") -> torch.device:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
@@ -42,6 +43,33 @@ class RunDir:
     validation_plot = property(lambda self: self.path / "validation.png")
     export = property(lambda self: self.path / "student.pt")
     eval_report = property(lambda self: self.path / "eval.json")
+
+    def read_config(self) -> Dict[str, Any]:
+        """config.json as a dict ({} when there is none).
+
+        A run folder may come from someone else, so its recorded "cache" is used only while
+        it is an existing teacher cache folder (holding meta.json); otherwise it is dropped
+        with a warning and the run's own settings decide where the cache is (a resume never
+        creates a cache at a path read from this file).
+
+        Raises:
+            ValueError: the file is not a JSON object (the message names it).
+        """
+        if not self.config.is_file():
+            return {}
+        try:
+            d = json.loads(self.config.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.config}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{self.config}: not a run configuration (expected a JSON object)")
+        cache = d.get("cache")
+        if cache is not None and not (isinstance(cache, str) and cache
+                                      and (Path(cache) / "meta.json").is_file()):
+            warnings.warn(f"{self.config}: the recorded cache {cache!r} is not a teacher cache "
+                          f"folder; ignoring it")
+            d.pop("cache")
+        return d
 
     def write_config(self, cfg: DistillConfig, extra: Optional[Dict[str, Any]] = None) -> None:
         d = {**cfg.to_dict(), "config_hash": cfg.hash(), **(extra or {})}
@@ -105,7 +133,7 @@ def find_resumable(out: PathLike, config_hash: str) -> Optional[RunDir]:
     """The newest run under ``out`` with the same config hash and a last checkpoint."""
     for run in iter_runs(out):
         try:
-            same = json.loads(run.config.read_text()).get("config_hash") == config_hash
+            same = run.read_config().get("config_hash") == config_hash
         except ValueError:
             continue
         if same and run.last.is_file():
