@@ -1,4 +1,4 @@
-"""The exception types of pyssondo. Both are ValueErrors so callers may catch either."""
+"""The exception types of pyssondo. The first two are ValueErrors so callers may catch either."""
 
 
 class ParameterError(ValueError):
@@ -7,3 +7,7 @@ class ParameterError(ValueError):
 
 class AudioError(ValueError):
     """An audio file cannot be used; the message names the file and the problem."""
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message says which ``pip install`` adds it."""

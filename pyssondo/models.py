@@ -3,8 +3,9 @@
 Contract (../shared/DESIGN.md, "Teacher"): ``forward(wav: Tensor[B, T]) -> Tensor[B, D]``
 (clip embeddings) or ``Tensor[B, F, D]`` (frame embeddings), float32 mono at the model's sample
 rate. The rate comes from, in order: the caller's override, ``ssondo.json`` among the file's
-extra files, a module attribute ``sample_rate``. Teachers, exported students and eval models
-all load here.
+extra files (an ONNX file's metadata_props), a module attribute ``sample_rate``. Teachers,
+exported students and eval models all load here; ``.onnx`` files run through onnxruntime
+(:class:`pyssondo.onnx_model.OnnxStudent`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Dict, Optional, Union
 from .errors import ParameterError
 
 META_FILE = "ssondo.json"  # name of the metadata entry in a TorchScript file's extra files
+ONNX_SUFFIX = ".onnx"      # files ending so are ONNX models, run by onnxruntime
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -65,7 +67,8 @@ def load_model(spec: PathLike, sample_rate: Optional[int] = None, *, device: str
     """Loads a TorchScript file or calls a ``pkg.mod:fn`` factory; puts it in eval mode.
 
     Args:
-        spec: path to a TorchScript file, or ``pkg.mod:fn`` returning an ``nn.Module``.
+        spec: path to a TorchScript file, an ``.onnx`` file, or ``pkg.mod:fn`` returning an
+            ``nn.Module``.
         sample_rate: overrides the model's own rate (Hz); required when the model has none.
         device: torch device to load onto.
         role: word used in error messages ("teacher", "student", ...).
@@ -88,13 +91,19 @@ def load_model(spec: PathLike, sample_rate: Optional[int] = None, *, device: str
         path = Path(text)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: {role} file not found")
-        extra = {META_FILE: ""}
-        try:
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-        except Exception as e:
-            raise ValueError(f"{path}: not a TorchScript {role} file ({_first_line(e)}); "
-                             f"a Python model can be given as pkg.module:factory") from None
-        meta = _parse_meta(path, extra[META_FILE])
+        if path.suffix.lower() == ONNX_SUFFIX:
+            from .onnx_model import OnnxStudent
+
+            module = OnnxStudent(path)
+            meta = module.meta
+        else:
+            extra = {META_FILE: ""}
+            try:
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            except Exception as e:
+                raise ValueError(f"{path}: not a TorchScript {role} file ({_first_line(e)}); "
+                                 f"a Python model can be given as pkg.module:factory") from None
+            meta = _parse_meta(path, extra[META_FILE])
         fingerprint, name = file_sha256(path), path.stem
     rate = sample_rate or meta.get("sample_rate") or _attr_rate(module)
     if not rate:
