@@ -18,6 +18,7 @@ from pyssondo.config import MelConfig
 from pyssondo.export import save_export, wrap
 from pyssondo.frontend import DftLogMel, LogMel
 from pyssondo.heads import make_head
+from pyssondo.segments import cut_segment
 from pyssondo.students import create_student
 
 pytest.importorskip("onnxruntime")
@@ -133,7 +134,7 @@ def test_embed_and_eval_accept_an_onnx_model(exports, tmp_path, shared_data):
     np.testing.assert_allclose(np.load(emb), want, atol=1e-4 * np.abs(want).max())
     embedder = open_embedder(str(onnx_path))  # what `ssondo eval` uses for a MODEL
     assert embedder.sample_rate == 16000 and embedder.params > 0
-    batch = np.stack([load_audio(f, 16000)[0][:8000] for f in files])
+    batch = np.stack([cut_segment(load_audio(f, 16000)[0], 0, 8000) for f in files])
     with torch.no_grad():
         np.testing.assert_allclose(embedder.embed_batch(batch), module(torch.from_numpy(batch)),
                                    atol=1e-4 * np.abs(want).max())
@@ -148,6 +149,7 @@ def test_bad_onnx_file_is_a_one_line_error(tmp_path):
     assert str(bad) in proc.stderr and "ONNX" in proc.stderr
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_float_embedding_on_held_out_audio(student, exports, shared_data, tmp_path):
     """Static int8 (TorchScript FX and ONNX QDQ), calibrated on pool windows, on held-out notes
     and digits: mean cosine to float32 >= 0.98 (the tolerance of the requirement)."""
@@ -183,6 +185,7 @@ def test_export_command_validates_settings_first(tmp_path, capsys, monkeypatch):
     assert not list(tmp_path.glob("x.*"))
 
 
+@pytest.mark.slow
 def test_export_run_writes_int8_onnx_calibrated_on_the_run(tmp_path, shared_data):
     """A real (tiny) run: `ssondo export RUN --int8 -o s.onnx` calibrates on the run's own
     segments and agrees with the float TorchScript export on held-out clips."""
@@ -200,19 +203,17 @@ def test_export_run_writes_int8_onnx_calibrated_on_the_run(tmp_path, shared_data
                         student="mn01", mel=MEL, window_s=2.0, clusters=2, batch_size=8,
                         epochs=1, val_fraction=0.25, workers=0, threads=1,
                         cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "runs"))
-    run = distill(cfg, progress=False, export=False).run.path
+    run = distill(cfg, progress=False).run.path  # writes the float TorchScript student.pt
     out = tmp_path / "s8.onnx"
     proc = subprocess.run([sys.executable, "-m", "pyssondo", "export", str(run), "-o", str(out),
-                           "--int8", "--threads", "1"], capture_output=True, text=True, env=ENV)
-    assert proc.returncode == 0, proc.stderr
-    assert "front end: fft (default for onnx" in proc.stdout
-    assert "of the run's" in proc.stdout and "cosine to fp32" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "pyssondo", "export", str(run), "-o",
-                           str(tmp_path / "s.pt"), "--frontend", "dft", "--threads", "1"],
+                           "--int8", "--frontend", "dft", "--threads", "1"],
                           capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr
-    q, f = OnnxStudent(out), torch.jit.load(str(tmp_path / "s.pt"))
+    assert "front end: dft (--frontend)" in proc.stdout
+    assert "of the run's" in proc.stdout and "cosine to fp32" in proc.stdout
+    q, f = OnnxStudent(out), torch.jit.load(str(run / "student.pt"))
     assert q.meta["int8"] is True and "run's" in q.meta["int8_calibration"]
+    assert q.meta["frontend"] == "dft" and q.meta["training"]["run"] == run.name
     held = torch.from_numpy(np.stack([load_audio(p, 16000)[0][:32000] for p in pool[8:12]]))
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(q(held), f(held), dim=-1)
