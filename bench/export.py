@@ -122,7 +122,8 @@ def main() -> None:
                   f"{cos:.4f} on {len(held)} held-out windows (after removing the mean "
                   f"embedding {centered:.3f}; fp32 spread {spread:.1e})")
         for threads in (1, 2):
-            ts, ort = lat[name, ("torchscript", "fft"), threads], lat[name, ("onnx", "fft"), threads]
+            ts = lat[name, ("torchscript", "fft"), threads]
+            ort = lat[name, ("onnx", "fft"), threads]
             print(f"  {threads} thread(s): ONNX Runtime / TorchScript latency {ort / ts:.3f}x "
                   f"({ort:.1f} / {ts:.1f} ms)")
         for fmt in ("torchscript", "onnx"):

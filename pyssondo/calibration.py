@@ -69,7 +69,8 @@ def from_audio_dir(folder: Any, sample_rate: int, window: int, n: int = DEFAULT_
         if path not in decoded:
             decoded = {path: load_audio(path, sample_rate)[0]}  # keep one file decoded at a time
         rows.append(cut_segment(decoded[path], start, window))
-    return Calibration(np.stack(rows), None, f"{len(rows)} windows of {len(files)} files in {folder}")
+    return Calibration(np.stack(rows), None,
+                       f"{len(rows)} windows of {len(files)} files in {folder}")
 
 
 def from_run(run_config: Path, mel_cfg: Any, window_s: float, n: int = DEFAULT_WINDOWS, *,

@@ -343,12 +343,14 @@ def format_report(r: ExportReport) -> str:
         i = r.int8
         speed = (f", {r.latency_ms:.1f} ms vs fp32 {i['fp32_latency_ms']:.1f} ms "
                  f"({r.latency_ms / i['fp32_latency_ms']:.2f}x)" if "fp32_latency_ms" in i else "")
-        lines.append(f"int8: {r.size_bytes / 1e6:.2f} MB vs fp32 {i['fp32_size_bytes'] / 1e6:.2f} MB "
+        lines.append(f"int8: {r.size_bytes / 1e6:.2f} MB vs fp32 "
+                     f"{i['fp32_size_bytes'] / 1e6:.2f} MB "
                      f"({r.size_bytes / i['fp32_size_bytes']:.2f}x){speed}, cosine to fp32 output "
                      f"{i['cosine_to_fp32']:.6f} on the test signals; calibrated on "
                      f"{r.meta.get('int8_calibration', 'the given windows')}")
     if onnx:
-        lines.append(f"run it: ssondo embed {r.path} input.wav -o emb.npy   (pip install 'ssondo[onnx]')")
+        lines.append(f"run it: ssondo embed {r.path} input.wav -o emb.npy   "
+                     f"(pip install 'ssondo[onnx]')")
         return "\n".join(lines)
     lines.append("C++ app: cmake -S . -B build -DSSONDO_BUILD_APP=ON -DCMAKE_PREFIX_PATH=\"$(python -c "
                  "'import torch;print(torch.utils.cmake_prefix_path)')\" && cmake --build build")

@@ -180,7 +180,8 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
         from .export import cosine_to
 
         ref = _session_of(float_data)
-        report.int8 = {"fp32_size_bytes": len(float_data), "cosine_to_fp32": cosine_to(loaded, fp32)}
+        report.int8 = {"fp32_size_bytes": len(float_data),
+                       "cosine_to_fp32": cosine_to(loaded, fp32)}
     if measure:
         report.latency_ms = latency_ms(loaded, fp32.sample_rate)
         if int8 is not None:

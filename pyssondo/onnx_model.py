@@ -69,7 +69,8 @@ class OnnxStudent:
         try:
             self.meta: Dict[str, Any] = json.loads(raw) if raw else {}
         except ValueError:
-            raise ValueError(f"{self.path}: {META_FILE} in metadata_props is not valid JSON") from None
+            raise ValueError(f"{self.path}: {META_FILE} in metadata_props is not valid "
+                             f"JSON") from None
         if not isinstance(self.meta, dict):
             raise ValueError(f"{self.path}: {META_FILE} in metadata_props is not a JSON object")
         rate = self.meta.get("sample_rate")
@@ -101,7 +102,8 @@ class OnnxStudent:
 
     def to(self, device: Any) -> "OnnxStudent":
         if str(device) != "cpu":
-            raise ValueError(f"{self.path}: ONNX models run on the CPU here (got --device {device})")
+            raise ValueError(f"{self.path}: ONNX models run on the CPU here (got --device "
+                             f"{device})")
         return self
 
     def eval(self) -> "OnnxStudent":

@@ -19,7 +19,8 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="exported student (.pt or .onnx), TorchScript file or pkg.mod:fn")
+    p.add_argument("model", metavar="MODEL",
+                   help="exported student (.pt or .onnx), TorchScript file or pkg.mod:fn")
     p.add_argument("audio", nargs="+", help="audio files or folders")
     p.add_argument("-o", "--output", required=True, help=".npy file to write ([N, D] float32)")
     p.add_argument("--sr", type=int, default=None,
