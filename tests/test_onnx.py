@@ -218,3 +218,25 @@ def test_export_run_writes_int8_onnx_calibrated_on_the_run(tmp_path, shared_data
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(q(held), f(held), dim=-1)
     assert float(cos.mean()) >= 0.98, cos
+
+
+def test_score_kept_compares_probe_scores(exports, shared_data, tmp_path):
+    """`ssondo export --int8 --eval DATA`'s line: the same student as "int8" and "fp32" (ONNX and
+    TorchScript files of one module) keeps 100% of the score."""
+    import csv
+
+    from pyssondo.commands.export import score_kept
+    from pyssondo.evaluation.data import load_labeled
+
+    _, onnx_path, ts_path = exports["fft"]
+    rows = list(csv.DictReader(open(shared_data / "fsdd" / "labels.csv")))
+    picked = [r for d in ("0", "1") for s in ("train", "test")
+              for r in [r for r in rows if r["digit"] == d and r["split"] == s][:6]]
+    for r in picked:  # a CSV names files inside its own folder
+        shutil.copy(shared_data / "fsdd" / r["path"], tmp_path / r["path"])
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label,split\n" + "".join(
+        f"{r['path']},{r['digit']},{r['split']}\n" for r in picked))
+    task = load_labeled(table, split_column="split")
+    line = score_kept(onnx_path, ts_path, [task])
+    assert "--eval linear: int8 keeps 100.0%" in line and "--eval knn: int8 keeps 100.0%" in line
