@@ -42,6 +42,9 @@ FORMAT = "ssondo-student"
 PathLike = Union[str, "os.PathLike[str]"]
 # Scripted and eager outputs must agree to this (max |diff| / max(1, max |eager|)).
 RELATIVE_TOLERANCE = 1e-4
+# An int8 export whose output is further than this from float32 (mean cosine on the test
+# signals) is broken, not merely rounded: it is removed and the export fails.
+MIN_INT8_COSINE = 0.9
 
 
 class ExportedStudent(nn.Module):
@@ -169,7 +172,8 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     if int8 is not None:
         fbuf = io.BytesIO()
         torch.jit.save(ref, fbuf)
-        report.int8 = {"fp32_size_bytes": len(fbuf.getvalue()), "cosine_to_fp32": cosine_to(loaded, fp32)}
+        report.int8 = {"fp32_size_bytes": len(fbuf.getvalue()),
+                       "cosine_to_fp32": check_int8(out, loaded, fp32)}
     if measure:
         report.latency_ms = latency_ms(loaded, fp32.sample_rate)
         if int8 is not None:
@@ -218,6 +222,18 @@ def check_against_eager(loaded: Any, eager: ExportedStudent) -> float:
                                f"(relative) for input {tuple(wav.shape)}; tolerance "
                                f"{RELATIVE_TOLERANCE:g}")
     return worst
+
+
+def check_int8(out: Path, loaded: Any, fp32: ExportedStudent) -> float:
+    """Mean cosine of an int8 export to float32 on the test signals; below MIN_INT8_COSINE the
+    file ``out`` is removed and RuntimeError raised."""
+    cos = cosine_to(loaded, fp32)
+    if not cos >= MIN_INT8_COSINE:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"{out}: the int8 student's output has cosine {cos:.3f} to float32 "
+                           f"(< {MIN_INT8_COSINE}); quantisation broke this student, nothing "
+                           f"was written")
+    return cos
 
 
 @torch.no_grad()

@@ -177,11 +177,11 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
         raise
     report = ExportReport(out, len(data), params, fp32.embed_dim, fp32.sample_rate, diff, meta=meta)
     if int8 is not None:
-        from .export import cosine_to
+        from .export import check_int8
 
         ref = _session_of(float_data)
         report.int8 = {"fp32_size_bytes": len(float_data),
-                       "cosine_to_fp32": cosine_to(loaded, fp32)}
+                       "cosine_to_fp32": check_int8(out, loaded, fp32)}
     if measure:
         report.latency_ms = latency_ms(loaded, fp32.sample_rate)
         if int8 is not None:

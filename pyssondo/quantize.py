@@ -1,13 +1,17 @@
 """Static int8 post-training quantisation of a student's convolutions and linears (torch).
 
 :func:`quantize_static` uses torch.ao's FX graph mode (``prepare_fx`` / ``convert_fx``, the
-x86 engine's default static qconfig: per-channel int8 weights, per-tensor uint8 activations
-with histogram observers) on the largest sub-modules that FX can trace: a student's own
-``forward`` usually starts with an input-shape check, which FX cannot trace, so its children
-(MobileNetV3's ``features``, ERes2Net's stages, ...) are quantised instead; the shape checks,
+default static qconfig of :func:`engine`, x86 on x86 CPUs: per-channel int8 weights, per-tensor
+uint8 activations with histogram observers) on the largest sub-modules that FX can trace: a
+student's own ``forward`` usually starts with an input-shape check, which FX cannot trace, so
+its children (MobileNetV3's ``features``, ERes2Net's stages, ...) are quantised instead; parts
+that ``convert_fx`` cannot lower stay float32 (with a warning). Tested on MobileNetV3 and
+ERes2Net; DyMN's dynamic convolutions do not survive it (the export then refuses, see
+:data:`pyssondo.export.MIN_INT8_COSINE`). The shape checks,
 poolings and anything untraceable stay float32. Activation ranges come from calibration
 log-mel batches [N, n_mels, frames] run through the float model. The result scripts with
-``torch.jit.script`` and runs on CPU (fbgemm/x86 kernels).
+``torch.jit.script`` and runs on CPU. torch 2.13 marks torch.ao.quantization as deprecated (its
+successor, pt2e with torchao, is not a dependency here); the deprecation warnings are silenced.
 
 The ONNX counterpart (QDQ, onnxruntime's ``quantize_static``) is in :mod:`pyssondo.onnx_export`;
 :mod:`pyssondo.calibration` gathers the calibration data for both.
@@ -21,7 +25,10 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 from torch import nn
 
-ENGINE = "x86"  # torch.backends.quantized engine the int8 kernels are chosen for
+def engine() -> str:
+    """The torch.backends.quantized engine used: x86 (fbgemm + oneDNN) where this torch build
+    has it, else qnnpack (ARM)."""
+    return "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
 
 
 def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
@@ -41,8 +48,8 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn
     batches = [b.float() for b in calibration]
     if not batches:
         raise ValueError("int8: no calibration data")
-    torch.backends.quantized.engine = ENGINE
-    qconfig = get_default_qconfig_mapping(ENGINE)
+    torch.backends.quantized.engine = engine()
+    qconfig = get_default_qconfig_mapping(engine())
     model = copy.deepcopy(model).eval()
     inputs = _first_inputs(model, batches[0][:1])
     with warnings.catch_warnings():  # torch 2.13 marks torch.ao.quantization as deprecated
