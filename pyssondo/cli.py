@@ -61,6 +61,8 @@ def _version() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .errors import MissingExtra
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -79,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("ssondo: interrupted; finished work is kept, run the same command to resume",
               file=sys.stderr)
         return 130
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, MissingExtra) as e:
         # Bad input or a full disk: one line naming the file and the problem, no traceback.
         from .errors import disk_full_message
 

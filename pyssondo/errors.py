@@ -37,3 +37,7 @@ def disk_full_message(e: OSError) -> Optional[str]:
     if isinstance(e, DiskFull):
         return str(e)
     return f"no space left on device{f' for {e.filename}' if e.filename else ''}"
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message says which ``pip install`` adds it."""

@@ -27,7 +27,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -35,10 +35,16 @@ from torch import nn
 from .atomic import atomic_write_bytes
 from .models import META_FILE
 
+if TYPE_CHECKING:
+    from .calibration import Calibration
+
 FORMAT = "ssondo-student"
 PathLike = Union[str, "os.PathLike[str]"]
 # Scripted and eager outputs must agree to this (max |diff| / max(1, max |eager|)).
 RELATIVE_TOLERANCE = 1e-4
+# An int8 export whose output is further than this from float32 (mean cosine on the test
+# signals) is broken, not merely rounded: it is removed and the export fails.
+MIN_INT8_COSINE = 0.9
 
 
 class ExportedStudent(nn.Module):
@@ -51,7 +57,8 @@ class ExportedStudent(nn.Module):
         window: segment length W in samples at ``sample_rate``.
         sample_rate: input rate in Hz.
         embed_dim: D.
-        chunk: windows embedded per backbone call (bounds memory for long inputs).
+        chunk: windows embedded per backbone call (bounds memory for long inputs); 0 embeds
+            all windows in one call (no Python loop, as graph exporters need).
     """
 
     def __init__(self, frontend: nn.Module, backbone: nn.Module, head: Optional[nn.Module],
@@ -76,6 +83,8 @@ class ExportedStudent(nn.Module):
         s = (t + self.window - 1) // self.window
         x = torch.nn.functional.pad(wav.float(), [0, s * self.window - t])
         x = x.reshape(b * s, self.window)
+        if self.chunk < 1:  # one call for all windows: a graph with dynamic shapes (ONNX)
+            return self.head(self.backbone(self.frontend(x))).reshape(b, s, -1)
         parts: List[torch.Tensor] = []
         for i in range(0, b * s, self.chunk):
             parts.append(self.head(self.backbone(self.frontend(x[i:i + self.chunk]))))
@@ -83,17 +92,22 @@ class ExportedStudent(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, D]: window embeddings averaged, weighted by real samples per window."""
-        seg = self.segments(wav)
-        t = wav.shape[1]
-        starts = torch.arange(seg.shape[1], device=wav.device) * self.window
+        return self.pool(self.segments(wav), wav.shape[1])
+
+    @torch.jit.export
+    def pool(self, seg: torch.Tensor, t: int) -> torch.Tensor:
+        """Window embeddings [B, S, D] of a T-sample input -> [B, D], weighted by the real
+        samples in each window (T - start, at most the window)."""
+        starts = torch.arange(seg.shape[1], device=seg.device) * self.window
         real = torch.clamp(starts.neg().add(t), max=self.window).to(seg.dtype)
-        return (seg * (real / float(t)).reshape(1, -1, 1)).sum(1)
+        return (seg * (real / t).reshape(1, -1, 1)).sum(1)
 
 
-def wrap(student: nn.Module, head: Optional[nn.Module], mel_cfg: Any, window_s: float
-         ) -> ExportedStudent:
-    """The eager export wrapper around a trained (or untrained) student, in eval mode."""
-    from .frontend import LogMel
+def wrap(student: nn.Module, head: Optional[nn.Module], mel_cfg: Any, window_s: float,
+         frontend: str = "fft") -> ExportedStudent:
+    """The eager export wrapper around a trained (or untrained) student, in eval mode, with the
+    log-mel front end ``frontend`` ("fft" or "dft", :func:`pyssondo.frontend.make_frontend`)."""
+    from .frontend import make_frontend
     from .segments import seconds_to_samples
 
     window = seconds_to_samples(window_s, mel_cfg.sample_rate)
@@ -102,8 +116,8 @@ def wrap(student: nn.Module, head: Optional[nn.Module], mel_cfg: Any, window_s: 
         with torch.no_grad():
             head.eval()
             dim = int(head(torch.zeros(1, dim)).shape[-1])
-    return ExportedStudent(LogMel(mel_cfg), student, head, window, mel_cfg.sample_rate,
-                           dim).eval()
+    return ExportedStudent(make_frontend(mel_cfg, frontend), student, head, window,
+                           mel_cfg.sample_rate, dim).eval()
 
 
 @dataclass
@@ -122,9 +136,10 @@ class ExportReport:
 
 
 def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
-                int8: bool = False, measure: bool = True) -> ExportReport:
-    """Scripts ``module`` (optionally int8-quantised), writes it atomically with ``ssondo.json``,
-    reloads the file and checks it against eager output.
+                int8: Optional["Calibration"] = None, measure: bool = True) -> ExportReport:
+    """Scripts ``module`` (int8-quantised with these calibration windows when ``int8`` is
+    given, :func:`quantize_student`), writes it atomically with ``ssondo.json``, reloads the
+    file and checks it against eager output.
 
     Raises:
         RuntimeError: the reloaded export disagrees with eager output beyond
@@ -132,12 +147,12 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     """
     out = Path(out)
     fp32 = module.eval()
-    model = quantize_int8(fp32) if int8 else fp32
+    model = quantize_student(fp32, int8) if int8 is not None else fp32
     params = sum(p.numel() for p in fp32.parameters())
     meta = {"format": FORMAT, "version": 1, "sample_rate": fp32.sample_rate,
             "embed_dim": fp32.embed_dim, "segment_samples": fp32.window,
             "pooling": "mean over windows weighted by real samples", "params": params,
-            "torch_version": torch.__version__, "int8": bool(int8), **meta}
+            "torch_version": torch.__version__, "int8": int8 is not None, **meta}
     scripted = torch.jit.script(model)
     buf = io.BytesIO()
     torch.jit.save(scripted, buf, _extra_files={META_FILE: json.dumps(meta, sort_keys=True)})
@@ -153,28 +168,29 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
         out.unlink(missing_ok=True)
         raise
     report = ExportReport(out, len(data), params, fp32.embed_dim, fp32.sample_rate, diff, meta=meta)
-    ref = torch.jit.script(fp32) if int8 else None
-    if int8:
+    ref = torch.jit.script(fp32) if int8 is not None else None
+    if int8 is not None:
         fbuf = io.BytesIO()
         torch.jit.save(ref, fbuf)
-        report.int8 = {"fp32_size_bytes": len(fbuf.getvalue()), "cosine_to_fp32": cosine_to(loaded, fp32)}
+        report.int8 = {"fp32_size_bytes": len(fbuf.getvalue()),
+                       "cosine_to_fp32": check_int8(out, loaded, fp32)}
     if measure:
         report.latency_ms = latency_ms(loaded, fp32.sample_rate)
-        if int8:
+        if int8 is not None:
             report.int8["fp32_latency_ms"] = latency_ms(ref, fp32.sample_rate)
     return report
 
 
-def quantize_int8(module: ExportedStudent) -> ExportedStudent:
-    """Dynamic int8 quantisation of the Linear layers (weights int8, activations quantised on
-    the fly); convolutions stay float32, so the gain depends on how much of the model is Linear."""
-    import warnings
+def quantize_student(module: ExportedStudent, calibration: "Calibration") -> ExportedStudent:
+    """A copy of ``module`` whose backbone and head have int8 convolutions and linears (static
+    post-training quantisation, :func:`pyssondo.quantize.quantize_static`, calibrated on the
+    log-mel of ``calibration``); the front end, windowing and pooling stay float32."""
+    from .quantize import quantize_static
 
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():  # torch 2.13 flags its own quantize_per_tensor as deprecated
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+    net = quantize_static(nn.Sequential(module.backbone, module.head),
+                          calibration.logmel_batches(module.frontend))
+    return ExportedStudent(module.frontend, net[0], net[1], module.window, module.sample_rate,
+                           module.embed_dim, module.chunk).eval()
 
 
 def probe_signals(sample_rate: int, window: int) -> List[torch.Tensor]:
@@ -208,6 +224,18 @@ def check_against_eager(loaded: Any, eager: ExportedStudent) -> float:
     return worst
 
 
+def check_int8(out: Path, loaded: Any, fp32: ExportedStudent) -> float:
+    """Mean cosine of an int8 export to float32 on the test signals; below MIN_INT8_COSINE the
+    file ``out`` is removed and RuntimeError raised."""
+    cos = cosine_to(loaded, fp32)
+    if not cos >= MIN_INT8_COSINE:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"{out}: the int8 student's output has cosine {cos:.3f} to float32 "
+                           f"(< {MIN_INT8_COSINE}); quantisation broke this student, nothing "
+                           f"was written")
+    return cos
+
+
 @torch.no_grad()
 def latency_ms(module: Any, sample_rate: int, seconds: float = 10.0, repeats: int = 5) -> float:
     """Median wall time of one forward on ``seconds`` of audio, batch 1, after one warm-up."""
@@ -229,19 +257,50 @@ def cosine_to(a: Any, b: Any) -> float:
     return float(torch.stack(sims).mean())
 
 
+FORMATS = ("torchscript", "onnx")
+# The fastest front end each format supports, measured by bench/export.py (mn04, 10 s, 1 thread):
+# torch.stft and ONNX's STFT op both beat the DFT convolution (2K * n_fft multiply-adds a frame).
+DEFAULT_FRONTEND = {"torchscript": "fft", "onnx": "fft"}
+
+
 def export_run(run_dir: PathLike, out: PathLike, *, projected: bool = False, int8: bool = False,
-               which: str = "best", measure: bool = True, quiet: bool = False) -> ExportReport:
+               which: str = "best", measure: bool = True, quiet: bool = False,
+               fmt: Optional[str] = None, frontend: Optional[str] = None,
+               calibrate: Optional[PathLike] = None) -> ExportReport:
     """Exports the student of a run folder (``which`` = "best" or "last" checkpoint).
 
+    Args:
+        fmt: "torchscript" or "onnx"; None: "onnx" when ``out`` ends in .onnx.
+        frontend: "fft" or "dft"; None: DEFAULT_FRONTEND[fmt] (stated in the metadata).
+        int8: static int8 quantisation, calibrated on ``calibrate`` (a folder of audio) or,
+            when None, on the run's own training segments (:mod:`pyssondo.calibration`).
+
     Raises:
-        FileNotFoundError: no run folder/checkpoint. ValueError: unknown ``which``.
+        FileNotFoundError: no run folder/checkpoint/calibration audio. ValueError: unknown
+        ``which``, ``fmt`` or ``frontend``. MissingExtra: ONNX without onnx/onnxruntime.
     """
+    from .calibration import from_audio_dir, from_run
+    from .frontend import FRONTENDS
     from .train.checkpoint import load_checkpoint
     from .train.model import model_from_checkpoint
     from .train.rundir import RunDir
 
+    fmt = fmt or ("onnx" if str(out).lower().endswith(".onnx") else "torchscript")
     if which not in ("best", "last"):
         raise ValueError(f"export: --checkpoint {which!r} is invalid: expected best or last")
+    if fmt not in FORMATS:
+        raise ValueError(f"export: --format {fmt!r} is invalid: expected one of {FORMATS}")
+    if frontend is not None and frontend not in FRONTENDS:
+        raise ValueError(f"export: --frontend {frontend!r} is invalid: expected one of {FRONTENDS}")
+    if calibrate is not None and not int8:
+        raise ValueError("export: --calibrate applies to --int8")
+    if calibrate is not None and not Path(calibrate).is_dir():
+        raise FileNotFoundError(f"{calibrate}: --calibrate expects a folder of audio files")
+    if fmt == "onnx":
+        from .onnx_model import import_onnxruntime
+
+        import_onnxruntime()  # MissingExtra with the install hint, before any work
+        from .onnx_export import save_onnx
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
@@ -249,36 +308,62 @@ def export_run(run_dir: PathLike, out: PathLike, *, projected: bool = False, int
     state = load_checkpoint(path)
     cfg, model, projection = model_from_checkpoint(state)
     teacher = dict(state["teacher"])
-    module = wrap(model.student, projection if projected else None, cfg.mel, cfg.window_s)
+    chosen = frontend or DEFAULT_FRONTEND[fmt]
+    module = wrap(model.student, projection if projected else None, cfg.mel, cfg.window_s,
+                  frontend=chosen)
     meta = {"mel": cfg.mel.to_dict(), "projected": bool(projected), "window_s": cfg.window_s,
+            "frontend": chosen, "frontend_choice": "--frontend" if frontend else
+            f"default for {fmt} (the fastest it supports)",
             "student": cfg.student, "teacher": teacher, "ssondo_version": _version(),
             "training": {"run": run.path.name, "checkpoint": path.name,
                          "epochs_done": int(state["epochs_done"]), "epochs": cfg.epochs,
                          "steps": int(state["step"]), "loss": cfg.loss,
                          "best_metric": state.get("best_metric"), "config_hash": cfg.hash()}}
-    report = save_export(module, out, meta, int8=int8, measure=measure)
+    calibration = None
+    if int8:
+        calibration = (from_audio_dir(calibrate, cfg.mel.sample_rate, module.window)
+                       if calibrate is not None else
+                       from_run(run.config, cfg.mel, cfg.window_s, need_waveforms=fmt == "onnx"))
+        meta["int8_calibration"] = calibration.source
+    if fmt == "onnx":
+        report = save_onnx(module, out, meta, int8=calibration, measure=measure)
+    else:
+        report = save_export(module, out, meta, int8=calibration, measure=measure)
     if not quiet:
         print(format_report(report))
     return report
 
 
 def format_report(r: ExportReport) -> str:
-    """Human-readable summary of an export, with the command that builds the C++ app."""
+    """Human-readable summary of an export, with how to run it."""
+    onnx = r.meta.get("container") == "onnx"
+    runtime = "onnxruntime" if onnx else "TorchScript"
     lines = [f"wrote {r.path}: {r.size_bytes / 1e6:.2f} MB, {r.params / 1e6:.2f} M params, "
              f"{r.embed_dim}-dim embeddings at {r.sample_rate} Hz"
-             f"{' (teacher space, through the head)' if r.meta.get('projected') else ''}",
-             f"checked: reloaded TorchScript == eager within {r.max_rel_diff:.1e} relative "
-             f"(tolerance {RELATIVE_TOLERANCE:g})"]
+             f"{' (teacher space, through the head)' if r.meta.get('projected') else ''}"]
+    if "frontend" in r.meta:
+        lines.append(f"front end: {r.meta['frontend']} ({r.meta['frontend_choice']})")
+    if onnx and r.int8:
+        lines.append("checked: reloaded in onnxruntime, output shapes and finite values")
+    else:
+        lines.append(f"checked: reloaded {runtime} == eager within {r.max_rel_diff:.1e} relative "
+                     f"(tolerance {RELATIVE_TOLERANCE:g})")
     if r.latency_ms is not None:
-        lines.append(f"latency: {r.latency_ms:.1f} ms per 10 s of audio (batch 1, "
+        lines.append(f"latency: {r.latency_ms:.1f} ms per 10 s of audio ({runtime}, batch 1, "
                      f"{torch.get_num_threads()} threads)")
     if r.int8:
         i = r.int8
-        speed = (f", {r.latency_ms:.1f} ms vs fp32 {i['fp32_latency_ms']:.1f} ms"
-                 if "fp32_latency_ms" in i else "")
-        lines.append(f"int8: {r.size_bytes / 1e6:.2f} MB vs fp32 {i['fp32_size_bytes'] / 1e6:.2f} MB"
-                     f"{speed}, cosine to fp32 output {i['cosine_to_fp32']:.6f} "
-                     f"(1 - cos = {1 - i['cosine_to_fp32']:.1e})")
+        speed = (f", {r.latency_ms:.1f} ms vs fp32 {i['fp32_latency_ms']:.1f} ms "
+                 f"({r.latency_ms / i['fp32_latency_ms']:.2f}x)" if "fp32_latency_ms" in i else "")
+        lines.append(f"int8: {r.size_bytes / 1e6:.2f} MB vs fp32 "
+                     f"{i['fp32_size_bytes'] / 1e6:.2f} MB "
+                     f"({r.size_bytes / i['fp32_size_bytes']:.2f}x){speed}, cosine to fp32 output "
+                     f"{i['cosine_to_fp32']:.6f} on the test signals; calibrated on "
+                     f"{r.meta.get('int8_calibration', 'the given windows')}")
+    if onnx:
+        lines.append(f"run it: ssondo embed {r.path} input.wav -o emb.npy   "
+                     f"(pip install 'ssondo[onnx]')")
+        return "\n".join(lines)
     lines.append("C++ app: cmake -S . -B build -DSSONDO_BUILD_APP=ON -DCMAKE_PREFIX_PATH=\"$(python -c "
                  "'import torch;print(torch.utils.cmake_prefix_path)')\" && cmake --build build")
     lines.append(f"          build/ssondo-embed {r.path} input.wav")

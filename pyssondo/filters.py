@@ -76,3 +76,20 @@ def window(cfg: MelConfig) -> np.ndarray:
     left = (cfg.n_fft - n) // 2
     out[left:left + n] = w
     return out
+
+
+def dft_basis(cfg: MelConfig) -> np.ndarray:
+    """The windowed real DFT as a matrix, float32 [2 * (n_fft // 2 + 1), n_fft].
+
+    Row k (k < K = n_fft // 2 + 1) is ``window(cfg)[n] * cos(2 pi k n / n_fft)`` and row K + k
+    is ``-window(cfg)[n] * sin(2 pi k n / n_fft)``, so ``basis @ frame`` gives the real and
+    imaginary parts of ``rfft(window * frame)``: the STFT as one matmul (or a 1-D convolution
+    with stride hop_length) for runtimes without FFT ops. Computed in float64, then rounded.
+    """
+    k = np.arange(cfg.n_fft // 2 + 1, dtype=np.float64)[:, None]
+    n = np.arange(cfg.n_fft, dtype=np.float64)[None, :]
+    # Reduce k * n modulo n_fft before scaling, so the phase stays exact for large n_fft.
+    phase = 2.0 * np.pi * np.remainder(k * n, cfg.n_fft) / cfg.n_fft
+    w = window(cfg).astype(np.float64)[None, :]
+    return np.ascontiguousarray(np.concatenate([w * np.cos(phase), -w * np.sin(phase)]),
+                                dtype=np.float32)

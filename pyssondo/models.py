@@ -3,9 +3,11 @@
 Contract (../shared/DESIGN.md, "Teacher"): ``forward(wav: Tensor[B, T]) -> Tensor[B, D]``
 (clip embeddings) or ``Tensor[B, F, D]`` (frame embeddings), float32 mono at the model's sample
 rate. The rate comes from, in order: the caller's override, ``ssondo.json`` among the file's
-extra files, a module attribute ``sample_rate``. Teachers, exported students and eval models
-all load here. An hf teacher that TorchScript cannot hold is a "state" zip (config +
-safetensors weights) rebuilt here with ``transformers`` (:mod:`pyssondo.teachers.hf`).
+extra files (an ONNX file's metadata_props), a module attribute ``sample_rate``. Teachers,
+exported students and eval models all load here; ``.onnx`` files run through onnxruntime
+(:class:`pyssondo.onnx_model.OnnxStudent`). An hf teacher that TorchScript cannot hold is a
+"state" zip (config + safetensors weights) rebuilt here with ``transformers``
+(:mod:`pyssondo.teachers.hf`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, Dict, List, Optional, Union
 from .errors import ParameterError
 
 META_FILE = "ssondo.json"  # name of the metadata entry in a TorchScript file's extra files
+ONNX_SUFFIX = ".onnx"      # files ending so are ONNX models, run by onnxruntime
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -99,7 +102,8 @@ def load_model(spec: PathLike, sample_rate: Optional[int] = None, *, device: str
     """Loads a TorchScript file or calls a ``pkg.mod:fn`` factory; puts it in eval mode.
 
     Args:
-        spec: path to a TorchScript file, or ``pkg.mod:fn`` returning an ``nn.Module``.
+        spec: path to a TorchScript file, an ``.onnx`` file, or ``pkg.mod:fn`` returning an
+            ``nn.Module``.
         sample_rate: overrides the model's own rate (Hz); required when the model has none.
         device: torch device to load onto.
         role: word used in error messages ("teacher", "student", ...).
@@ -124,7 +128,12 @@ def load_model(spec: PathLike, sample_rate: Optional[int] = None, *, device: str
             raise FileNotFoundError(f"{path}: {role} file not found")
         from .teachers.hf import is_state_file, load_state_teacher
 
-        if is_state_file(path):  # an hf teacher TorchScript cannot hold: rebuilt eagerly
+        if path.suffix.lower() == ONNX_SUFFIX:
+            from .onnx_model import OnnxStudent
+
+            module = OnnxStudent(path)
+            meta = module.meta
+        elif is_state_file(path):  # an hf teacher TorchScript cannot hold: rebuilt eagerly
             module, meta = load_state_teacher(path)
         else:
             extra = {META_FILE: ""}

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 
 from pyssondo.config import MelConfig
-from pyssondo.export import ExportedStudent, save_export, wrap
+from pyssondo.export import ExportedStudent, quantize_student, save_export, wrap
 from pyssondo.frontend import LogMel
 from pyssondo.heads import make_head
 from pyssondo.models import load_model
@@ -110,11 +110,21 @@ def test_save_reload_metadata_and_embed_cli(module, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_int8_reports_size_and_cosine(module, tmp_path):
-    report = save_export(module, tmp_path / "int8.pt", {}, int8=True, measure=False)
+def test_int8_reports_size_and_cosine(module, tmp_path, shared_data):
+    from pyssondo.calibration import from_audio_dir
+
+    calibration = from_audio_dir(shared_data / "notes", 16000, module.window, n=8)
+    assert calibration.waveforms.shape == (8, module.window)
+    report = save_export(module, tmp_path / "int8.pt", {}, int8=calibration, measure=False)
     assert report.meta["int8"] is True
-    assert report.int8["fp32_size_bytes"] > report.size_bytes  # the head's Linear layers shrink
+    # Convolutions and linears are int8: well under half the float32 file.
+    assert report.size_bytes < 0.5 * report.int8["fp32_size_bytes"]
     assert 0.9 < report.int8["cosine_to_fp32"] <= 1.0 + 1e-6
+    # Every convolution and linear of the backbone and head became a quantised module.
+    quantized = quantize_student(module, calibration)
+    kinds = {type(m) for part in (quantized.backbone, quantized.head) for m in part.modules()}
+    assert not kinds & {torch.nn.Conv2d, torch.nn.Linear}, kinds
+    assert any("quantized" in k.__module__ for k in kinds)
 
 
 def test_embed_rejects_missing_file(tmp_path):

@@ -5,20 +5,22 @@ import argparse
 
 HELP = "embed audio files with an exported student or any model -> .npy [N, D]"
 DESCRIPTION = """\
-Runs MODEL (a file written by 'ssondo export', any TorchScript model, or pkg.module:factory) on
-each audio file (folders are scanned recursively), decoded and resampled to the model's rate,
-and writes one embedding per file as float32 [N, D] to the .npy file (frame outputs [F, D] are
-averaged over frames). The file order is the order given (folders sorted); -v prints one line
-per file with its time.
+Runs MODEL (a file written by 'ssondo export', any TorchScript model, an .onnx student run by
+onnxruntime (pip install 'ssondo[onnx]'), or pkg.module:factory) on each audio file (folders
+are scanned recursively), decoded and resampled to the model's rate, and writes one embedding
+per file as float32 [N, D] to the .npy file (frame outputs [F, D] are averaged over frames).
+The file order is the order given (folders sorted); -v prints one line per file with its time.
 
 examples:
   ssondo embed student.pt a.wav b.flac -o emb.npy
   ssondo embed student.pt audio/ -o emb.npy -v
+  ssondo embed student.onnx a.wav -o emb.npy --threads 1
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="exported student, TorchScript file or pkg.mod:fn")
+    p.add_argument("model", metavar="MODEL",
+                   help="exported student (.pt or .onnx), TorchScript file or pkg.mod:fn")
     p.add_argument("audio", nargs="+", help="audio files or folders")
     p.add_argument("-o", "--output", required=True, help=".npy file to write ([N, D] float32)")
     p.add_argument("--sr", type=int, default=None,

@@ -17,7 +17,8 @@ Positional arguments are MODELs and DATA, told apart by what they are:
          labels separated by ';'; paths relative to the CSV; other columns picked with
          --label-column / --split-column). Use --data PATH to force a path to be DATA.
   MODEL  'logmel' (time-averaged log-mel at 32 kHz: a cheap baseline, always include it),
-         a TorchScript file (exported student, teacher file) or pkg.module:factory.
+         a TorchScript file (exported student, teacher file), an .onnx student (run by
+         onnxruntime) or pkg.module:factory.
 --task, --label-column and --split-column are given once for all DATA or once per DATA, in
 order. A CSV with a 'fold' column uses it unless --folds is given; split values train/test
 (and optionally valid) form one fixed split, other values are folds.

@@ -1,0 +1,111 @@
+"""Static int8 post-training quantisation of a student's convolutions and linears (torch).
+
+:func:`quantize_static` uses torch.ao's FX graph mode (``prepare_fx`` / ``convert_fx``, the
+default static qconfig of :func:`engine`, x86 on x86 CPUs: per-channel int8 weights, per-tensor
+uint8 activations with histogram observers) on the largest sub-modules that FX can trace: a
+student's own ``forward`` usually starts with an input-shape check, which FX cannot trace, so
+its children (MobileNetV3's ``features``, ERes2Net's stages, ...) are quantised instead; parts
+that ``convert_fx`` cannot lower stay float32 (with a warning). Tested on MobileNetV3 and
+ERes2Net; DyMN's dynamic convolutions do not survive it (the export then refuses, see
+:data:`pyssondo.export.MIN_INT8_COSINE`). The shape checks,
+poolings and anything untraceable stay float32. Activation ranges come from calibration
+log-mel batches [N, n_mels, frames] run through the float model. The result scripts with
+``torch.jit.script`` and runs on CPU. torch 2.13 marks torch.ao.quantization as deprecated (its
+successor, pt2e with torchao, is not a dependency here); the deprecation warnings are silenced.
+
+The ONNX counterpart (QDQ, onnxruntime's ``quantize_static``) is in :mod:`pyssondo.onnx_export`;
+:mod:`pyssondo.calibration` gathers the calibration data for both.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Dict, Iterable, List, Tuple
+
+import torch
+from torch import nn
+
+def engine() -> str:
+    """The torch.backends.quantized engine used: x86 (fbgemm + oneDNN) where this torch build
+    has it, else qnnpack (ARM)."""
+    return "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
+
+
+def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
+    """An int8 copy of ``model`` (float32, eval mode; it is not modified).
+
+    Args:
+        model: a module mapping log-mel [N, n_mels, frames] to anything.
+        calibration: log-mel batches, float32 [N, n_mels, frames]; the first is also the
+            example input that tracing uses. About 32 windows are enough.
+
+    Raises:
+        ValueError: no calibration batch, or no sub-module could be quantised.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    batches = [b.float() for b in calibration]
+    if not batches:
+        raise ValueError("int8: no calibration data")
+    torch.backends.quantized.engine = engine()
+    qconfig = get_default_qconfig_mapping(engine())
+    model = copy.deepcopy(model).eval()
+    inputs = _first_inputs(model, batches[0][:1])
+    with warnings.catch_warnings():  # torch 2.13 marks torch.ao.quantization as deprecated
+        warnings.simplefilter("ignore")
+        prepared = _prepare(model, inputs, lambda m, x: prepare_fx(m, qconfig, example_inputs=x))
+        if not prepared:
+            raise ValueError(f"int8: no part of {type(model).__name__} could be traced for "
+                             f"quantisation")
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+        for parent, name, original in prepared:
+            try:
+                setattr(parent, name, convert_fx(getattr(parent, name)))
+            except Exception as e:  # an op pattern convert_fx cannot lower: keep it float32
+                setattr(parent, name, original)
+                warnings.warn(f"int8: {type(original).__name__} {name!r} stays float32 "
+                              f"({type(e).__name__}: {e})")
+    return model
+
+
+def _first_inputs(model: nn.Module, x: torch.Tensor) -> Dict[nn.Module, Tuple]:
+    """Each sub-module's positional inputs on its first call during ``model(x)``."""
+    seen: Dict[nn.Module, Tuple] = {}
+
+    def record(mod: nn.Module, args: Tuple) -> None:  # returns None: the inputs stay as they are
+        seen.setdefault(mod, args)
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _prepare(module: nn.Module, inputs: Dict[nn.Module, Tuple], prepare
+             ) -> List[Tuple[nn.Module, str, nn.Module]]:
+    """Replaces, depth first, each child that traces with its prepared (observed) version;
+    recurses into the children that do not. Returns (parent, attribute, original child) of
+    each replacement."""
+    done: List[Tuple[nn.Module, str, nn.Module]] = []
+    for name, child in list(module.named_children()):
+        if child not in inputs or not _has_weights(child):
+            continue
+        try:  # on a copy: a failed trace may have fused parts of what it was given
+            prepared = prepare(copy.deepcopy(child), inputs[child])
+        except Exception:  # untraceable control flow: quantise its parts instead
+            done += _prepare(child, inputs, prepare)
+            continue
+        setattr(module, name, prepared)
+        done.append((module, name, child))
+    return done
+
+
+def _has_weights(module: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) for m in module.modules())
