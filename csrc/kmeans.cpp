@@ -60,8 +60,8 @@ void micro(const float* x, std::size_t ldx, const float* b, std::size_t kc, floa
   }
 }
 
-// Sum of squares of v[0..d): two V8 partial sums over blocks of 16, the rest (a zero-padded
-// tail) in the first, then the lanes in v8_sum's order.
+// Sum of squares of v[0..d): two V8 partial sums over blocks of 16, then at most one whole
+// and one zero-padded vector, then the lanes in v8_sum's order.
 SSONDO_MULTIVERSION_FMA
 float sum_squares(const float* v, std::size_t d) {
   V8 a0 = v8_splat(0.f), a1 = v8_splat(0.f);
@@ -71,9 +71,14 @@ float sum_squares(const float* v, std::size_t d) {
     a0 = v8_fma(u, u, a0);
     a1 = v8_fma(w, w, a1);
   }
-  for (; p < d; p += 8) {
-    const V8 u = vec_load_first(v + p, std::min<std::size_t>(8, d - p));
+  if (p + 8 <= d) {
+    const V8 u = v8_load(v + p);
     a0 = v8_fma(u, u, a0);
+    p += 8;
+  }
+  if (p < d) {
+    const V8 u = vec_load_first(v + p, d - p);
+    a1 = v8_fma(u, u, a1);
   }
   return v8_sum(a0 + a1);
 }

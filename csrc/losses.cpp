@@ -146,8 +146,8 @@ SSONDO_FORCE_INLINE void angle_lanes(const AngleLeg<T>& a, std::size_t k0, std::
 }
 
 // The whole k loop of one (i, j) pair: two vectors per step with independent partial sums,
-// then the rest one (possibly partial) vector at a time; the lanes are summed in v8_sum's
-// order and added to h, s and q.
+// then at most one whole and one partial vector; the lanes are summed in v8_sum's order and
+// added to h, s and q.
 template <typename T, bool kGrad>
 SSONDO_FORCE_INLINE void angle_terms(const AngleLeg<T>& a, std::size_t b, T* acci, double& h,
                                      double& s, double& q) {
@@ -160,9 +160,11 @@ SSONDO_FORCE_INLINE void angle_terms(const AngleLeg<T>& a, std::size_t b, T* acc
     angle_lanes<T, kGrad, false>(a, k, N, acci, hv[0], sv[0], qv[0]);
     angle_lanes<T, kGrad, false>(a, k + N, N, acci, hv[1], sv[1], qv[1]);
   }
-  for (; k < b; k += N) {
-    angle_lanes<T, kGrad, true>(a, k, std::min(N, b - k), acci, hv[0], sv[0], qv[0]);
+  if (k + N <= b) {
+    angle_lanes<T, kGrad, false>(a, k, N, acci, hv[0], sv[0], qv[0]);
+    k += N;
   }
+  if (k < b) angle_lanes<T, kGrad, true>(a, k, b - k, acci, hv[1], sv[1], qv[1]);
   h += v8_sum(hv[0] + hv[1]);
   s += v8_sum(sv[0] + sv[1]);
   q += v8_sum(qv[0] + qv[1]);
