@@ -213,19 +213,20 @@ template <typename T>
 inline void vec_store(T* p, typename Vec<T>::V v) {
   std::memcpy(p, &v, sizeof v);
 }
-// (Lane by lane under a test of every lane: a copy of m values would become a memcpy call.)
+// (Lane by lane, in registers, under a test of every lane: a copy of m values would become a
+// memcpy call through memory.)
 template <typename T>
 SSONDO_FORCE_INLINE typename Vec<T>::V vec_load_first(const T* p, std::size_t m) {
-  T lanes[Vec<T>::n];
-  for (std::size_t l = 0; l < Vec<T>::n; ++l) lanes[l] = l < m ? p[l] : T(0);
-  return vec_load(lanes);
+  typename Vec<T>::V v = Vec<T>::splat(T(0));
+  for (std::size_t l = 0; l < Vec<T>::n; ++l) {
+    if (l < m) v[l] = p[l];
+  }
+  return v;
 }
 template <typename T>
 SSONDO_FORCE_INLINE void vec_store_first(T* p, typename Vec<T>::V v, std::size_t m) {
-  T lanes[Vec<T>::n];
-  vec_store(lanes, v);
   for (std::size_t l = 0; l < Vec<T>::n; ++l) {
-    if (l < m) p[l] = lanes[l];
+    if (l < m) p[l] = v[l];
   }
 }
 // Per lane: min(a, b) and max(a, b) as a < b ? a : b and a > b ? a : b (a NaN lane in a gives
