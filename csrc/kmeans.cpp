@@ -11,11 +11,7 @@
 
 #include "parallel.hpp"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define SSONDO_KMEANS_X86 1
-#include <cpuid.h>
-#include <immintrin.h>
-#endif
+#include "vec8.hpp"
 
 namespace ssondo {
 namespace kmeans {
@@ -35,147 +31,64 @@ std::string row_name(const Rows& x, std::size_t i) {
   return "row " + std::to_string(id);
 }
 
-// --- micro-kernels: out[r][j] (+)= sum_p x[r*ldx + p] * b[p*NR + j], r < MR, j < NR ----------
+// --- kernels (vec8.hpp: compiled for x86-64-v3 and the baseline, chosen at load time) -------
 
-using MicroFn = void (*)(const float*, std::size_t, const float*, std::size_t, float*,
-                         std::size_t, bool);
-
-void micro_generic(const float* x, std::size_t ldx, const float* b, std::size_t kc, float* out,
-                   std::size_t ldo, bool accumulate) {
-  float acc[MR][NR] = {};
+// out[r][j] (+)= sum_p x[r*ldx + p] * b[p*NR + j], r < MR, j < NR: MR x NR accumulators in
+// 2 MR V8 registers, one broadcast row value times two panel vectors per step.
+SSONDO_MULTIVERSION_FMA
+void micro(const float* x, std::size_t ldx, const float* b, std::size_t kc, float* out,
+           std::size_t ldo, bool accumulate) {
+  static_assert(NR == 16, "a panel row is two V8");
+  V8 acc[MR][2];
+  for (std::size_t r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = v8_splat(0.f);
   for (std::size_t p = 0; p < kc; ++p) {
-    const float* bp = b + p * NR;
+    const V8 b0 = v8_load(b + p * NR), b1 = v8_load(b + p * NR + 8);
     for (std::size_t r = 0; r < MR; ++r) {
-      const float a = x[r * ldx + p];
-      for (std::size_t j = 0; j < NR; ++j) acc[r][j] += a * bp[j];
+      const V8 a = v8_splat(x[r * ldx + p]);
+      acc[r][0] = v8_fma(a, b0, acc[r][0]);
+      acc[r][1] = v8_fma(a, b1, acc[r][1]);
     }
   }
   for (std::size_t r = 0; r < MR; ++r) {
     float* o = out + r * ldo;
-    for (std::size_t j = 0; j < NR; ++j) o[j] = accumulate ? o[j] + acc[r][j] : acc[r][j];
-  }
-}
-
-// Sum of squares of v[0..d) with 8 independent partial sums (vectorisable without
-// reassociation by the compiler).
-float sum_squares_generic(const float* v, std::size_t d) {
-  float acc[8] = {};
-  std::size_t p = 0;
-  for (; p + 8 <= d; p += 8)
-    for (std::size_t j = 0; j < 8; ++j) acc[j] += v[p + j] * v[p + j];
-  float s = 0.f;
-  for (; p < d; ++p) s += v[p] * v[p];
-  for (std::size_t j = 0; j < 8; ++j) s += acc[j];
-  return s;
-}
-
-void half_row_generic(const std::uint16_t* h, float* out, std::size_t d) {
-  for (std::size_t p = 0; p < d; ++p) out[p] = half_to_float(h[p]);
-}
-
-#ifdef SSONDO_KMEANS_X86
-__attribute__((target("avx2,fma"))) void micro_avx2(const float* x, std::size_t ldx,
-                                                    const float* b, std::size_t kc, float* out,
-                                                    std::size_t ldo, bool accumulate) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-  const float* x0 = x;
-  const float* x1 = x + ldx;
-  const float* x2 = x + 2 * ldx;
-  const float* x3 = x + 3 * ldx;
-  const float* x4 = x + 4 * ldx;
-  const float* x5 = x + 5 * ldx;
-  for (std::size_t p = 0; p < kc; ++p) {
-    const __m256 b0 = _mm256_loadu_ps(b + p * NR);
-    const __m256 b1 = _mm256_loadu_ps(b + p * NR + 8);
-    __m256 a = _mm256_broadcast_ss(x0 + p);
-    c00 = _mm256_fmadd_ps(a, b0, c00);
-    c01 = _mm256_fmadd_ps(a, b1, c01);
-    a = _mm256_broadcast_ss(x1 + p);
-    c10 = _mm256_fmadd_ps(a, b0, c10);
-    c11 = _mm256_fmadd_ps(a, b1, c11);
-    a = _mm256_broadcast_ss(x2 + p);
-    c20 = _mm256_fmadd_ps(a, b0, c20);
-    c21 = _mm256_fmadd_ps(a, b1, c21);
-    a = _mm256_broadcast_ss(x3 + p);
-    c30 = _mm256_fmadd_ps(a, b0, c30);
-    c31 = _mm256_fmadd_ps(a, b1, c31);
-    a = _mm256_broadcast_ss(x4 + p);
-    c40 = _mm256_fmadd_ps(a, b0, c40);
-    c41 = _mm256_fmadd_ps(a, b1, c41);
-    a = _mm256_broadcast_ss(x5 + p);
-    c50 = _mm256_fmadd_ps(a, b0, c50);
-    c51 = _mm256_fmadd_ps(a, b1, c51);
-  }
-  const __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
-                             {c30, c31}, {c40, c41}, {c50, c51}};
-  for (std::size_t r = 0; r < MR; ++r) {
-    float* o = out + r * ldo;
-    __m256 lo = acc[r][0], hi = acc[r][1];
     if (accumulate) {
-      lo = _mm256_add_ps(lo, _mm256_loadu_ps(o));
-      hi = _mm256_add_ps(hi, _mm256_loadu_ps(o + 8));
+      acc[r][0] = acc[r][0] + v8_load(o);
+      acc[r][1] = acc[r][1] + v8_load(o + 8);
     }
-    _mm256_storeu_ps(o, lo);
-    _mm256_storeu_ps(o + 8, hi);
+    v8_store(o, acc[r][0]);
+    v8_store(o + 8, acc[r][1]);
   }
 }
 
-__attribute__((target("avx2,fma"))) float sum_squares_avx2(const float* v, std::size_t d) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+// Sum of squares of v[0..d): two V8 partial sums over blocks of 16, then at most one whole
+// and one zero-padded vector, then the lanes in v8_sum's order.
+SSONDO_MULTIVERSION_FMA
+float sum_squares(const float* v, std::size_t d) {
+  V8 a0 = v8_splat(0.f), a1 = v8_splat(0.f);
   std::size_t p = 0;
   for (; p + 16 <= d; p += 16) {
-    const __m256 u = _mm256_loadu_ps(v + p);
-    const __m256 w = _mm256_loadu_ps(v + p + 8);
-    a0 = _mm256_fmadd_ps(u, u, a0);
-    a1 = _mm256_fmadd_ps(w, w, a1);
+    const V8 u = v8_load(v + p), w = v8_load(v + p + 8);
+    a0 = v8_fma(u, u, a0);
+    a1 = v8_fma(w, w, a1);
   }
-  alignas(32) float t[8];
-  _mm256_store_ps(t, _mm256_add_ps(a0, a1));
-  float s = 0.f;
-  for (; p < d; ++p) s += v[p] * v[p];
-  for (float e : t) s += e;
-  return s;
+  if (p + 8 <= d) {
+    const V8 u = v8_load(v + p);
+    a0 = v8_fma(u, u, a0);
+    p += 8;
+  }
+  if (p < d) {
+    const V8 u = vec_load_first(v + p, d - p);
+    a1 = v8_fma(u, u, a1);
+  }
+  return v8_sum(a0 + a1);
 }
 
-__attribute__((target("avx2,f16c"))) void half_row_f16c(const std::uint16_t* h, float* out,
-                                                        std::size_t d) {
+// IEEE half row -> float row, eight values at a time.
+SSONDO_MULTIVERSION
+void half_row(const std::uint16_t* h, float* out, std::size_t d) {
   std::size_t p = 0;
-  for (; p + 8 <= d; p += 8) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + p));
-    _mm256_storeu_ps(out + p, _mm256_cvtph_ps(v));
-  }
+  for (; p + 8 <= d; p += 8) v8_store(out + p, v8_from_half(h + p));
   for (; p < d; ++p) out[p] = half_to_float(h[p]);
-}
-#endif
-
-struct Kernels {
-  MicroFn micro = micro_generic;
-  float (*sum_squares)(const float*, std::size_t) = sum_squares_generic;
-  void (*half_row)(const std::uint16_t*, float*, std::size_t) = half_row_generic;
-};
-
-const Kernels& kernels() {
-  static const Kernels k = [] {
-    Kernels r;
-#ifdef SSONDO_KMEANS_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      r.micro = micro_avx2;
-      r.sum_squares = sum_squares_avx2;
-    }
-    // F16C by its CPUID bit (leaf 1, ECX): Clang's __builtin_cpu_supports does not know it.
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
-    if (__builtin_cpu_supports("avx2") && f16c) r.half_row = half_row_f16c;
-#endif
-    return r;
-  }();
-  return k;
 }
 
 // --- packed centroids: panels of NR centroids, dimension-major, zero padded ----------------
@@ -225,7 +138,6 @@ Packed pack_centroids(const float* c, std::size_t k, std::size_t d, Metric metri
 // float32, validates them, normalises them for cosine, and writes their squared norms.
 void load_tile(const Rows& x, std::size_t i0, std::size_t m, Metric metric, float* xt,
                float* xnorm) {
-  const Kernels& kr = kernels();
   const std::size_t d = x.d;
   for (std::size_t r = 0; r < m; ++r) {
     float* dst = xt + r * d;
@@ -233,9 +145,9 @@ void load_tile(const Rows& x, std::size_t i0, std::size_t m, Metric metric, floa
     if (x.dtype == DType::f32) {
       std::memcpy(dst, static_cast<const float*>(x.data) + i * d, d * sizeof(float));
     } else {
-      kr.half_row(static_cast<const std::uint16_t*>(x.data) + i * d, dst, d);
+      half_row(static_cast<const std::uint16_t*>(x.data) + i * d, dst, d);
     }
-    float s = kr.sum_squares(dst, d);
+    float s = sum_squares(dst, d);
     if (!std::isfinite(s)) {
       for (std::size_t p = 0; p < d; ++p) {
         if (!std::isfinite(dst[p])) {
@@ -266,7 +178,6 @@ void load_tile(const Rows& x, std::size_t i0, std::size_t m, Metric metric, floa
 
 // dot [MB x kpad] = xt [rows of the tile] . centroids^T, for the first round_up(m, MR) rows.
 void dot_tile(const float* xt, std::size_t m, const Packed& pc, float* dot) {
-  const MicroFn micro = kernels().micro;
   const std::size_t d = pc.d, npanels = pc.kpad / NR, rows = round_up(m, MR);
   for (std::size_t p0 = 0; p0 < d; p0 += KC) {
     const std::size_t kc = std::min(KC, d - p0);
@@ -456,7 +367,6 @@ void kmeanspp(const float* x, std::size_t n, std::size_t d, std::size_t k, int n
     parallel_for(npanels, 16, [&](std::size_t j0, std::size_t j1) {
       std::vector<float> dot(MB * NR);
       for (std::size_t jp = j0; jp < j1; ++jp) {
-        const MicroFn micro = kernels().micro;
         for (std::size_t p0 = 0; p0 < d; p0 += KC) {
           const std::size_t kc = std::min(KC, d - p0);
           const float* panel = px.panels.data() + jp * d * NR + p0 * NR;

@@ -2,7 +2,8 @@
 // k-means++ seeding and centroid updates (Lloyd and mini-batch). Plain C++17 on raw pointers.
 //
 // Distances use ||x||^2 - 2 x.c + ||c||^2 with a register-blocked dot-product micro-kernel
-// (AVX2+FMA chosen at run time on x86-64, portable C++ elsewhere). Rows are float32 or IEEE
+// written with vec8.hpp (x86-64-v3, i.e. AVX2+FMA, chosen at load time with GCC; the
+// baseline build otherwise). Rows are float32 or IEEE
 // half (stored as uint16); half rows are converted one tile at a time into a float scratch
 // tile, never as a whole array. With the cosine metric rows are normalised on the fly
 // (spherical k-means) and the distance is 1 - cos(x, c).

@@ -9,10 +9,7 @@
 #include <vector>
 
 #include "parallel.hpp"
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "vec8.hpp"
 
 namespace ssondo {
 namespace {
@@ -112,100 +109,66 @@ struct AngleLeg {
   T rsij, rtij, cs, ct;
 };
 
-// One k of the k loop, in scalar code (the whole loop where SSE2 is missing).
-template <typename T, bool kGrad>
-inline void angle_term(const AngleLeg<T>& a, std::size_t k, T* acci, double& h, double& s,
-                       double& q) {
-  const T ws = a.rsij * a.rsj[k];
-  const T as = (a.gsi[k] - a.gsj[k] + a.cs) * ws;
-  const T at = (a.gti[k] - a.gtj[k] + a.ct) * (a.rtij * a.rtj[k]);
-  const T diff = as - at;
-  const T h1 = std::min(std::max(diff, T(-1)), T(1));
-  h += h1 * (diff - T(0.5) * h1);
+// Vec<T>::n values at p, or (kTail) the first m of them and zeros.
+template <bool kTail, typename T>
+SSONDO_FORCE_INLINE typename Vec<T>::V load_lanes(const T* p, std::size_t m) {
+  return kTail ? vec_load_first(p, m) : vec_load(p);
+}
+
+// Terms k in [k0, k0 + m) of the k loop, one per lane (m < Vec<T>::n only for the tail, whose
+// lanes beyond m load as zero: r_jk = 0 there, so all their terms are exactly 0). The clamp is
+// a select: the compiler does not vectorise std::min/max by itself without -fno-trapping-math.
+template <typename T, bool kGrad, bool kTail>
+SSONDO_FORCE_INLINE void angle_lanes(const AngleLeg<T>& a, std::size_t k0, std::size_t m,
+                                     T* acci, typename Vec<T>::V& hv, typename Vec<T>::V& sv,
+                                     typename Vec<T>::V& qv) {
+  typedef typename Vec<T>::V V;
+  const V gsik = load_lanes<kTail>(a.gsi + k0, m), gsjk = load_lanes<kTail>(a.gsj + k0, m);
+  const V gtik = load_lanes<kTail>(a.gti + k0, m), gtjk = load_lanes<kTail>(a.gtj + k0, m);
+  const V ws = Vec<T>::splat(a.rsij) * load_lanes<kTail>(a.rsj + k0, m);
+  const V wt = Vec<T>::splat(a.rtij) * load_lanes<kTail>(a.rtj + k0, m);
+  const V as = (gsik - gsjk + Vec<T>::splat(a.cs)) * ws;
+  const V at = (gtik - gtjk + Vec<T>::splat(a.ct)) * wt;
+  const V diff = as - at;
+  const V h1 = vec_min(vec_max(diff, Vec<T>::splat(T(-1))), Vec<T>::splat(T(1)));
+  hv = hv + h1 * (diff - T(0.5) * h1);
   if (kGrad) {
-    const T c = h1 * ws;
-    acci[k] += c;
-    s += c;
-    q += h1 * as;
+    const V c = h1 * ws;
+    const V acc = load_lanes<kTail>(acci + k0, m) + c;
+    if (kTail) {
+      vec_store_first(acci + k0, acc, m);
+    } else {
+      vec_store(acci + k0, acc);
+    }
+    sv = sv + c;
+    qv = qv + h1 * as;
   }
 }
 
-#if defined(__SSE2__)
-// SSE2 (baseline on x86-64) for float and double: the compiler does not vectorise the clamp
-// by itself without -fno-trapping-math.
-template <typename T>
-struct Sse;
-template <>
-struct Sse<float> {
-  using V = __m128;
-  static constexpr std::size_t N = 4;
-  static V load(const float* p) { return _mm_loadu_ps(p); }
-  static void store(float* p, V v) { _mm_storeu_ps(p, v); }
-  static V set(float x) { return _mm_set1_ps(x); }
-  static V zero() { return _mm_setzero_ps(); }
-  static V add(V a, V b) { return _mm_add_ps(a, b); }
-  static V sub(V a, V b) { return _mm_sub_ps(a, b); }
-  static V mul(V a, V b) { return _mm_mul_ps(a, b); }
-  static V min(V a, V b) { return _mm_min_ps(a, b); }
-  static V max(V a, V b) { return _mm_max_ps(a, b); }
-};
-template <>
-struct Sse<double> {
-  using V = __m128d;
-  static constexpr std::size_t N = 2;
-  static V load(const double* p) { return _mm_loadu_pd(p); }
-  static void store(double* p, V v) { _mm_storeu_pd(p, v); }
-  static V set(double x) { return _mm_set1_pd(x); }
-  static V zero() { return _mm_setzero_pd(); }
-  static V add(V a, V b) { return _mm_add_pd(a, b); }
-  static V sub(V a, V b) { return _mm_sub_pd(a, b); }
-  static V mul(V a, V b) { return _mm_mul_pd(a, b); }
-  static V min(V a, V b) { return _mm_min_pd(a, b); }
-  static V max(V a, V b) { return _mm_max_pd(a, b); }
-};
-
-// k in [0, b rounded down to 2 vectors) with two independent accumulators per sum;
-// returns where the scalar tail starts.
+// The whole k loop of one (i, j) pair: two vectors per step with independent partial sums,
+// then at most one whole and one partial vector; the lanes are summed in v8_sum's order and
+// added to h, s and q.
 template <typename T, bool kGrad>
-std::size_t angle_terms_simd(const AngleLeg<T>& a, std::size_t b, T* acci, double& h,
-                             double& s, double& q) {
-  using S = Sse<T>;
-  using V = typename S::V;
-  constexpr std::size_t N = S::N;
-  const V rsij = S::set(a.rsij), rtij = S::set(a.rtij), cs = S::set(a.cs), ct = S::set(a.ct);
-  const V one = S::set(T(1)), minus_one = S::set(T(-1)), half = S::set(T(0.5));
-  V hv[2] = {S::zero(), S::zero()}, sv[2] = {S::zero(), S::zero()}, qv[2] = {S::zero(), S::zero()};
+SSONDO_FORCE_INLINE void angle_terms(const AngleLeg<T>& a, std::size_t b, T* acci, double& h,
+                                     double& s, double& q) {
+  typedef typename Vec<T>::V V;
+  constexpr std::size_t N = Vec<T>::n;
+  V hv[2], sv[2], qv[2];
+  for (int u = 0; u < 2; ++u) hv[u] = sv[u] = qv[u] = Vec<T>::splat(T(0));
   std::size_t k = 0;
   for (; k + 2 * N <= b; k += 2 * N) {
-    for (std::size_t u = 0; u < 2; ++u) {
-      const std::size_t o = k + u * N;
-      const V ws = S::mul(rsij, S::load(a.rsj + o));
-      const V as = S::mul(S::add(S::sub(S::load(a.gsi + o), S::load(a.gsj + o)), cs), ws);
-      const V wt = S::mul(rtij, S::load(a.rtj + o));
-      const V at = S::mul(S::add(S::sub(S::load(a.gti + o), S::load(a.gtj + o)), ct), wt);
-      const V diff = S::sub(as, at);
-      const V h1 = S::min(S::max(diff, minus_one), one);
-      hv[u] = S::add(hv[u], S::mul(h1, S::sub(diff, S::mul(half, h1))));
-      if (kGrad) {
-        const V c = S::mul(h1, ws);
-        S::store(acci + o, S::add(S::load(acci + o), c));
-        sv[u] = S::add(sv[u], c);
-        qv[u] = S::add(qv[u], S::mul(h1, as));
-      }
-    }
+    angle_lanes<T, kGrad, false>(a, k, N, acci, hv[0], sv[0], qv[0]);
+    angle_lanes<T, kGrad, false>(a, k + N, N, acci, hv[1], sv[1], qv[1]);
   }
-  T lanes[3][N];
-  S::store(lanes[0], S::add(hv[0], hv[1]));
-  S::store(lanes[1], S::add(sv[0], sv[1]));
-  S::store(lanes[2], S::add(qv[0], qv[1]));
-  for (std::size_t l = 0; l < N; ++l) {
-    h += lanes[0][l];
-    s += lanes[1][l];
-    q += lanes[2][l];
+  if (k + N <= b) {
+    angle_lanes<T, kGrad, false>(a, k, N, acci, hv[0], sv[0], qv[0]);
+    k += N;
   }
-  return k;
+  if (k < b) angle_lanes<T, kGrad, true>(a, k, b - k, acci, hv[1], sv[1], qv[1]);
+  h += v8_sum(hv[0] + hv[1]);
+  s += v8_sum(sv[0] + sv[1]);
+  q += v8_sum(qv[0] + qv[1]);
 }
-#endif
 
 // Rows are taken kRowBlock at a time so that the four apex rows (G^s_j, G^t_j, r^s_j, r^t_j)
 // are read from memory once per block instead of once per row: at B = 1024 the loop is
@@ -214,8 +177,9 @@ std::size_t angle_terms_simd(const AngleLeg<T>& a, std::size_t b, T* acci, doubl
 constexpr std::size_t kRowBlock = 8;
 
 template <typename T, bool kGrad>
-void angle_rows(std::size_t begin, std::size_t end, std::size_t b, const T* gs, const T* gt,
-                const T* rs, const T* rt, T* acc, T* s, T* q, double* loss_rows) {
+SSONDO_MULTIVERSION_FMA void angle_rows(std::size_t begin, std::size_t end, std::size_t b,
+                                        const T* gs, const T* gt, const T* rs, const T* rt,
+                                        T* acc, T* s, T* q, double* loss_rows) {
   for (std::size_t i0 = begin; i0 < end; i0 += kRowBlock) {
     const std::size_t i1 = std::min(end, i0 + kRowBlock);
     for (std::size_t i = i0; i < i1; ++i) {
@@ -239,11 +203,7 @@ void angle_rows(std::size_t begin, std::size_t end, std::size_t b, const T* gs, 
         a.cs = a.gsj[j] - a.gsi[j];
         a.ct = a.gtj[j] - a.gti[j];
         double hs = 0.0, ss = 0.0, qs = 0.0;
-        std::size_t k = 0;
-#if defined(__SSE2__)
-        k = angle_terms_simd<T, kGrad>(a, b, acci, hs, ss, qs);
-#endif
-        for (; k < b; ++k) angle_term<T, kGrad>(a, k, acci, hs, ss, qs);
+        angle_terms<T, kGrad>(a, b, acci, hs, ss, qs);
         loss_rows[i] += hs;
         if (kGrad) {
           s[i * b + j] = static_cast<T>(ss);

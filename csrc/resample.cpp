@@ -34,7 +34,7 @@ SSONDO_MULTIVERSION
 float dot8(const float* h, const float* x, std::int64_t k) {
   V8 acc = v8_splat(0.0f);
   for (std::int64_t i = 0; i < k; i += 8) acc = acc + v8_load(h + i) * v8_load(x + i);
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  return v8_sum(acc);
 }
 
 }  // namespace

@@ -1,22 +1,31 @@
-// V8: eight floats operated on together, the unit of the lane layout in fft.hpp.
+// V8: eight floats operated on together, the unit of the lane layout in fft.hpp; V4D: four
+// doubles, the same 32 bytes, for kernels written once for float and double (Vec<T>).
 //
-// With GCC/Clang it is a generic vector type (compiled to SSE2 pairs on baseline x86-64, to
-// NEON on ARM); otherwise a plain struct the optimiser may vectorise. Loads and stores are
-// unaligned-safe (memcpy). U8 holds eight uint32 lanes, for bit manipulation of V8 only.
+// With GCC/Clang they are generic vector types (compiled to SSE2 pairs on baseline x86-64, to
+// NEON on ARM); otherwise (or with -DSSONDO_VEC8_PORTABLE, to test that path) plain structs
+// the optimiser may vectorise. Loads and stores are unaligned-safe (memcpy). U8 holds eight
+// uint32 lanes, for bit manipulation of V8 only.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 // Marks a hot kernel to be compiled twice, for AVX2 and for the baseline, with the variant
 // chosen at load time (GCC function multi-versioning on x86-64 ELF). No -march flags. Clang
 // refuses 256-bit vector values in the baseline clone of such a kernel ("changes the ABI"),
 // so a Clang build has the baseline only (add -march flags to CMAKE_CXX_FLAGS for more).
+// SSONDO_MULTIVERSION_FMA does the same for x86-64-v3 (AVX2 with FMA and F16C, e.g. Haswell,
+// Zen): there a * b + c in one expression (v8_fma) is contracted to one fused multiply-add,
+// rounded once; the baseline rounds the product and the sum.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
 #define SSONDO_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#define SSONDO_MULTIVERSION_FMA __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SSONDO_MULTIVERSION
+#define SSONDO_MULTIVERSION_FMA
 #endif
 
 // For the larger helpers called from those kernels: an out-of-line copy would be compiled for
@@ -29,14 +38,38 @@
 
 namespace ssondo {
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(SSONDO_VEC8_PORTABLE)
 // Only inline helpers pass V8 by value; no ABI boundary is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float V8 __attribute__((vector_size(32)));
+typedef double V4D __attribute__((vector_size(32)));
 typedef std::uint32_t U8 __attribute__((vector_size(32)));
+// GCC splats by a shuffle of lane 0 (one broadcast instruction: it builds the initialiser
+// {x, x, ...} of a loop variable with eight lane inserts).
+#if defined(__clang__)
 inline V8 v8_splat(float x) { return V8{x, x, x, x, x, x, x, x}; }
-// Per lane: a < b ? t : f.
-inline V8 v8_lt_select(V8 a, V8 b, V8 t, V8 f) { return a < b ? t : f; }
+inline V4D v4d_splat(double x) { return V4D{x, x, x, x}; }
+#else
+inline V8 v8_splat(float x) { return __builtin_shuffle(V8{x}, U8{}); }
+inline V4D v4d_splat(double x) {
+  typedef std::uint64_t U4 __attribute__((vector_size(32)));
+  return __builtin_shuffle(V4D{x}, U4{});
+}
+#endif
+// Per lane: a < b ? t : f (V8 or V4D).
+template <typename V>
+inline V v8_lt_select(V a, V b, V t, V f) {
+  return a < b ? t : f;
+}
+// Per lane: a == b ? t : f.
+inline U8 u8_eq_select(U8 a, std::uint32_t b, U8 t, U8 f) { return a == b ? t : f; }
+// Eight uint16 values, widened to uint32 lanes.
+inline U8 u8_load_u16(const std::uint16_t* p) {
+  typedef std::uint16_t U16x8 __attribute__((vector_size(16)));
+  U16x8 h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, U8);
+}
 // Lanes of the concatenation (a, b) picked by the constant indices I (each in [0, 16)).
 template <unsigned... I>
 inline V8 v8_shuffle(V8 a, V8 b) {
@@ -68,25 +101,44 @@ SSONDO_FORCE_INLINE void v8_transpose(V8 r[8]) {
   }
 }
 #else
-struct V8 {
-  float v[8];
-  float& operator[](int i) { return v[i]; }
-  float operator[](int i) const { return v[i]; }
+// N lanes of T: V8 = VecN<float, 8>, V4D = VecN<double, 4>.
+template <typename T, int N>
+struct VecN {
+  T v[N];
+  T& operator[](int i) { return v[i]; }
+  T operator[](int i) const { return v[i]; }
 };
+typedef VecN<float, 8> V8;
+typedef VecN<double, 4> V4D;
 inline V8 v8_splat(float x) { return V8{{x, x, x, x, x, x, x, x}}; }
-#define SSONDO_V8_OP(op)                                                   \
-  inline V8 operator op(V8 a, V8 b) {                                     \
-    for (int l = 0; l < 8; ++l) a.v[l] = a.v[l] op b.v[l];                \
-    return a;                                                             \
-  }                                                                       \
-  inline V8 operator op(V8 a, float b) { return a op v8_splat(b); }       \
-  inline V8 operator op(float a, V8 b) { return v8_splat(a) op b; }
+inline V4D v4d_splat(double x) { return V4D{{x, x, x, x}}; }
+template <typename T>
+struct NoDeduce {
+  typedef T type;
+};
+#define SSONDO_V8_OP(op)                                                                \
+  template <typename T, int N>                                                         \
+  inline VecN<T, N> operator op(VecN<T, N> a, VecN<T, N> b) {                          \
+    for (int l = 0; l < N; ++l) a.v[l] = a.v[l] op b.v[l];                             \
+    return a;                                                                          \
+  }                                                                                    \
+  template <typename T, int N>                                                         \
+  inline VecN<T, N> operator op(VecN<T, N> a, typename NoDeduce<T>::type b) {          \
+    for (int l = 0; l < N; ++l) a.v[l] = a.v[l] op b;                                  \
+    return a;                                                                          \
+  }                                                                                    \
+  template <typename T, int N>                                                         \
+  inline VecN<T, N> operator op(typename NoDeduce<T>::type a, VecN<T, N> b) {          \
+    for (int l = 0; l < N; ++l) b.v[l] = a op b.v[l];                                  \
+    return b;                                                                          \
+  }
 SSONDO_V8_OP(+)
 SSONDO_V8_OP(-)
 SSONDO_V8_OP(*)
 #undef SSONDO_V8_OP
-inline V8 v8_lt_select(V8 a, V8 b, V8 t, V8 f) {
-  for (int l = 0; l < 8; ++l) t.v[l] = a.v[l] < b.v[l] ? t.v[l] : f.v[l];
+template <typename T, int N>
+inline VecN<T, N> v8_lt_select(VecN<T, N> a, VecN<T, N> b, VecN<T, N> t, VecN<T, N> f) {
+  for (int l = 0; l < N; ++l) t.v[l] = a.v[l] < b.v[l] ? t.v[l] : f.v[l];
   return t;
 }
 SSONDO_FORCE_INLINE void v8_transpose(V8 r[8]) {
@@ -105,13 +157,43 @@ struct U8 {
   inline U8 operator op(U8 a, std::uint32_t b) {                          \
     for (int l = 0; l < 8; ++l) a.v[l] = a.v[l] op b;                     \
     return a;                                                             \
+  }                                                                       \
+  inline U8 operator op(U8 a, U8 b) {                                     \
+    for (int l = 0; l < 8; ++l) a.v[l] = a.v[l] op b.v[l];                \
+    return a;                                                             \
   }
 SSONDO_U8_OP(+)
 SSONDO_U8_OP(&)
 SSONDO_U8_OP(|)
 SSONDO_U8_OP(>>)
+SSONDO_U8_OP(<<)
 #undef SSONDO_U8_OP
+inline U8 u8_eq_select(U8 a, std::uint32_t b, U8 t, U8 f) {
+  for (int l = 0; l < 8; ++l) t.v[l] = a.v[l] == b ? t.v[l] : f.v[l];
+  return t;
+}
+inline U8 u8_load_u16(const std::uint16_t* p) {
+  U8 u;
+  for (int l = 0; l < 8; ++l) u.v[l] = p[l];
+  return u;
+}
 #endif
+
+// Vec<T>::V: the 32-byte vector of T (V8 for float, V4D for double); Vec<T>::n: its lanes.
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef V8 V;
+  static constexpr std::size_t n = 8;
+  static V splat(float x) { return v8_splat(x); }
+};
+template <>
+struct Vec<double> {
+  typedef V4D V;
+  static constexpr std::size_t n = 4;
+  static V splat(double x) { return v4d_splat(x); }
+};
 
 inline V8 v8_load(const float* p) {
   V8 v;
@@ -119,6 +201,63 @@ inline V8 v8_load(const float* p) {
   return v;
 }
 inline void v8_store(float* p, V8 v) { std::memcpy(p, &v, sizeof v); }
+// Vec<T> loads and stores: all lanes, or the first m < Vec<T>::n (a tail; the other lanes load
+// as zero and are not stored).
+template <typename T>
+inline typename Vec<T>::V vec_load(const T* p) {
+  typename Vec<T>::V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+inline void vec_store(T* p, typename Vec<T>::V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+// (Lane by lane, in registers, under a test of every lane: a copy of m values would become a
+// memcpy call through memory.)
+template <typename T>
+SSONDO_FORCE_INLINE typename Vec<T>::V vec_load_first(const T* p, std::size_t m) {
+  typename Vec<T>::V v = Vec<T>::splat(T(0));
+  for (std::size_t l = 0; l < Vec<T>::n; ++l) {
+    if (l < m) v[l] = p[l];
+  }
+  return v;
+}
+template <typename T>
+SSONDO_FORCE_INLINE void vec_store_first(T* p, typename Vec<T>::V v, std::size_t m) {
+  for (std::size_t l = 0; l < Vec<T>::n; ++l) {
+    if (l < m) p[l] = v[l];
+  }
+}
+// Per lane: min(a, b) and max(a, b) as a < b ? a : b and a > b ? a : b (a NaN lane in a gives
+// b, as the x86 min/max instructions do).
+template <typename V>
+inline V vec_min(V a, V b) {
+  return v8_lt_select(a, b, a, b);
+}
+template <typename V>
+inline V vec_max(V a, V b) {
+  return v8_lt_select(b, a, a, b);
+}
+// a * b + c per lane: one fused multiply-add in SSONDO_MULTIVERSION_FMA's x86-64-v3 clone (and
+// wherever the target has FMA), a multiply and an add otherwise.
+template <typename V>
+inline V v8_fma(V a, V b, V c) {
+  return a * b + c;
+}
+// The sum of the lanes of a V8 or V4D in a fixed order: each lane l in the lower half plus
+// lane l + n/2, then those partial sums pairwise: ((v0 + v4) + (v1 + v5)) + ((v2 + v6) +
+// (v3 + v7)) for V8, (v0 + v2) + (v1 + v3) for V4D.
+template <typename V>
+SSONDO_FORCE_INLINE auto v8_sum(V v) -> typename std::decay<decltype(v[0])>::type {
+  typedef typename std::decay<decltype(v[0])>::type T;
+  constexpr int n = sizeof(V) / sizeof(T), h = n / 2;
+  T s[h];
+  for (int l = 0; l < h; ++l) s[l] = v[l] + v[l + h];
+  for (int w = 1; w < h; w *= 2)
+    for (int l = 0; l < h; l += 2 * w) s[l] += s[l + w];
+  return s[0];
+}
 // The bits of each lane, and back.
 inline U8 v8_bits(V8 v) {
   U8 u;
@@ -161,6 +300,21 @@ SSONDO_FORCE_INLINE V8 v8_log(V8 x) {
   const V8 low = v8_lt_select(x, v8_splat(0.0f), v8_splat(std::numeric_limits<float>::quiet_NaN()),
                               v8_splat(-kInf));
   return v8_lt_select(x, v8_splat(kInf), v8_lt_select(v8_splat(0.0f), x, r, low), x);
+}
+
+// Eight IEEE binary16 values (stored as uint16) -> float, exact (subnormals, inf and NaN
+// included; the same bits as kmeans::half_to_float). Exponent and mantissa are moved into
+// place and the exponent rebiased by 127 - 15; an all-ones exponent (inf/NaN) gets all ones;
+// a zero exponent (zero/subnormal m 2^-24) is built as 2^-14 (1 + m 2^-10) and 2^-14 is
+// subtracted, exactly.
+SSONDO_FORCE_INLINE V8 v8_from_half(const std::uint16_t* h) {
+  const U8 u = u8_load_u16(h);
+  const U8 em = (u & 0x7fffu) << 13;
+  const U8 e = em & 0x0f800000u;
+  const U8 normal = em + ((127u - 15u) << 23);
+  const U8 special = u8_eq_select(e, 0x0f800000u, normal + ((128u - 16u) << 23), normal);
+  const U8 sub = v8_bits(v8_from_bits(normal + (1u << 23)) - 6.103515625e-05f);  // 2^-14
+  return v8_from_bits(u8_eq_select(e, 0u, sub, special) | ((u & 0x8000u) << 16));
 }
 
 }  // namespace ssondo

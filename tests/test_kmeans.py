@@ -72,6 +72,16 @@ def test_float16_path_equals_float32_path():
     np.testing.assert_array_equal(km16.cluster_centers_, km32.cluster_centers_)
 
 
+@pytest.mark.parametrize("d", [8, 61])  # whole vectors of 8; 7 blocks and a 5-value tail
+def test_every_finite_half_converts_exactly(d):
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    finite = bits[np.isfinite(bits.view(np.float16))]  # +-0, subnormals, normals
+    x = np.resize(finite, (-(-finite.size // d)) * d).reshape(-1, d)
+    got = _core.kmeans_prepare(x, "euclidean")
+    want = x.view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_predict_matches_numpy_and_fit_finds_groups(metric):
     X = mixture()

@@ -65,6 +65,20 @@ def test_fused_equals_reference_float64(name, ref, fused, level, b):
     assert torch.allclose(gf, gr, rtol=1e-8, atol=1e-13)
 
 
+# The RKD-angle kernel's k loop takes 2 vectors a step (8 floats or 4 doubles each), then at
+# most one whole and one partial vector: these batch sizes reach every combination of the
+# three parts, for both widths.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b", [7, 14, 30, 40])
+def test_rkd_angle_every_vector_tail(dtype, b):
+    s, t = pair("clip", b, 6, 9, dtype=torch.float64, seed=b)
+    lr, gr = value_and_grad(L.rkd_angle_loss, s, t)
+    lf, gf = value_and_grad(fl.rkd_angle_fused, s.to(dtype), t.to(dtype))
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert lf.item() == pytest.approx(lr.item(), rel=tol)
+    assert rel_err(gf.double(), gr) < 2 * tol
+
+
 # float32 at a realistic size (B = 64 clips, teacher 768-d, student 512-d; IUSP: 62 student
 # and 31 teacher frames): the fused path works from Grams, the reference from differences.
 # Stated tolerances: 1e-5 relative on the loss, 2e-5 relative (L2 norm) on the gradient
