@@ -425,21 +425,51 @@ def test_head_errors():
         make_head("linear", 0, 4)
 
 
+def _student_rows(out):
+    return {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+
+
 def test_students_command(capsys):
     from pyssondo.cli import main
 
-    assert main(["students", "--frames", "100"]) == 0
-    out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert main(["students", "--frames", "100", "--no-latency", "--sort", "params"]) == 0
+    rows = _student_rows(capsys.readouterr().out)
+    params = [float(r[2].rstrip("M")) for r in rows.values()]
+    assert params == sorted(params)
     assert set(ALL) <= set(rows)
     assert rows["mn10"][1:4] == ["mobilenetv3", "2.97M", "960"]
     assert rows["eres2net16"][1:4] == ["eres2net", "1.43M", "512"]
+    assert rows["micronet-m0"][1:4] == ["micronet", "0.13M", "384"]
+    assert rows["mobilevitv2-050"][1:4] == ["mobilevitv2", "1.11M", "256"]
     mn10 = create_student("mn10")
     macs = count_macs(mn10, 128, 100)
     assert rows["mn10"][4] == f"{macs / 1e6:.2f}M"
+    assert rows["mn10"][5:7] == ["-", "-"]
 
 
-def test_students_command_rejects_bad_frames():
+@pytest.mark.filterwarnings("ignore:`torch.jit.[a-z]*` is deprecated")
+def test_students_command_measures_exports(capsys, tmp_path):
+    """Latency and size of the export with its front end: the size is that of the file
+    `ssondo export` writes; --sort latency orders the rows."""
+    from pyssondo.cli import main
+    from pyssondo.config import MelConfig
+    from pyssondo.export import save_export, wrap
+
+    assert main(["students", "--students", "micronet-m0,mn01", "--sort", "latency"]) == 0
+    rows = _student_rows(capsys.readouterr().out)
+    assert set(rows) == {"mn01", "micronet-m0"}
+    latencies = [float(r[5]) for r in rows.values()]
+    assert latencies == sorted(latencies) and latencies[0] > 0
+    # `ssondo export`'s writer; its ssondo.json adds < 1 kB
+    report = save_export(wrap(create_student("mn01"), None, MelConfig(), 10.0),
+                         tmp_path / "mn01.pt", {}, measure=False)
+    assert float(rows["mn01"][6]) == pytest.approx(report.path.stat().st_size / 1e6, abs=0.006)
+
+
+@pytest.mark.parametrize("argv", [["--frames", "0"], ["--students", "mn99"],
+                                  ["--no-latency", "--sort", "latency"]])
+def test_students_command_rejects_bad_settings(argv, capsys):
     from pyssondo.cli import main
 
-    assert main(["students", "--frames", "0"]) != 0
+    assert main(["students", *argv]) != 0
+    assert argv[1] in capsys.readouterr().err
