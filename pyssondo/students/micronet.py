@@ -12,10 +12,10 @@ Architecture. Micro-factorised convolutions throughout:
   the max), where shift(x) moves every channel to the next group and the next channel inside
   its group (a circular shift).
 The stem is the micro-factorised 3x3 stride-2 convolution (3 x 1 conv to g1 channels, 1 x 3
-depthwise x g2, shuffle, ReLU6), here on 1 input channel (the log-mel). Blocks come in three
-kinds (the paper's Micro-Block-A/B/C): depthwise first (the early, stride-2 blocks), the general
-pointwise -> depthwise -> pointwise block, and a last pointwise-only block that widens to the
-final channels. Total downsampling is 32 on both axes (stem and four stride-2 blocks).
+depthwise x g2, shuffle, ReLU6), here on 1 input channel (the log-mel). The tables hold three
+kinds of blocks: depthwise first, then a group pointwise conv (the paper's Micro-Block-A, the
+early blocks); pointwise -> depthwise -> pointwise (Micro-Block-B and -C); and a last
+pointwise-only block that widens to the final channels. Total downsampling is 32 on both axes (stem and four stride-2 blocks).
 
 Embeddings: ReLU6 on the last feature map, average over frequency, h-swish: frame embeddings
 [B, ceil(frames / 32), d]; the clip embedding is h-swish of the average over frequency and time
