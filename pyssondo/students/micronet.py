@@ -16,6 +16,7 @@ depthwise x g2, shuffle, ReLU6), here on 1 input channel (the log-mel). The tabl
 kinds of blocks: depthwise first, then a group pointwise conv (the paper's Micro-Block-A, the
 early blocks); pointwise -> depthwise -> pointwise (Micro-Block-B and -C); and a last
 pointwise-only block that widens to the final channels. Total downsampling is 32 on both axes (stem and four stride-2 blocks).
+BatchNorm uses the project's EfficientAT settings (eps 1e-3, momentum 0.01), as every student.
 
 Embeddings: ReLU6 on the last feature map, average over frequency, h-swish: frame embeddings
 [B, ceil(frames / 32), d]; the clip embedding is h-swish of the average over frequency and time

@@ -8,6 +8,7 @@ inverted residual to 64 w (rounded to 16); layer 2: two MV2 to 128 w (the first 
 layers 3/4/5: an MV2 stride-2 block to 256 w / 384 w / 512 w followed by a MobileViT v2 block
 with attention width d = 128 w / 192 w / 256 w and 2 / 4 / 3 attention layers. MV2 blocks: 1x1
 expansion x 2, depthwise 3x3, 1x1 linear projection, residual when shapes allow; SiLU.
+BatchNorm uses the project's EfficientAT settings (eps 1e-3, momentum 0.01), as every student.
 
 MobileViT v2 block: depthwise 3x3 (BN, SiLU) -> 1x1 to d (no bias) -> unfold into 2x2 patches
 [B, d, P = 4, N patches] -> L x (x + attn(GN(x)); x + FFN(GN(x))) -> GroupNorm -> fold ->
