@@ -15,8 +15,9 @@ The stem is the micro-factorised 3x3 stride-2 convolution (3 x 1 conv to g1 chan
 depthwise x g2, shuffle, ReLU6), here on 1 input channel (the log-mel). The tables hold three
 kinds of blocks: depthwise first, then a group pointwise conv (the paper's Micro-Block-A, the
 early blocks); pointwise -> depthwise -> pointwise (Micro-Block-B and -C); and a last
-pointwise-only block that widens to the final channels. Total downsampling is 32 on both axes (stem and four stride-2 blocks).
-BatchNorm uses the project's EfficientAT settings (eps 1e-3, momentum 0.01), as every student.
+pointwise-only block that widens to the final channels. Total downsampling is 32 on both
+axes (stem and four stride-2 blocks). BatchNorm uses the project's EfficientAT settings
+(eps 1e-3, momentum 0.01), as every student.
 
 Embeddings: ReLU6 on the last feature map, average over frequency, h-swish: frame embeddings
 [B, ceil(frames / 32), d]; the clip embedding is h-swish of the average over frequency and time
