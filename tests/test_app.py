@@ -39,9 +39,8 @@ def app(tmp_path_factory) -> Path:
     return exe
 
 
-@pytest.fixture(scope="session")
-def student_file(tmp_path_factory) -> Path:
-    """An (untrained, seeded) mn01 student exported with its front end at 32 kHz."""
+def export_untrained(name: str, folder: Path) -> Path:
+    """An (untrained, seeded) student exported with its front end at 32 kHz, 2 s windows."""
     import torch
 
     from pyssondo.config import MelConfig
@@ -49,10 +48,16 @@ def student_file(tmp_path_factory) -> Path:
     from pyssondo.students import create_student
 
     torch.manual_seed(0)
-    module = wrap(create_student("mn01"), None, MelConfig(), window_s=2.0)
-    out = tmp_path_factory.mktemp("export") / "student.pt"
+    module = wrap(create_student(name), None, MelConfig(), window_s=2.0)
+    out = folder / f"{name}.pt"
     save_export(module, out, {"teacher": "none (untrained test student)"}, measure=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def student_file(tmp_path_factory) -> Path:
+    """An (untrained, seeded) mn01 student exported with its front end at 32 kHz."""
+    return export_untrained("mn01", tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +96,20 @@ def test_app_matches_ssondo_embed(app, student_file, wav_files, tmp_path):
     assert got.shape == expected.shape == (len(wav_files), expected.shape[1])
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     assert r.stderr.count(" ms (") == len(wav_files)  # -v: one timing line per file
+
+
+@pytest.mark.parametrize("name", ["micronet-m0", "mobilevitv2-050"])
+def test_app_runs_the_hearables_students(app, wav_files, tmp_path, name):
+    """The C++ app runs the new families' exports (Dynamic Shift-Max's roll, separable
+    attention, GroupNorm, padding to the patch size) and equals `ssondo embed`."""
+    model = export_untrained(name, tmp_path)
+    files = wav_files[-2:]  # a float WAV note and the 5 s 44.1 kHz file (3 windows)
+    expected = run_py_embed(model, files, tmp_path / "py.npy")
+    out = tmp_path / "app.npy"
+    r = subprocess.run([str(app), str(model), *map(str, files), "--threads", "1",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-4, rtol=0)
 
 
 def test_app_prints_csv_rows_in_input_order(app, student_file, wav_files, tmp_path):

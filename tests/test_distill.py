@@ -117,16 +117,20 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     assert trained > before + 0.1, (trained, before)
 
 
-def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
+# mn01, and one of the hearables students (the other families share every code path here).
+@pytest.mark.parametrize("student", ["mn01", "micronet-m0"])
+def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread, student):
     # Uninterrupted, in this process, loading in the main process; log-mel per batch (the
     # end-to-end test above trains from the log-mel cache).
-    cfg = config(work, tmp_path / "a", epochs=3, save_every=1, threads=1, cache_mel="off")
+    cfg = config(work, tmp_path / "a", epochs=3, save_every=1, threads=1, cache_mel="off",
+                 student=student)
     ref = distill(cfg, progress=False, export=False)
     _, want = checkpoint_weights(ref.run.last)
     # Killed with SIGKILL right after its first checkpoint (a worker process loads data),
     # then resumed with --resume auto.
     out_b = tmp_path / "b"
-    args = cli_args(config(work, out_b, epochs=3, save_every=1, workers=1, cache_mel="off"))
+    args = cli_args(config(work, out_b, epochs=3, save_every=1, workers=1, cache_mel="off",
+                           student=student))
     killed = kill_after_first_checkpoint(["distill", *args], out_b, ENV)
     total = ref.summary["steps"]
     assert killed["step"] < total  # the kill interrupted the run
@@ -134,6 +138,7 @@ def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread):
                               "--resume", "auto"], capture_output=True, text=True, env=ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(out_b.iterdir())) == 1  # continued the same run folder
+    assert next(out_b.glob("*/student.pt")).is_file()  # exported (checked) when it finished
     done, got = checkpoint_weights(next(out_b.glob("*/checkpoints/last.pt")))
     assert done["step"] == total
     assert got.keys() == want.keys()

@@ -127,6 +127,30 @@ def test_int8_reports_size_and_cosine(module, tmp_path, shared_data):
     assert any("quantized" in k.__module__ for k in kinds)
 
 
+@pytest.mark.parametrize("name", ["micronet-m0", "mobilevitv2-050"])
+def test_new_families_export(name, tmp_path, one_thread):
+    """The contract above for the hearables students, projected through the head: 2.5 windows
+    and 1 sample against the reference, segments, and the int8 export checked on reload."""
+    torch.manual_seed(0)
+    student = create_student(name, n_mels=MEL.n_mels)
+    student.train()
+    with torch.no_grad():
+        student(torch.randn(8, MEL.n_mels, 30))
+    module = wrap(student, make_head("mlp", int(student.embed_dim), 32), MEL, WINDOW_S)
+    scripted = torch.jit.script(module)
+    for t in (1, int(2.5 * module.window)):
+        wav = 0.1 * torch.randn(2, t, generator=torch.Generator().manual_seed(t))
+        with torch.no_grad():
+            eager = module(wav)
+            torch.testing.assert_close(eager, reference(module, wav), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(scripted(wav), eager, atol=1e-5, rtol=1e-4)
+            assert scripted.segments(wav).shape == (2, -(-t // module.window), 32)
+    report = save_export(module, tmp_path / "int8.pt", {}, int8=True, measure=False)
+    assert report.int8["fp32_size_bytes"] > report.size_bytes
+    assert 0.9 < report.int8["cosine_to_fp32"] <= 1.0 + 1e-6
+    assert load_model(report.path, role="student").meta["embed_dim"] == 32
+
+
 def test_embed_rejects_missing_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pyssondo", "embed", "nope.pt", "x.wav", "-o",
                            str(tmp_path / "e.npy")], capture_output=True, text=True,

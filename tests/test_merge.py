@@ -47,6 +47,24 @@ def test_merge_rejects_mismatched_students():
         merge_task_vectors(base, [missing], [1.0])
 
 
+@pytest.mark.parametrize("name", ["micronet-m0", "mobilevitv2-050"])
+def test_merge_of_hearables_students_loads_and_runs(name):
+    """Real state dicts of the new families: lambda 1/2 each of two students is their mean
+    (float tensors), the merged weights load into the student and give finite embeddings."""
+    from pyssondo.students import create_student
+
+    torch.manual_seed(0)
+    base, a, b = (create_student(name, n_mels=64).state_dict() for _ in range(3))
+    merged = merge_task_vectors(base, [a, b], [0.5, 0.5])
+    for key, value in merged.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a[key] + b[key]) / 2, rtol=1e-5, atol=1e-6)
+    student = create_student(name, n_mels=64).eval()
+    student.load_state_dict(merged)
+    with torch.no_grad():
+        assert torch.isfinite(student(torch.randn(2, 64, 40))).all()
+
+
 def test_ssondo_merge_on_two_runs_from_the_same_init(tmp_path, shared_data, one_thread):
     from pyssondo.students import create_student
     from pyssondo.teachers import build_teacher_file

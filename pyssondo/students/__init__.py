@@ -10,7 +10,7 @@ TorchScript-exported ``forward_frames``, and scripts with ``torch.jit.script``.
 """
 from __future__ import annotations
 
-from . import dymn, eres2net, mobilenetv3  # noqa: F401  (registers the families)
+from . import dymn, eres2net, micronet, mobilenetv3, mobilevitv2  # noqa: F401  (registers the families)
 from .complexity import count_macs, count_params, ten_second_frames
 from .registry import create_student, list_students, register_student, student_entry
 

@@ -8,7 +8,9 @@ registered one-line entry point per variant::
         \"\"\"MobileNetV3 (EfficientAT), width 1.0: 2.9M params, 960-d.\"\"\"
         return _mobilenetv3(1.0, **kw)
 
-The family is the module's last name component and the description is the first docstring line.
+The registered name is the function's name with underscores as hyphens (``micronet_m0`` ->
+"micronet-m0"), the family is the module's last name component and the description is the
+first docstring line.
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ _REGISTRY: Dict[str, StudentEntry] = {}
 
 
 def register_student(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator: registers ``fn`` under its function name; a duplicate name is an error."""
-    name = fn.__name__
+    """Decorator: registers ``fn`` under its function name, underscores written as hyphens; a
+    duplicate name is an error."""
+    name = fn.__name__.replace("_", "-")
     if name in _REGISTRY:
         raise ValueError(f"student {name!r} is registered twice "
                          f"({_REGISTRY[name].builder.__module__} and {fn.__module__})")
