@@ -72,6 +72,8 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "whiten": {"target_norm": "whiten"},
     "whiten-mse": {"target_norm": "whiten", "loss": "mse"},
     "center-rkd": {"target_norm": "center", "loss": "cosine:1,rkd-dist:1,rkd-angle:2"},
+    "whiten-spe2x": {"target_norm": "whiten", "samples_per_epoch": 6400},
+    "whiten-infonce": {"target_norm": "whiten", "loss": "cosine:1,infonce:0.5"},
     # Teacher-side views: K augmented views per segment in the teacher cache.
     "views4": {"views": 4},
     "views8": {"views": 8},
