@@ -290,14 +290,21 @@ def test_bad_teacher_output_stops_with_file_and_shape(tmp_path, shared_data, fac
         build_cache(f"tests.test_cache_helpers:{factory}", audio, tmp_path / "c", **OPTS)
 
 
-def test_second_concurrent_build_is_refused(copy):
+def test_second_concurrent_build_waits_for_the_first(copy):
+    import threading
+
     fcntl = pytest.importorskip("fcntl")
     audio, root, folder = copy
+    done = threading.Event()
     with open(folder / ".lock", "a") as f:  # as a running build holds it
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(ValueError, match="another 'ssondo cache' run"):
-            build_cache(COUNTING, audio, root, **OPTS)
-    build_cache(COUNTING, audio, root, **OPTS)  # free again
+        second = threading.Thread(target=lambda: (build_cache(COUNTING, audio, root, **OPTS),
+                                                  done.set()))
+        second.start()
+        assert not done.wait(1.0)  # blocked while the lock is held
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    second.join(60)
+    assert done.is_set()
 
 
 def test_empty_folder_and_unknown_rate_are_errors(tmp_path, shared_data):

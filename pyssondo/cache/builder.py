@@ -258,18 +258,22 @@ def _remove_if_unused(folder: Path, made: List[Path]) -> None:
 @contextlib.contextmanager
 def _exclusive(folder: Path, shared: bool = False):
     """Holds an advisory lock on ``folder/.lock`` so two builds never write one cache (the
-    ranks of one sharded build hold it ``shared`` while they compute their shares)."""
+    ranks of one sharded build hold it ``shared`` while they compute their shares). A build
+    that finds the lock taken waits for the other one (two runs started on the same audio:
+    the second then finds the files cached); the lock dies with its process."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
         yield
         return
     with open(layout.open_in_folder(folder, ".lock"), "a") as f:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
         except OSError:
-            raise ValueError(f"{folder}: another 'ssondo cache' run is writing this cache; "
-                             f"wait for it to finish") from None
+            log.warning("%s: another run is writing this cache; waiting for it to finish",
+                        folder)
+            fcntl.flock(f.fileno(), mode)
         try:
             yield
         finally:
