@@ -25,7 +25,11 @@ front end, the eval embeddings of the teacher and log-mel once per data set.
     python bench/quality.py --recipes infonce --results screens.jsonl --threads 1
     python bench/quality.py --list                           # the recipes and their overrides
 
-Default set (mn01 and mn04, baseline, 30 epochs): about 40 minutes on 2 quiet cores.
+Cost, measured with --threads 1 on a 2-core machine shared with ~7 other busy sessions (about a
+quarter to half a core for this script): teacher cache of the training audio (3100 files, 2 s
+windows) 20 min, teacher + log-mel eval embeddings and probes 15 min (both once, kept in
+--out); per epoch mn01 ~40-75 s, mn04 ~95-190 s; scoring one run ~2-3 min. On 2 quiet cores
+the default set (mn01 and mn04, baseline, 30 epochs) should take well under 40 minutes.
 """
 from __future__ import annotations
 
