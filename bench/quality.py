@@ -327,10 +327,15 @@ def print_tables(rows: List[Dict[str, Any]]) -> None:
         recipe = r["recipe"] + ("@best" if r.get("checkpoint") == "best" else "")
         print(f"{r['name']:8s} {recipe:16s} {r['epochs']:>3}"
               + "".join(f"{r['measures'].get(k, float('nan')):10.4f}" for k in keys))
-    rho = [spearman([r["measures"].get(k, np.nan) for r in students], [r["mean"] for r in students])
-           for k in keys]
-    print(f"{'Spearman rho':29s}" + "".join(f"{v:10.3f}" for v in rho))
-    print(f"(rank correlation over {len(students)} student rows of every recipe and student)")
+    groups = {"all": students}
+    for name in sorted({r["name"] for r in students}):
+        groups[name] = [r for r in students if r["name"] == name]
+    print("Spearman rank correlation of each measure with the mean probe score, over the rows "
+          "of all students and of each student (rows in brackets):")
+    for name, group in groups.items():
+        rho = [spearman([r["measures"].get(k, np.nan) for r in group], [r["mean"] for r in group])
+               for k in keys]
+        print(f"{f'rho {name} ({len(group)})':29s}" + "".join(f"{v:10.3f}" for v in rho))
 
 
 def _abbrev(key: str) -> str:
