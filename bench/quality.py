@@ -25,7 +25,11 @@ front end, the eval embeddings of the teacher and log-mel once per data set.
     python bench/quality.py --recipes infonce --results screens.jsonl --threads 1
     python bench/quality.py --list                           # the recipes and their overrides
 
-Default set (mn01 and mn04, baseline, 30 epochs): about 40 minutes on 2 quiet cores.
+Cost, measured with --threads 1 on a 2-core machine shared with ~7 other busy sessions (about a
+quarter to half a core for this script): teacher cache of the training audio (3100 files, 2 s
+windows) 20 min, teacher + log-mel eval embeddings and probes 15 min (both once, kept in
+--out); per epoch mn01 ~40-75 s, mn04 ~95-190 s; scoring one run ~2-3 min. On 2 quiet cores
+the default set (mn01 and mn04, baseline, 30 epochs) should take well under 40 minutes.
 """
 from __future__ import annotations
 
@@ -98,10 +102,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
     p.add_argument("--seed", type=int, default=0, help="distillation seed (default 0)")
     p.add_argument("--k", type=int, default=10, help="neighbours of the agreement measures")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="checkpoint scored: last (the end of training, default) or best (by "
+                        "validation cosine, what the run's student.pt holds)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality",
                    help="caches, the teacher file, run folders (default runs/quality)")
     p.add_argument("--results", type=Path, default=None,
                    help="JSON lines file the rows are appended to (default OUT/results.jsonl)")
+    p.add_argument("--rescore", nargs="+", type=Path, default=[], metavar="RUN_DIR",
+                   help="score these finished runs (rows of --results) again, e.g. with "
+                        "another --checkpoint, instead of training")
     p.add_argument("--list", action="store_true", help="print the recipes and exit")
     args = p.parse_args(argv)
     args.students = [s for s in args.students.split(",") if s]
@@ -217,11 +227,14 @@ def embed_segments(embedder, segments, rows: np.ndarray, sample_rate: int, windo
 
 
 def student_measures(run, cfg, cache_path: Path, eval_teacher: Dict[str, np.ndarray],
-                     eval_paths: Dict[str, List[Path]], k: int, eval_cache: Path):
-    """(label-free measures on validation segments and on the eval audio, backbone Embedder).
+                     eval_paths: Dict[str, List[Path]], k: int, eval_cache: Path,
+                     which: str = "last"):
+    """(label-free measures on validation segments and on the eval audio, backbone Embedder)
+    of the run's ``which`` checkpoint ("last": the end of training; "best": what the run's
+    student.pt holds, chosen by validation cosine).
 
-    The teacher's mean comes from the training rows of the cache; the projected export
-    (through the head) is written next to the run's student.pt.
+    The teacher's mean comes from the training rows of the cache; the backbone and projected
+    (through the head) exports are written into the run folder as student-<which>[-projected].pt.
     """
     from pyssondo.cache import EmbeddingCache
     from pyssondo.evaluation.agreement import agreement
@@ -229,9 +242,10 @@ def student_measures(run, cfg, cache_path: Path, eval_teacher: Dict[str, np.ndar
     from pyssondo.export import export_run
     from pyssondo.train.data import split_by_file
 
-    projected_path = run.path / "student-projected.pt"
-    export_run(run.path, projected_path, projected=True, quiet=True, measure=False)
-    backbone, projected = open_embedder(str(run.export)), open_embedder(str(projected_path))
+    paths = [run.path / f"student-{which}{'-projected' if p else ''}.pt" for p in (False, True)]
+    for path, proj in zip(paths, (False, True)):
+        export_run(run.path, path, projected=proj, which=which, quiet=True, measure=False)
+    backbone, projected = (open_embedder(str(p)) for p in paths)
     cache = EmbeddingCache(cache_path)
     segments = cache.segments()
     targets = np.asarray(cache.embeddings(pool="mean"), dtype=np.float32)
@@ -281,8 +295,8 @@ def append_row(path: Path, row: Dict[str, Any]) -> None:
 
 
 def read_rows(path: Path) -> List[Dict[str, Any]]:
-    """Rows of the results file; a later row with the same (name, recipe, epochs, seed)
-    replaces an earlier one."""
+    """Rows of the results file; a later row with the same (name, recipe, epochs, seed,
+    checkpoint) replaces an earlier one."""
     rows: Dict[tuple, Dict[str, Any]] = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -290,7 +304,8 @@ def read_rows(path: Path) -> List[Dict[str, Any]]:
                 r = json.loads(line)
             except ValueError:
                 continue
-            rows[(r["name"], r.get("recipe"), r.get("epochs"), r.get("seed"))] = r
+            rows[(r["name"], r.get("recipe"), r.get("epochs"), r.get("seed"),
+                  r.get("checkpoint"))] = r
     return list(rows.values())
 
 
@@ -302,13 +317,14 @@ def print_tables(rows: List[Dict[str, Any]]) -> None:
              "fsdd-speaker": "spkr"}
     head = "".join(f"{short[t]:>12s}" for t in tasks)
     print(f"\nprobe scores (accuracy %, linear/kNN, {FOLDS}-fold) and share of the teacher's mean")
-    print(f"{'model':8s} {'recipe':12s} {'ep':>3s}{head}{'mean':>7s}{'share':>7s}{'min':>6s}")
+    print(f"{'model':8s} {'recipe':16s} {'ep':>3s}{head}{'mean':>7s}{'share':>7s}{'min':>6s}")
     for r in rows:
         cells = "".join(f"{100 * r['scores'][t + '/linear']:6.1f}/{100 * r['scores'][t + '/knn']:<5.1f}"
                         for t in tasks)
         share = f"{r['share']:6.1f}%" if r.get("share") is not None else "      -"
         mins = f"{r['wall_s'] / 60:6.1f}" if r.get("wall_s") else "     -"
-        print(f"{r['name']:8s} {r.get('recipe') or '-':12s} {r.get('epochs') or '-':>3}"
+        recipe = (r.get("recipe") or "-") + ("@best" if r.get("checkpoint") == "best" else "")
+        print(f"{r['name']:8s} {recipe:16s} {r.get('epochs') or '-':>3}"
               f"{cells}{100 * r['mean']:7.1f}{share}{mins}")
     students = [r for r in rows if r.get("measures")]
     if not students:
@@ -317,14 +333,20 @@ def print_tables(rows: List[Dict[str, Any]]) -> None:
     keys += [f"eval_{m[4:] if m.startswith('val_') else m}" for m in MEASURES]
     print("\nlabel-free measures at the end of training (val_: held-out segments of the training "
           "cache; eval_: the eval audio)")
-    print(f"{'model':8s} {'recipe':12s} {'ep':>3s}" + "".join(f"{_abbrev(k):>10s}" for k in keys))
+    print(f"{'model':8s} {'recipe':16s} {'ep':>3s}" + "".join(f"{_abbrev(k):>10s}" for k in keys))
     for r in students:
-        print(f"{r['name']:8s} {r['recipe']:12s} {r['epochs']:>3}"
+        recipe = r["recipe"] + ("@best" if r.get("checkpoint") == "best" else "")
+        print(f"{r['name']:8s} {recipe:16s} {r['epochs']:>3}"
               + "".join(f"{r['measures'].get(k, float('nan')):10.4f}" for k in keys))
-    rho = [spearman([r["measures"].get(k, np.nan) for r in students], [r["mean"] for r in students])
-           for k in keys]
-    print(f"{'Spearman rho':25s}" + "".join(f"{v:10.3f}" for v in rho))
-    print(f"(rank correlation over {len(students)} student rows of every recipe and student)")
+    groups = {"all": students}
+    for name in sorted({r["name"] for r in students}):
+        groups[name] = [r for r in students if r["name"] == name]
+    print("Spearman rank correlation of each measure with the mean probe score, over the rows "
+          "of all students and of each student (rows in brackets):")
+    for name, group in groups.items():
+        rho = [spearman([r["measures"].get(k, np.nan) for r in group], [r["mean"] for r in group])
+               for k in keys]
+        print(f"{f'rho {name} ({len(group)})':29s}" + "".join(f"{v:10.3f}" for v in rho))
 
 
 def _abbrev(key: str) -> str:
@@ -359,6 +381,7 @@ def main(argv: Sequence[str]) -> int:
     from pyssondo.evaluation.config import EvalConfig
     from pyssondo.evaluation.embed import LOGMEL, cached_embeddings, open_embedder
     from pyssondo.evaluation.evaluate import evaluate
+    from pyssondo.train.config import DistillConfig
     from pyssondo.train.distill import distill
 
     torch.set_num_threads(args.threads)
@@ -392,28 +415,45 @@ def main(argv: Sequence[str]) -> int:
                     for s, paths in eval_paths.items()}
     print(f"teacher and log-mel evaluated in {time.time() - t0:.0f} s", flush=True)
 
-    for recipe in args.recipes:
+    def score(run, cfg, recipe: str, train_s: float, best_val_cos) -> None:
+        """Measures, probes and the results row of one finished run."""
+        t0 = time.time()
+        cache_path = Path(json.loads(run.config.read_text())["cache"])
+        measures, backbone = student_measures(run, cfg, cache_path, eval_teacher, eval_paths,
+                                              args.k, eval_cache, args.checkpoint)
+        rep = evaluate([backbone], tasks, ecfg, cache_dir=eval_cache, progress=False).report
+        scores = mean_scores(rep, rep["models"][0]["name"])
+        mean = float(np.mean(list(scores.values())))
+        row = {"name": cfg.student, "kind": "student", "recipe": recipe, "epochs": cfg.epochs,
+               "seed": cfg.seed, "overrides": RECIPES[recipe], "scores": scores, "mean": mean,
+               "share": 100 * mean / teacher_mean, "measures": measures,
+               "params": rep["models"][0]["params"], "run": str(run.path),
+               "train_s": round(train_s, 1), "wall_s": round(train_s + time.time() - t0, 1),
+               "threads": args.threads, "best_val_cos": best_val_cos,
+               "checkpoint": args.checkpoint}
+        append_row(args.results, row)
+        print(f"{cfg.student} {recipe} ({args.checkpoint}): mean {100 * mean:.1f}, share "
+              f"{row['share']:.1f}% of the teacher, {row['wall_s'] / 60:.1f} min (training "
+              f"{train_s / 60:.1f})", flush=True)
+
+    if args.rescore:
+        from pyssondo.train.rundir import RunDir
+
+        done = {r.get("run"): r for r in read_rows(args.results)}
+        for path in args.rescore:
+            old = done.get(str(path))
+            if old is None:
+                raise SystemExit(f"quality.py: {path}: no row of {args.results} names this run")
+            recorded = json.loads(RunDir(path).config.read_text())
+            cfg = DistillConfig.from_dict({k: v for k, v in recorded.items()
+                                           if k in DistillConfig.__dataclass_fields__})
+            score(RunDir(path), cfg, old["recipe"], old["train_s"], old.get("best_val_cos"))
+    for recipe in [] if args.rescore else args.recipes:
         for student in args.students:
             cfg = recipe_config(recipe, student, args, teacher, audio)
             t0 = time.time()
             result = distill(cfg, progress=False)
-            train_s = time.time() - t0
-            cache_path = Path(json.loads(result.run.config.read_text())["cache"])
-            measures, backbone = student_measures(result.run, cfg, cache_path, eval_teacher,
-                                                  eval_paths, args.k, eval_cache)
-            rep = evaluate([backbone], tasks, ecfg, cache_dir=eval_cache, progress=False).report
-            scores = mean_scores(rep, rep["models"][0]["name"])
-            mean = float(np.mean(list(scores.values())))
-            row = {"name": student, "kind": "student", "recipe": recipe, "epochs": cfg.epochs,
-                   "seed": cfg.seed, "overrides": RECIPES[recipe], "scores": scores, "mean": mean,
-                   "share": 100 * mean / teacher_mean, "measures": measures,
-                   "params": rep["models"][0]["params"], "run": str(result.run.path),
-                   "train_s": round(train_s, 1), "wall_s": round(time.time() - t0, 1),
-                   "threads": args.threads, "best_val_cos": result.best_val_cos}
-            append_row(args.results, row)
-            print(f"{student} {recipe}: mean {100 * mean:.1f}, share {row['share']:.1f}% of the "
-                  f"teacher, {row['wall_s'] / 60:.1f} min (training {train_s / 60:.1f})",
-                  flush=True)
+            score(result.run, cfg, recipe, time.time() - t0, result.best_val_cos)
     print_tables(read_rows(args.results))
     return 0
 
