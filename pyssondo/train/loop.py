@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError
-from .checkpoint import load_student_weights
+from .checkpoint import load_student_weights, weights_fingerprint
 from .config import DistillConfig
 from .data import (Augment, Collate, DistillDataset, KeyBatches, SegmentAudio, fixed_batches,
                    make_loader, mel_cache, mel_cache_bytes, mel_cache_path, split_by_file,
@@ -271,7 +271,9 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
                                     "train_segments": int(len(train_rows)),
                                     "val_segments": int(len(val_rows)),
                                     "steps_per_epoch": steps_per_epoch,
-                                    "mel_cached": bool(cached)})
+                                    "mel_cached": bool(cached),
+                                    "init_fingerprint":
+                                        weights_fingerprint(model.student.state_dict())})
             return str(made.path)
         run = RunDir(on_main(create))
     teacher = {"name": str(meta["teacher"]["name"]), "fingerprint": teacher_fp,
