@@ -3,8 +3,9 @@ scoring candidate merges with the probes of ``ssondo eval``.
 
 A run may be merged with BASE only if it started from BASE's weights: a run records the
 :func:`pyssondo.train.checkpoint.weights_fingerprint` of the student weights it started from
-(``init_fingerprint`` in its ``config.json``); a run written before that field existed is
-checked through the file its ``init`` setting names. All runs need the same student, front end
+(``init_fingerprint`` in its ``config.json``); a run written before that field existed passes
+when its ``init`` setting names BASE's file (the path is compared, never opened: names read
+from a run are untrusted). All runs need the same student, front end
 and window.
 """
 from __future__ import annotations
@@ -65,8 +66,8 @@ def load_parents(base_spec: str, run_specs: Sequence[str], checkpoint: str = "la
         state = load_checkpoint(path)
         cfg = DistillConfig.from_json(state["config"])
         start = recorded.get("init_fingerprint")
-        if start is None and cfg.init and Path(cfg.init).exists():
-            start = weights_fingerprint(load_student_weights(cfg.init))
+        if start is None and cfg.init and _same_path(cfg.init, base_spec):
+            start = base_fp  # a run from before the field: its --init names BASE's file
         if start != base_fp:
             where = f"--init {cfg.init}" if cfg.init else "random weights (no --init)"
             raise ValueError(f"{spec}: started from {where}"
@@ -151,3 +152,7 @@ def score_candidates(parents: Sequence[Parent], base: State, grid: Sequence[Sequ
     for c, scores in zip(candidates, score_table(result.report, [c.name for c in candidates])):
         c.scores = scores
     return candidates, result.report
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

@@ -327,14 +327,18 @@ def test_ssondo_merge_refusals(two_runs, tmp_path, capsys):
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
         assert __import__("re").search(message, err), (message, err)
     assert not (tmp_path / "m.pt").exists()
-    # A run written before runs recorded their start: checked through its --init file.
+    # A run written before runs recorded their start passes when its --init names BASE.
+    from pyssondo.merge_runs import load_parents
+
     old = tmp_path / "old-run"
     shutil.copytree(runs[0].path, old)
     recorded = json.loads((old / "config.json").read_text())
     del recorded["init_fingerprint"]
     (old / "config.json").write_text(json.dumps(recorded))
-    assert cli.main(["merge", str(other), str(old), b, "-o", str(tmp_path / "m.pt")]) == 1
-    assert "not from BASE" in capsys.readouterr().err
+    assert [p.spec for p in load_parents(base, [str(old), b])[1]] == [str(old), b]
+    shutil.copy(base, tmp_path / "copy_of_init.pt")  # same weights, another file: not provable
+    with pytest.raises(ValueError, match="old-run: started from --init .*not from BASE"):
+        load_parents(str(tmp_path / "copy_of_init.pt"), [str(old), b])
 
 
 def test_ssondo_merge_search_picks_the_best_mean_share(two_runs, tmp_path, shared_data, capsys,
