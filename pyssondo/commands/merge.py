@@ -79,14 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import io
     from pathlib import Path
 
-    import torch
-
-    from pyssondo.atomic import atomic_write_bytes
     from pyssondo.export import format_report, save_export, wrap
-    from pyssondo.merge import bn_weights
+    from pyssondo.merge import bn_weights, save_weights
     from pyssondo.merge_runs import load_parents, merged_student
 
     # Settings first, before anything expensive.
@@ -139,9 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     student = merged_student(parents, base, lambdas, bn_batches)
     if args.weights:
-        buf = io.BytesIO()
-        torch.save(student.state_dict(), buf)
-        atomic_write_bytes(args.weights, buf.getvalue())
+        save_weights(student.state_dict(), args.weights)
         print(f"wrote merged weights to {args.weights}")
     head, teacher = None, None
     if head_index is not None:
