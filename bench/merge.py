@@ -14,7 +14,8 @@ per teacher on ../shared/data/pool (unlabeled), then scores on ../shared/data/no
 Prints a table per batch-norm mode and which wins; the target is a merge that keeps >= 85% of
 CREPE's pitch-class score and >= 85% of aisfx's program score at once. The parent runs are
 kept under --work (default bench/.merge-work) and resumed, so a rerun only re-scores.
-The whole bench takes about 30 minutes on 2 cores with the defaults.
+With the defaults it took 96 minutes (35 training) on a 2-core machine shared with other
+jobs; scoring 26 models on 768 files dominates: --grid 0:1:0.2 halves it.
 
     python bench/merge.py [--student mn01] [--epochs 40] [--grid 0:1:0.1] [--probe knn]
                           [--threads 2] [--work DIR]
