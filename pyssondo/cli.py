@@ -25,6 +25,7 @@ COMMANDS = [
     "cache",
     "cluster",
     "students",
+    "init",
     "merge",
     "adapt",
     "doctor",

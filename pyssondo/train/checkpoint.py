@@ -10,6 +10,7 @@ previous checkpoint intact.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -110,3 +111,18 @@ def load_student_weights(spec: PathLike) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{spec}: expected a ssondo checkpoint or a student state dict")
     return state
+
+
+def weights_fingerprint(state: Dict[str, torch.Tensor]) -> str:
+    """sha256 hex of a state dict: every tensor's name, dtype, shape and bytes, in key order.
+
+    Equal weights give equal fingerprints whatever file or device they came from; a run records
+    the fingerprint of the student weights it started from (``init_fingerprint`` in its
+    ``config.json``), which ``ssondo merge`` compares with its BASE.
+    """
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

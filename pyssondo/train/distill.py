@@ -31,6 +31,7 @@ import torch
 from ..evaluation.agreement import MEASURES
 
 from ..models import teacher_name
+from .checkpoint import weights_fingerprint
 from .config import DistillConfig
 from .data import DistillDataset, StackedRows, split_by_file, warn_upsampled
 from .distributed import gather_batch, is_main, main_first, on_main
@@ -140,7 +141,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
               **({"caches": [str(p) for p in paths]} if len(paths) > 1 else {}),
               "targets": [s.to_dict() for s in specs],
               "train_segments": int(len(train_rows)), "val_segments": int(len(val_rows)),
-              "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
+              "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached),
+              "init_fingerprint": weights_fingerprint(model.student.state_dict())})
     extra = {"targets": [s.to_dict() for s in specs],
              **({"target_norm": targets.state_dict()} if cfg.target_norm != "none" else {})}
     trainer = Trainer(run, cfg, model, sampler, steps_per_epoch, device, specs[0].record,

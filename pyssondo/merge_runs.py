@@ -1,0 +1,158 @@
+"""The runs behind ``ssondo merge``: loading and checking them, building merged students, and
+scoring candidate merges with the probes of ``ssondo eval``.
+
+A run may be merged with BASE only if it started from BASE's weights: a run records the
+:func:`pyssondo.train.checkpoint.weights_fingerprint` of the student weights it started from
+(``init_fingerprint`` in its ``config.json``); a run written before that field existed passes
+when its ``init`` setting names BASE's file (the path is compared, never opened: names read
+from a run are untrusted). All runs need the same student, front end
+and window.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .merge import State, merge_task_vectors
+from .recalibrate import recalibrate_bn
+from .train.checkpoint import load_checkpoint, load_student_weights, weights_fingerprint
+
+
+@dataclass
+class Parent:
+    """One distilled run: where it is, its settings, and its weights.
+
+    Attributes:
+        spec: the path it was given as.
+        name: short label (its teacher's name, or the run folder's name when two runs share a
+            teacher).
+        cfg: its DistillConfig.
+        student: backbone state dict; head: mapping-head state dict.
+        teacher: the checkpoint's teacher record (name, fingerprint, dim, sample_rate, level).
+    """
+
+    spec: str
+    name: str
+    cfg: Any
+    student: State
+    head: State
+    teacher: Dict[str, Any] = field(default_factory=dict)
+
+
+def load_parents(base_spec: str, run_specs: Sequence[str], checkpoint: str = "last"):
+    """(BASE weights, [Parent]) after the checks in the module docstring.
+
+    Raises:
+        FileNotFoundError: a run or BASE is missing. ValueError: a run did not start from BASE,
+        or its student, front end or window differs from the first run's (one line each).
+    """
+    from .train.config import DistillConfig
+    from .train.rundir import RunDir
+
+    base = load_student_weights(base_spec)
+    base_fp = weights_fingerprint(base)
+    parents: List[Parent] = []
+    for spec in run_specs:
+        run = RunDir(spec)
+        if not run.config.is_file():
+            raise FileNotFoundError(f"{spec}: not a run folder (no config.json)")
+        recorded = json.loads(run.config.read_text())
+        path = run.best if checkpoint == "best" and run.best.is_file() else run.last
+        state = load_checkpoint(path)
+        cfg = DistillConfig.from_json(state["config"])
+        start = recorded.get("init_fingerprint")
+        if start is None and cfg.init and _same_path(cfg.init, base_spec):
+            start = base_fp  # a run from before the field: its --init names BASE's file
+        if start != base_fp:
+            where = f"--init {cfg.init}" if cfg.init else "random weights (no --init)"
+            raise ValueError(f"{spec}: started from {where}"
+                             f"{f' (fingerprint {start[:12]})' if start else ''}, not from BASE "
+                             f"{base_spec} ({base_fp[:12]}); merge needs runs distilled with "
+                             f"--init {base_spec}")
+        parents.append(Parent(str(spec), str(state["teacher"]["name"]), cfg, state["student"],
+                              state["head"], dict(state["teacher"])))
+    first = parents[0]
+    for p in parents[1:]:
+        if (p.cfg.student, p.cfg.mel, p.cfg.window_s) != (first.cfg.student, first.cfg.mel,
+                                                          first.cfg.window_s):
+            raise ValueError(f"{p.spec}: student {p.cfg.student}, {p.cfg.mel.n_mels} mels at "
+                             f"{p.cfg.mel.sample_rate} Hz, window {p.cfg.window_s:g} s differ "
+                             f"from {first.spec}'s ({first.cfg.student}, {first.cfg.mel.n_mels} "
+                             f"mels at {first.cfg.mel.sample_rate} Hz, window "
+                             f"{first.cfg.window_s:g} s); merge needs the same student")
+    if len({p.name for p in parents}) < len(parents):
+        for p in parents:
+            p.name = Path(p.spec).name
+    return base, parents
+
+
+def merged_student(parents: Sequence[Parent], base: State, lambdas: Sequence[float],
+                   bn_batches: Optional[Sequence[torch.Tensor]] = None) -> torch.nn.Module:
+    """The student with weights merged by :func:`pyssondo.merge.merge_task_vectors` (batch-norm
+    statistics interpolated), recomputed on ``bn_batches`` (log-mel [B, M, F]) when given;
+    in eval mode."""
+    from .students import create_student
+
+    cfg = parents[0].cfg
+    state = merge_task_vectors(base, [p.student for p in parents], lambdas,
+                               [p.spec for p in parents])
+    student = create_student(cfg.student, n_mels=cfg.mel.n_mels)
+    student.load_state_dict(state)
+    if bn_batches is not None:
+        recalibrate_bn(student, bn_batches)
+    return student.eval()
+
+
+def module_embedder(name: str, module: torch.nn.Module, sample_rate: int):
+    """An :class:`pyssondo.evaluation.embed.Embedder` around an eager waveform -> [B, D]
+    module (an :class:`pyssondo.export.ExportedStudent`), fingerprinted by its weights."""
+    from .evaluation.embed import Embedder
+
+    def embed_batch(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    params = sum(p.numel() for p in module.parameters())
+    return Embedder(name=name, source=name, fingerprint=weights_fingerprint(module.state_dict()),
+                    sample_rate=int(sample_rate), params=params, embed_batch=embed_batch)
+
+
+def score_candidates(parents: Sequence[Parent], base: State, grid: Sequence[Sequence[float]],
+                     tasks, cfg, *, bn_batches: Optional[Sequence[torch.Tensor]] = None,
+                     progress: bool = False):
+    """Every parent alone and the merge at every lambda tuple of ``grid``, scored on ``tasks``
+    (:class:`pyssondo.evaluation.data.LabeledData`) with the evaluation settings ``cfg``:
+    [Candidate] (parents first, then the grid in order) and the evaluation report."""
+    from .evaluation.evaluate import evaluate
+    from .export import wrap
+    from .merge_search import Candidate, score_table
+    from .students import create_student
+
+    pcfg = parents[0].cfg
+    n = len(parents)
+    candidates, models = [], []
+    for i, p in enumerate(parents):
+        student = create_student(pcfg.student, n_mels=pcfg.mel.n_mels)
+        student.load_state_dict(p.student)
+        candidates.append(Candidate(p.name, tuple(float(j == i) for j in range(n)), parent=True))
+        models.append(wrap(student.eval(), None, pcfg.mel, pcfg.window_s))
+    for lambdas in grid:
+        candidates.append(Candidate("lambda=" + ",".join(f"{v:g}" for v in lambdas),
+                                    tuple(float(v) for v in lambdas)))
+        models.append(wrap(merged_student(parents, base, lambdas, bn_batches), None, pcfg.mel,
+                           pcfg.window_s))
+    embedders = [module_embedder(c.name, m, pcfg.mel.sample_rate)
+                 for c, m in zip(candidates, models)]
+    result = evaluate(embedders, tasks, cfg, cache_dir=None, progress=progress)
+    for c, scores in zip(candidates, score_table(result.report, [c.name for c in candidates])):
+        c.scores = scores
+    return candidates, result.report
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
