@@ -55,8 +55,12 @@ BASE: Dict[str, Any] = {"window_s": 2.0, "mel": {"sample_rate": 16000, "f_max": 
 
 # name -> DistillConfig overrides on top of BASE ("mel" entries merge into BASE's mel).
 RECIPES: Dict[str, Dict[str, Any]] = {
-    "baseline": {},
-    "rkd": {"loss": "cosine:1,rkd-dist:1,rkd-angle:2"},
+    # The recipe: S-SONDO's raw cosine, one pass per epoch, best.pt by raw cosine.
+    "baseline": {"loss": "cosine", "target_norm": "none", "best_metric": "val_cos",
+                 "min_steps_per_epoch": 0},
+    "defaults": {},  # today's 'ssondo distill' defaults
+    "rkd": {"loss": "cosine:1,rkd-dist:1,rkd-angle:2", "target_norm": "none",
+            "min_steps_per_epoch": 0},
     "sp": {"loss": "cosine:1,sp:1"},
     "infonce": {"loss": "infonce"},
     "cos+infonce": {"loss": "cosine:1,infonce:0.5"},

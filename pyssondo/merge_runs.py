@@ -10,7 +10,6 @@ and window.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -34,6 +33,7 @@ class Parent:
         cfg: its DistillConfig.
         student: backbone state dict; head: mapping-head state dict.
         teacher: the checkpoint's teacher record (name, fingerprint, dim, sample_rate, level).
+        state: the whole checkpoint (its head and target normalisation give --projected).
     """
 
     spec: str
@@ -42,6 +42,7 @@ class Parent:
     student: State
     head: State
     teacher: Dict[str, Any] = field(default_factory=dict)
+    state: Dict[str, Any] = field(default_factory=dict)
 
 
 def load_parents(base_spec: str, run_specs: Sequence[str], checkpoint: str = "last"):
@@ -61,7 +62,7 @@ def load_parents(base_spec: str, run_specs: Sequence[str], checkpoint: str = "la
         run = RunDir(spec)
         if not run.config.is_file():
             raise FileNotFoundError(f"{spec}: not a run folder (no config.json)")
-        recorded = json.loads(run.config.read_text())
+        recorded = run.read_config()
         path = run.best if checkpoint == "best" and run.best.is_file() else run.last
         state = load_checkpoint(path)
         cfg = DistillConfig.from_json(state["config"])
@@ -75,7 +76,7 @@ def load_parents(base_spec: str, run_specs: Sequence[str], checkpoint: str = "la
                              f"{base_spec} ({base_fp[:12]}); merge needs runs distilled with "
                              f"--init {base_spec}")
         parents.append(Parent(str(spec), str(state["teacher"]["name"]), cfg, state["student"],
-                              state["head"], dict(state["teacher"])))
+                              state["head"], dict(state["teacher"]), state))
     first = parents[0]
     for p in parents[1:]:
         if (p.cfg.student, p.cfg.mel, p.cfg.window_s) != (first.cfg.student, first.cfg.mel,
@@ -113,7 +114,7 @@ def module_embedder(name: str, module: torch.nn.Module, sample_rate: int):
     module (an :class:`pyssondo.export.ExportedStudent`), fingerprinted by its weights."""
     from .evaluation.embed import Embedder
 
-    def embed_batch(x: np.ndarray) -> np.ndarray:
+    def embed_batch(x: np.ndarray, names: str = "the given audio") -> np.ndarray:
         with torch.no_grad():
             return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 

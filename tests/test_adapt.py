@@ -49,7 +49,7 @@ def work(tmp_path_factory, shared_data):
     cfg = DistillConfig(teacher=str(root / "crepe-tiny.pt"), audio=str(old), student="mn01",
                         mel=MEL, window_s=1.0, clusters=4, batch_size=8, epochs=4, lr=3e-3,
                         val_fraction=0.25, workers=0, threads=1, out=str(root / "runs"),
-                        log_every=1)
+                        log_every=1, loss="cosine", target_norm="none", min_steps_per_epoch=0)
     parent = distill(cfg, progress=False, export=False).run.path
     return {"root": root, "teacher": root / "crepe-tiny.pt", "parent": parent, "new": new}
 
@@ -103,7 +103,9 @@ def test_start_equals_the_parent_and_self_distillation_holds_it(work, tmp_path, 
     parent's own score."""
     parent_log = [json.loads(line) for line in (work["parent"] / "log.jsonl").read_text()
                   .splitlines()]
-    best_parent = max(r["val_cos"] for r in parent_log if r["kind"] == "epoch")
+    metric = json.loads((work["parent"] / "config.json").read_text())["best_metric"]
+    best_epoch = max((r for r in parent_log if r["kind"] == "epoch"), key=lambda r: r[metric])
+    best_parent = best_epoch["val_cos"]  # best.pt's own validation cosine
     result = adapt(small(work, tmp_path / "r", epochs=1, lr=1e-12, samples_per_epoch=8),
                    progress=False, export=False)
     log = result.run.read_log()

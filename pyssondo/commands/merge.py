@@ -138,12 +138,11 @@ def run(args: argparse.Namespace) -> int:
         save_weights(student.state_dict(), args.weights)
         print(f"wrote merged weights to {args.weights}")
     head, teacher = None, None
-    if head_index is not None:
-        from pyssondo.heads import make_head
+    if head_index is not None:  # that run's head, then its inverse target normalisation
+        from pyssondo.train.model import model_from_checkpoint
 
         chosen = parents[head_index]
-        head = make_head(chosen.cfg.head, int(student.embed_dim), int(chosen.teacher["dim"]))
-        head.load_state_dict(chosen.head)
+        _, _, head = model_from_checkpoint(chosen.state)
         teacher = chosen.teacher
     module = wrap(student, head, cfg.mel, cfg.window_s)
     meta = {"mel": cfg.mel.to_dict(), "projected": bool(args.projected), "window_s": cfg.window_s,

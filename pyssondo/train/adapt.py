@@ -201,6 +201,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
                       student_inputs, teacher_record, train_loader)
     from .model import build_model
     from .rundir import new_run_dir, plot_epoch_metrics
+    from .targets import TargetNorm, Targets
 
     job = open_job(cfg.train.out, cfg.hash(), resume, "adapt")
     if not job.fresh:
@@ -307,15 +308,20 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     # moved. (In train mode the statistics of mixed old/new batches would differ from those
     # the previous embeddings were computed with, and the term would pull at that gap.)
     frozen = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    # The parent's head predicts normalised targets: keep its normalisation (and record it).
+    norm = Targets([dim], [TargetNorm(dim)]).to(device)
+    if "target_norm" in parent.state:
+        norm.load_state_dict(parent.state["target_norm"])
+    kept = {k: parent.state[k] for k in ("targets", "target_norm") if k in parent.state}
     trainer = Trainer(run, train, model, sampler, steps_per_epoch, device,
                       teacher_record(old.meta, dim),
-                      config_hash=cfg.hash(), extra={"adapt": cfg.to_json()},
+                      config_hash=cfg.hash(), extra={"adapt": cfg.to_json(), **kept},
                       frozen=frozen if cfg.self_weight else (), command="adapt")
 
     def validate() -> Tuple[Optional[float], Dict[str, Any]]:
-        scores = {"val_cos_old": evaluate(model, plain, old_val, train, device)
+        scores = {"val_cos_old": evaluate(model, plain, old_val, train, device, norm)
                   if len(old_val) else None,
-                  "val_cos_new": evaluate(model, plain, n_old + new_val, train, device)
+                  "val_cos_new": evaluate(model, plain, n_old + new_val, train, device, norm)
                   if len(new_val) else None}
         have = [v for v in scores.values() if v is not None]
         mean = float(np.mean(have)) if have else None
@@ -334,7 +340,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
         with trainer.autocast():
             emb, pred = trainer.net(x, with_embedding=True)
         emb, pred, y = gather_batch(emb.float(), pred.float(), y)
-        teacher_loss = loss_fn(pred, y[:, :dim])
+        teacher_loss = loss_fn(pred, norm.normalize(y[:, :dim]))
         if not cfg.self_weight:
             return teacher_loss, {"teacher_loss": teacher_loss}
         self_loss = 1.0 - torch.nn.functional.cosine_similarity(

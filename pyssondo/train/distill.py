@@ -117,7 +117,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     k = min(cfg.clusters, len(segments))
     with main_first():
         labels = load_or_fit_clusters(paths[0], k=k, metric=cfg.cluster_metric, seed=cfg.seed)
-    samples = cfg.samples_per_epoch or len(train_rows)
+    samples = cfg.resolved_samples_per_epoch(len(train_rows))
     steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
                               alpha=cfg.balance_alpha, seed=cfg.seed)

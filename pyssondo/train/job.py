@@ -201,10 +201,11 @@ def create_run(make: Callable[[], RunDir], cfg: DistillConfig, record: Dict[str,
 
 @torch.no_grad()
 def evaluate(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
-             cfg: DistillConfig, device: torch.device) -> float:
+             cfg: DistillConfig, device: torch.device, targets: Optional[Any] = None) -> float:
     """Mean cosine similarity between head(student(x)) and the teacher's target over ``rows``
-    (frame-level outputs and targets are mean-pooled over frames first). Under torchrun each
-    rank scores a contiguous part of ``rows`` and all get the mean over all of them."""
+    (frame-level outputs and targets are mean-pooled over frames first; ``targets``, a
+    :class:`.targets.Targets`, maps the head's output back to the teacher's space). Under
+    torchrun each rank scores a contiguous part of ``rows`` and all get the mean over all."""
     model.eval()
     rank, size, _ = world()
     mine = np.array_split(np.asarray(rows), size)[rank]
@@ -213,6 +214,8 @@ def evaluate(model: StudentWithHead, dataset: DistillDataset, rows: np.ndarray,
     total, n = 0.0, 0
     for x, y, _ in loader:
         pred = model(x.to(device)).float()
+        if targets is not None:
+            pred = targets.denormalize(pred)
         y = y.to(device)
         if pred.ndim == 3:
             pred, y = pred.mean(1), y.mean(1)
