@@ -50,17 +50,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The setting; every recipe starts from it.
-BASE: Dict[str, Any] = {"window_s": 2.0, "mel": {"sample_rate": 16000, "f_max": 8000.0}}
+# The setting (S-SONDO's raw cosine, best.pt by raw cosine); every recipe starts from it.
+BASE: Dict[str, Any] = {"window_s": 2.0, "mel": {"sample_rate": 16000, "f_max": 8000.0},
+                        "loss": "cosine", "best_metric": "val_cos"}
+# What 'ssondo distill' does by default, where it departs from BASE (the "defaults" recipe).
+PRODUCT = ("loss", "target_norm", "best_metric", "min_steps_per_epoch")
 
 # name -> DistillConfig overrides on top of BASE ("mel" entries merge into BASE's mel).
 RECIPES: Dict[str, Dict[str, Any]] = {
     # The recipe: S-SONDO's raw cosine, one pass per epoch, best.pt by raw cosine.
-    "baseline": {"loss": "cosine", "target_norm": "none", "best_metric": "val_cos",
-                 "min_steps_per_epoch": 0},
-    "defaults": {},  # today's 'ssondo distill' defaults
-    "rkd": {"loss": "cosine:1,rkd-dist:1,rkd-angle:2", "target_norm": "none",
-            "min_steps_per_epoch": 0},
+    "baseline": {},
+    "defaults": None,  # today's 'ssondo distill' defaults (PRODUCT), filled in below
+    "rkd": {"loss": "cosine:1,rkd-dist:1,rkd-angle:2"},
     "sp": {"loss": "cosine:1,sp:1"},
     "infonce": {"loss": "infonce"},
     "cos+infonce": {"loss": "cosine:1,infonce:0.5"},
@@ -82,10 +83,24 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "center-rkd": {"target_norm": "center", "loss": "cosine:1,rkd-dist:1,rkd-angle:2"},
     "whiten-spe2x": {"target_norm": "whiten", "samples_per_epoch": 6400},
     "whiten-infonce": {"target_norm": "whiten", "loss": "cosine:1,infonce:0.5"},
+    "whiten-infonce-spe2x": {"target_norm": "whiten", "loss": "cosine:1,infonce:0.5",
+                             "samples_per_epoch": 6400},
+    "infonce-spe2x": {"loss": "infonce", "samples_per_epoch": 6400},
+    "whiten-infonce-only-spe2x": {"target_norm": "whiten", "loss": "infonce",
+                                  "samples_per_epoch": 6400},
     # Teacher-side views: K augmented views per segment in the teacher cache.
     "views4": {"views": 4},
     "views8": {"views": 8},
 }
+
+
+def _product_defaults() -> Dict[str, Any]:
+    from pyssondo.train.config import DistillConfig
+
+    return {name: getattr(DistillConfig(), name) for name in PRODUCT}
+
+
+RECIPES["defaults"] = _product_defaults()
 
 DATA = Path(os.environ.get("SSONDO_DATA", ROOT.parent / "shared" / "data"))
 TASKS = (("notes", "program"), ("notes", "family"), ("fsdd", "digit"), ("fsdd", "speaker"))

@@ -76,7 +76,8 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
 
     cfg = config(work, tmp_path / "runs", epochs=3)
     proc = subprocess.run([sys.executable, "-m", "pyssondo", "distill", *cli_args(cfg),
-                           "--projected"], capture_output=True, text=True, env=ENV)
+                           "--projected", "--loss", "cosine"], capture_output=True, text=True,
+                          env=ENV)
     assert proc.returncode == 0, proc.stderr
     run = next((tmp_path / "runs").glob("*-mn01-crepe-tiny"))
     # Run folder: every resolved setting, a log per step and epoch, checkpoints, export.
