@@ -215,13 +215,19 @@ def check_against_eager(loaded: Any, eager: ExportedStudent) -> float:
         if a.shape != b.shape:
             raise RuntimeError(f"export check: scripted output {tuple(a.shape)} != eager "
                                f"{tuple(b.shape)} for input {tuple(wav.shape)}")
-        rel = float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
-        worst = max(worst, rel)
-        if not rel <= RELATIVE_TOLERANCE:
-            raise RuntimeError(f"export check: scripted output differs from eager by {rel:.2e} "
-                               f"(relative) for input {tuple(wav.shape)}; tolerance "
-                               f"{RELATIVE_TOLERANCE:g}")
+        worst = max(worst, relative_difference(a, b, "scripted output", wav))
     return worst
+
+
+def relative_difference(got: torch.Tensor, want: torch.Tensor, what: str,
+                        wav: torch.Tensor) -> float:
+    """max |got - want| / max(1, max |want|) of an export's output ``what`` on input ``wav``;
+    RuntimeError above RELATIVE_TOLERANCE."""
+    rel = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
+    if not rel <= RELATIVE_TOLERANCE:
+        raise RuntimeError(f"export check: {what} differs from eager by {rel:.2e} (relative) "
+                           f"for input {tuple(wav.shape)}; tolerance {RELATIVE_TOLERANCE:g}")
+    return rel
 
 
 def check_int8(out: Path, loaded: Any, fp32: ExportedStudent) -> float:

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .export import (FORMAT, RELATIVE_TOLERANCE, ExportedStudent, ExportReport, latency_ms,
-                     probe_signals)
+from .export import (FORMAT, ExportedStudent, ExportReport, latency_ms, probe_signals,
+                     relative_difference)
 from .models import META_FILE
 from .onnx_model import INPUT, OUTPUTS, OnnxStudent, import_onnxruntime
 
@@ -220,10 +220,5 @@ def check_onnx(loaded: OnnxStudent, eager: ExportedStudent, exact: bool = True) 
                                    f"{tuple(b.shape)} (or not finite) for input {tuple(wav.shape)}")
             if not exact:
                 continue
-            rel = float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
-            worst = max(worst, rel)
-            if not rel <= RELATIVE_TOLERANCE:
-                raise RuntimeError(f"export check: onnxruntime {what} differs from eager by "
-                                   f"{rel:.2e} (relative) for input {tuple(wav.shape)}; "
-                                   f"tolerance {RELATIVE_TOLERANCE:g}")
+            worst = max(worst, relative_difference(a, b, f"onnxruntime {what}", wav))
     return worst

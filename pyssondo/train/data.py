@@ -28,7 +28,6 @@ signals) and targets ``lam * t1 + (1 - lam) * t2``; masks set bands/frames to si
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import os
@@ -41,7 +40,6 @@ from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..audio import load_audio
 from ..config import MelConfig
 from ..errors import ParameterError
 from ..progress import Progress
@@ -87,12 +85,10 @@ class SegmentAudio:
         self.window_s = float(window_s)
         self.window = seconds_to_samples(window_s, self.sample_rate)
         self.max_samples = max_samples
-        self._lru: "collections.OrderedDict[str, np.ndarray]" = collections.OrderedDict()
-        self._held = 0
         self.views = views or ViewConfig()
         self.count = self.views.count  # views per segment
         self.partner, self.audio_root = partner, audio_root
-        self._files = FileAudio(max_samples // 4) if self.views.active else None
+        self._files = FileAudio(max_samples)  # decoded files, at the student's or file's rate
 
     def __call__(self, row: int, view: int = 0) -> np.ndarray:
         """float32 [W]: view ``view`` of segment ``row`` at the student's rate, zero-padded
@@ -100,7 +96,7 @@ class SegmentAudio:
         seg = self.segments[row]
         if view:
             return self._view(seg, row, view)
-        wav = self._decoded(str(seg.path))
+        wav = self._files(seg.path, self.sample_rate)
         start = int(round(seg.start * self.sample_rate / seg.file_sr))
         return cut_segment(wav, start, self.window)
 
@@ -114,19 +110,6 @@ class SegmentAudio:
         return segment_view(self._files(seg.path, seg.file_sr), seg.file_sr,
                             (seg.file_key, seg.start), view, self.views, self.window_s,
                             self.sample_rate, audio)
-
-    def _decoded(self, path: str) -> np.ndarray:
-        wav = self._lru.get(path)
-        if wav is not None:
-            self._lru.move_to_end(path)
-            return wav
-        wav, _ = load_audio(path, self.sample_rate)
-        self._lru[path] = wav
-        self._held += wav.shape[0]
-        while self._held > self.max_samples and len(self._lru) > 1:
-            _, old = self._lru.popitem(last=False)
-            self._held -= old.shape[0]
-        return wav
 
 
 def warn_upsampled(segments: Sequence[Any], sample_rate: int) -> None:
