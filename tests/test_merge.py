@@ -229,8 +229,9 @@ def two_runs(tmp_path_factory, shared_data):
                             mel=MEL, window_s=2.0, clusters=2, batch_size=4, epochs=1, lr=3e-3,
                             val_fraction=0.25, workers=0, threads=1, seed=seed,
                             init=str(tmp / "init.pt"), cache_dir=str(tmp / "cache"),
-                            out=str(tmp / f"runs{seed}"))
-        runs.append(distill(cfg, progress=False, export=False).run)
+                            out=str(tmp / f"runs{seed}"), loss="cosine", target_norm="whiten")
+        runs.append(distill(cfg, progress=False, export=False).run)  # whitened: --projected
+        # must undo the chosen run's normalisation
     torch.set_num_threads(before)
     return tmp, audio, runs
 
