@@ -8,7 +8,7 @@ HELP = "distill a teacher into a small student on unlabeled audio (the main job)
 DESCRIPTION = """\
 Distills TEACHER (a TorchScript file or pkg.module:factory) into a small student using only the
 teacher's embeddings of the audio in AUDIO_DIR (S-SONDO): fills or reuses the teacher cache,
-clusters it for balanced sampling, trains student + mapping head with a cosine loss, and writes
+clusters it for balanced sampling, trains student + mapping head (InfoNCE by default), and writes
 a run folder OUT/<date-time>-<student>-<teacher>/ holding config.json (every setting),
 log.jsonl, checkpoints/{last,best}.pt, loss.png and student.pt (the export).
 
@@ -19,7 +19,7 @@ The student's front end runs at its own rate (--student-sr, default 32 kHz), ind
 teacher's; a warning says when source audio is upsampled for it.
 
 examples:
-  ssondo distill crepe-tiny.pt audio/                        # S-SONDO defaults, mn10
+  ssondo distill crepe-tiny.pt audio/                        # the defaults: mn10, InfoNCE
   ssondo distill crepe-tiny.pt aisfx.pt audio/ --teacher-weights 1,1  # two teachers, two heads
   ssondo distill aisfx.pt audio/ --eval labeled.csv --label-column program  # % of teacher kept
   ssondo distill teacher.pt audio/ --student mn04 --epochs 20 --batch-size 32
