@@ -112,6 +112,8 @@ def objective(scores: Mapping[str, float], reference: Mapping[str, float],
     """Weighted mean of :func:`shares` over the columns; a column's weight is its task's
     (default 1)."""
     s = shares(scores, reference)
+    if not s:  # no parent scored above 0 anywhere: nothing to share, every candidate ties
+        return 0.0
     w = {c: float((task_weights or {}).get(column_task(c), 1.0)) for c in s}
     total = sum(w.values())
     if total <= 0:
