@@ -28,8 +28,8 @@ class Parent:
 
     Attributes:
         spec: the path it was given as.
-        name: short label (its teacher's name, or the run folder's name when two runs share a
-            teacher).
+        name: short label (its teacher's name; when two runs share a teacher, the shortest
+            trailing part of their paths that tells them apart, see :func:`distinct_labels`).
         cfg: its DistillConfig.
         student: backbone state dict; head: mapping-head state dict.
         teacher: the checkpoint's teacher record (name, fingerprint, dim, sample_rate, level).
@@ -87,9 +87,25 @@ def load_parents(base_spec: str, run_specs: Sequence[str], checkpoint: str = "la
                              f"mels at {first.cfg.mel.sample_rate} Hz, window "
                              f"{first.cfg.window_s:g} s); merge needs the same student")
     if len({p.name for p in parents}) < len(parents):
-        for p in parents:
-            p.name = Path(p.spec).name
+        for p, label in zip(parents, distinct_labels([p.spec for p in parents])):
+            p.name = label
     return base, parents
+
+
+def distinct_labels(specs: Sequence[str]) -> List[str]:
+    """One label per run path, all different: the folder's name, or as many trailing path parts
+    as tell the runs apart (``runs1/20261202-mn01-crepe``); a run given again gets ``#2``."""
+    paths = [Path(s).expanduser().resolve().parts for s in specs]
+    distinct = sorted(set(paths))
+    depth = next(d for d in range(1, max(map(len, distinct)) + 1)
+                 if len({p[-d:] for p in distinct}) == len(distinct))
+    seen: Dict[tuple, int] = {}
+    labels = []
+    for p in paths:
+        seen[p] = seen.get(p, 0) + 1
+        label = "/".join(p[-depth:])
+        labels.append(label if seen[p] == 1 else f"{label}#{seen[p]}")
+    return labels
 
 
 def merged_student(parents: Sequence[Parent], base: State, lambdas: Sequence[float],

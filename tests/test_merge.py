@@ -360,6 +360,14 @@ def test_ssondo_merge_refusals(two_runs, tmp_path, capsys):
     shutil.copy(base, tmp_path / "copy_of_init.pt")  # same weights, another file: not provable
     with pytest.raises(ValueError, match="old-run: started from --init .*not from BASE"):
         load_parents(str(tmp_path / "copy_of_init.pt"), [str(old), b])
+    # Two runs of one teacher whose folders share a name (made in the same second under two
+    # --out folders) get labels that tell them apart; the search keys its scores by label.
+    twin = tmp_path / "elsewhere" / runs[0].path.name
+    shutil.copytree(runs[0].path, twin)
+    names = [p.name for p in load_parents(base, [a, str(twin), a])[1]]
+    assert names == [f"{runs[0].path.parent.name}/{runs[0].path.name}",
+                     f"elsewhere/{runs[0].path.name}",
+                     f"{runs[0].path.parent.name}/{runs[0].path.name}#2"]
 
 
 def test_ssondo_merge_search_picks_the_best_mean_share(two_runs, tmp_path, shared_data, capsys,
