@@ -101,6 +101,16 @@ def _product_defaults() -> Dict[str, Any]:
 
 
 RECIPES["defaults"] = _product_defaults()
+# Levers on top of today's defaults.
+RECIPES.update({
+    "d-views4": {**RECIPES["defaults"], "views": 4},
+    "d-views8": {**RECIPES["defaults"], "views": 8},
+    "d-hop1": {**RECIPES["defaults"], "hop_s": 1.0},
+    "d-4pass": {**RECIPES["defaults"], "min_steps_per_epoch": 10**6},  # MAX_PASSES passes
+    "d-center": {**RECIPES["defaults"], "target_norm": "center"},
+    "d-tau05": {**RECIPES["defaults"], "loss": "infonce@tau=0.05"},
+    "d-bs256": {**RECIPES["defaults"], "batch_size": 256, "lr": 1.6e-3},
+})
 
 DATA = Path(os.environ.get("SSONDO_DATA", ROOT.parent / "shared" / "data"))
 TASKS = (("notes", "program"), ("notes", "family"), ("fsdd", "digit"), ("fsdd", "speaker"))
