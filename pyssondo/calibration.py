@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-DEFAULT_WINDOWS = 32  # calibration windows; activation ranges settle well before this
+DEFAULT_WINDOWS = 64  # windows gathered: half calibrate the ranges, half check the result
 
 
 @dataclass
@@ -26,6 +26,20 @@ class Calibration:
     waveforms: Optional[np.ndarray]
     logmel: Optional[np.ndarray]
     source: str
+
+    def halves(self) -> "tuple[Calibration, Calibration]":
+        """(even windows, odd windows): one half to calibrate on, the other to check the
+        int8 student on audio it was not calibrated on. Raises ValueError below 2 windows."""
+        rows = self.waveforms if self.waveforms is not None else self.logmel
+        if len(rows) < 2:
+            raise ValueError(f"int8: {len(rows)} calibration window(s) ({self.source}); need "
+                             f"at least 2 (one to calibrate, one to check)")
+
+        def part(i: int) -> "Calibration":
+            return Calibration(None if self.waveforms is None else self.waveforms[i::2],
+                               None if self.logmel is None else self.logmel[i::2], self.source)
+
+        return part(0), part(1)
 
     def logmel_batches(self, frontend: Any, batch: int = 8):
         """float32 torch log-mel batches [<= batch, M, F] (from the cache or ``frontend``)."""

@@ -230,6 +230,10 @@ def _parse_meta(path: Path, raw: Union[str, bytes]) -> Dict[str, Any]:
         raise ValueError(f"{path}: {META_FILE} inside the file is not valid JSON") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: {META_FILE} inside the file is not a JSON object")
+    from .export_meta import ExportMeta, is_student_meta
+
+    if is_student_meta(meta):  # an exported student's: its schema is checked
+        ExportMeta.from_dict(meta, str(path))
     return meta
 
 

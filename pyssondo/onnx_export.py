@@ -18,21 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .export import (FORMAT, ExportedStudent, ExportReport, latency_ms, probe_signals,
-                     relative_difference)
+from .export import (MIN_INT8_AGREEMENT, ExportedStudent, ExportReport, agreement,
+                     choose_int8, cosine_to, latency_ms, probe_signals, relative_difference)
+from .export_meta import ExportMeta
 from .models import META_FILE
 from .onnx_model import INPUT, OUTPUTS, OnnxStudent, import_onnxruntime
 
@@ -59,7 +60,7 @@ class _Graph(nn.Module):
         return self.student.pool(seg, wav.shape[1]), seg
 
 
-def onnx_bytes(module: ExportedStudent, meta: Dict[str, Any]) -> bytes:
+def onnx_bytes(module: ExportedStudent, meta: ExportMeta) -> bytes:
     """The serialized ONNX model of ``module`` with ``meta`` as metadata_props[ssondo.json]."""
     graph = _Graph(module.eval()).eval()
     example = probe_signals(module.sample_rate, module.window)[-1]
@@ -87,7 +88,7 @@ def _quiet():
         logging.disable(previous)
 
 
-def _finish(proto: Any, meta: Dict[str, Any]) -> bytes:
+def _finish(proto: Any, meta: ExportMeta) -> bytes:
     """``proto`` without the exporter's per-node provenance (about half the file), with
     ``meta`` as metadata_props[ssondo.json], serialized."""
     for node in proto.graph.node:
@@ -97,15 +98,17 @@ def _finish(proto: Any, meta: Dict[str, Any]) -> bytes:
     return proto.SerializeToString()
 
 
-def _set_meta(proto: Any, meta: Dict[str, Any]) -> None:
+def _set_meta(proto: Any, meta: ExportMeta) -> None:
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_FILE, json.dumps(meta, sort_keys=True)
+    entry.key, entry.value = META_FILE, meta.to_json()
 
 
-def quantize_qdq(data: bytes, calibration: np.ndarray, meta: Dict[str, Any]) -> bytes:
+def quantize_qdq(data: bytes, calibration: np.ndarray, float_units: Sequence[str] = ()
+                 ) -> bytes:
     """The int8 (QDQ) version of a float ONNX student, calibrated on waveform windows
-    float32 [N, W]; ``meta`` replaces its metadata."""
+    float32 [N, W]; the nodes of the front end and of ``float_units`` (module names inside
+    the ExportedStudent, e.g. ``backbone.features.0``) stay float32."""
     import onnx
 
     import_onnxruntime()  # ImportError with the install hint when missing
@@ -113,9 +116,11 @@ def quantize_qdq(data: bytes, calibration: np.ndarray, meta: Dict[str, Any]) -> 
                                           quantize_static)
 
     model = onnx.load_from_string(data)
+    scopes = [f"'student.{u}'" for u in float_units]
     frontend = [n.name for n in model.graph.node
                 if any(p.key == "pkg.torch.onnx.class_hierarchy" and FRONTEND_SCOPE in p.value
-                       for p in n.metadata_props)]
+                       or p.key == "pkg.torch.onnx.name_scopes"
+                       and any(u in p.value for u in scopes) for p in n.metadata_props)]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -135,8 +140,7 @@ def quantize_qdq(data: bytes, calibration: np.ndarray, meta: Dict[str, Any]) -> 
                             nodes_to_exclude=frontend,
                             extra_options={"ActivationSymmetric": False,
                                            "WeightSymmetric": True})
-        quantized = onnx.load(str(dst))
-    return _finish(quantized, meta)
+        return dst.read_bytes()
 
 
 def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
@@ -144,8 +148,8 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     """Writes ``module`` as ONNX (int8 QDQ calibrated on ``int8``'s waveform windows when
     given), reloads it in onnxruntime and checks it against the eager module.
 
-    ``meta`` is completed like :func:`pyssondo.export.save_export` does and stored in
-    metadata_props. Checks: float32, max relative difference <= RELATIVE_TOLERANCE on
+    ``meta`` (the caller's :class:`~pyssondo.export_meta.ExportMeta` fields) is completed
+    like :func:`pyssondo.export.save_export` does and stored in metadata_props. Checks: float32, max relative difference <= RELATIVE_TOLERANCE on
     :func:`pyssondo.export.probe_signals`; int8, the output shapes and finite values (its
     distance to float32 is reported as ``int8["cosine_to_fp32"]``).
 
@@ -157,36 +161,61 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     fp32 = module.eval()
     if int8 is not None and int8.waveforms is None:
         raise ValueError("ONNX int8 calibrates on waveforms; the calibration has only log-mel")
-    params = sum(p.numel() for p in fp32.parameters())
-    meta = {"format": FORMAT, "version": 1, "container": "onnx", "opset": OPSET,
-            "sample_rate": fp32.sample_rate, "embed_dim": fp32.embed_dim,
-            "segment_samples": fp32.window, "outputs": list(OUTPUTS),
-            "pooling": "mean over windows weighted by real samples", "params": params,
-            "torch_version": torch.__version__, "int8": int8 is not None, **meta}
-    traced = onnx_bytes(fp32, meta)
-    float_data = _finish(_load(traced), meta)
-    data = quantize_qdq(traced, int8.waveforms, meta) if int8 is not None else float_data
+    info = ExportMeta.of(fp32, int8=int8 is not None, container="onnx", opset=OPSET,
+                         outputs=list(OUTPUTS), **meta)
+    traced = onnx_bytes(fp32, info)
+    float_data = _finish(_load(traced), info)
+    data = float_data
+    if int8 is not None:
+        data, check = _int8_onnx(fp32, traced, int8)
+        info = replace(info, int8_check=check)
+        data = _finish(_load(data), info)
     atomic_write_bytes(out, data)
     try:
         loaded = OnnxStudent(out)
-        if loaded.meta != meta:
+        if ExportMeta.from_dict(loaded.meta, str(out)) != info:
             raise RuntimeError(f"{out}: {META_FILE} did not survive the round trip")
         diff = check_onnx(loaded, fp32, exact=int8 is None)
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    report = ExportReport(out, len(data), params, fp32.embed_dim, fp32.sample_rate, diff, meta=meta)
+    report = ExportReport(out, len(data), info.params, fp32.embed_dim, fp32.sample_rate, diff,
+                          meta=info)
     if int8 is not None:
-        from .export import check_int8
-
         ref = _session_of(float_data)
         report.int8 = {"fp32_size_bytes": len(float_data),
-                       "cosine_to_fp32": check_int8(out, loaded, fp32)}
+                       "cosine_to_fp32": cosine_to(loaded, fp32)}
     if measure:
         report.latency_ms = latency_ms(loaded, fp32.sample_rate)
         if int8 is not None:
             report.int8["fp32_latency_ms"] = latency_ms(ref, fp32.sample_rate)
     return report
+
+
+def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration"
+               ) -> Tuple[bytes, Dict[str, Any]]:
+    """The QDQ int8 model of ``traced`` and its check. The float32 front units are those that
+    :func:`pyssondo.export.choose_int8` needs in torch; the ONNX result must agree with float32
+    as much (MIN_INT8_AGREEMENT, on the held-out half of ``calibration``'s windows).
+
+    Raises:
+        RuntimeError: it does not (nothing is written then).
+    """
+    _, check = choose_int8(fp32, calibration)
+    fit, held = calibration.halves()
+    data = quantize_qdq(traced, fit.waveforms, check["float_units"])
+    session = _session_of(data)
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(held.waveforms, dtype=np.float32))
+        got = torch.from_numpy(session.run(x)[0])
+        want = fp32(x)
+    agree = agreement(got, want)
+    if not agree >= MIN_INT8_AGREEMENT:
+        raise RuntimeError(f"int8: the ONNX student's embeddings agree with float32 "
+                           f"{agree:.3f} (< {MIN_INT8_AGREEMENT}) on {len(want)} held-out "
+                           f"windows of {calibration.source} (torch int8: "
+                           f"{check['agreement']:.3f}); nothing was written")
+    return data, {**check, "agreement": round(agree, 6), "torch_agreement": check["agreement"]}
 
 
 def _load(data: bytes) -> Any:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
+from .export_meta import ExportMeta, is_student_meta
 from .models import META_FILE
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -73,6 +74,8 @@ class OnnxStudent:
                              f"JSON") from None
         if not isinstance(self.meta, dict):
             raise ValueError(f"{self.path}: {META_FILE} in metadata_props is not a JSON object")
+        if is_student_meta(self.meta):
+            ExportMeta.from_dict(self.meta, str(self.path))  # ValueError naming the problem
         rate = self.meta.get("sample_rate")
         self.sample_rate = int(rate) if isinstance(rate, int) and rate > 0 else None
         self.window = int(self.meta.get("segment_samples", 0)) or None

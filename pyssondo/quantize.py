@@ -1,13 +1,14 @@
 """Static int8 post-training quantisation of a student's convolutions and linears (torch).
 
 :func:`quantize_static` uses torch.ao's FX graph mode (``prepare_fx`` / ``convert_fx``, the
-default static qconfig of :func:`engine`, x86 on x86 CPUs: per-channel int8 weights, per-tensor
-uint8 activations with histogram observers) on the largest sub-modules that FX can trace: a
+static qconfig mapping of :func:`engine`, x86 on x86 CPUs, with per-channel 7-bit weights and
+per-tensor full-range uint8 activations with histogram observers, :func:`_qconfig`) on the
+largest sub-modules that FX can trace: a
 student's own ``forward`` usually starts with an input-shape check, which FX cannot trace, so
 its children (MobileNetV3's ``features``, ERes2Net's stages, ...) are quantised instead; parts
 that ``convert_fx`` cannot lower stay float32 (with a warning). Tested on MobileNetV3 and
 ERes2Net; DyMN's dynamic convolutions do not survive it (the export then refuses, see
-:data:`pyssondo.export.MIN_INT8_COSINE`). The shape checks,
+:data:`pyssondo.export.MIN_INT8_AGREEMENT`). The shape checks,
 poolings and anything untraceable stay float32. Activation ranges come from calibration
 log-mel batches [N, n_mels, frames] run through the float model. The result scripts with
 ``torch.jit.script`` and runs on CPU. torch 2.13 marks torch.ao.quantization as deprecated (its
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -31,13 +32,20 @@ def engine() -> str:
     return "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
 
 
-def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
+def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], *,
+                    float_front: int = 0, kept: Optional[List[str]] = None) -> nn.Module:
     """An int8 copy of ``model`` (float32, eval mode; it is not modified).
 
     Args:
         model: a module mapping log-mel [N, n_mels, frames] to anything.
         calibration: log-mel batches, float32 [N, n_mels, frames]; the first is also the
             example input that tracing uses. About 32 windows are enough.
+        float_front: how many leading units stay float32 (>= 0). A unit is one item of a
+            traced ``nn.Sequential`` (MobileNetV3's and MicroNet's ``features`` blocks) or one
+            other traced child, in definition order: trained students are most sensitive to
+            rounding in their first layers (:func:`pyssondo.export.quantize_student`).
+        kept: when given, the qualified names of the units left float32 are appended to it
+            (e.g. ``0.features.0`` for ``model`` = Sequential(backbone, head)).
 
     Raises:
         ValueError: no calibration batch, or no sub-module could be quantised.
@@ -49,12 +57,15 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn
     if not batches:
         raise ValueError("int8: no calibration data")
     torch.backends.quantized.engine = engine()
-    qconfig = get_default_qconfig_mapping(engine())
+    qconfig = get_default_qconfig_mapping(engine()).set_global(_qconfig())
     model = copy.deepcopy(model).eval()
+    if float_front < 0:
+        raise ValueError(f"int8: float_front={float_front} must be >= 0")
     inputs = _first_inputs(model, batches[0][:1])
     with warnings.catch_warnings():  # torch 2.13 marks torch.ao.quantization as deprecated
         warnings.simplefilter("ignore")
-        prepared = _prepare(model, inputs, lambda m, x: prepare_fx(m, qconfig, example_inputs=x))
+        prepared = _prepare(model, inputs, lambda m, x: prepare_fx(m, qconfig, example_inputs=x),
+                            [float_front], [] if kept is None else kept)
         if not prepared:
             raise ValueError(f"int8: no part of {type(model).__name__} could be traced for "
                              f"quantisation")
@@ -69,6 +80,21 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn
                 warnings.warn(f"int8: {type(original).__name__} {name!r} stays float32 "
                               f"({type(e).__name__}: {e})")
     return model
+
+
+def _qconfig():
+    """Full 8-bit activations (uint8, histogram ranges) and 7-bit per-channel symmetric weights
+    (int8 in [-64, 63]). The x86 default has it the other way round (7-bit activations), so
+    that fbgemm's u8 x s8 pair sums fit int16 on CPUs without VNNI; 7-bit weights keep that
+    bound (255 * 64 * 2 < 32768) and halve the activation rounding, which trained students
+    are far more sensitive to (mn04, bench/export.py)."""
+    from torch.ao.quantization import QConfig
+    from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
+
+    return QConfig(activation=HistogramObserver.with_args(reduce_range=False),
+                   weight=PerChannelMinMaxObserver.with_args(
+                       dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                       quant_min=-64, quant_max=63))
 
 
 def _first_inputs(model: nn.Module, x: torch.Tensor) -> Dict[nn.Module, Tuple]:
@@ -88,19 +114,38 @@ def _first_inputs(model: nn.Module, x: torch.Tensor) -> Dict[nn.Module, Tuple]:
     return seen
 
 
-def _prepare(module: nn.Module, inputs: Dict[nn.Module, Tuple], prepare
-             ) -> List[Tuple[nn.Module, str, nn.Module]]:
+def _prepare(module: nn.Module, inputs: Dict[nn.Module, Tuple], prepare, front: List[int],
+             kept: List[str], prefix: str = "") -> List[Tuple[nn.Module, str, nn.Module]]:
     """Replaces, depth first, each child that traces with its prepared (observed) version;
-    recurses into the children that do not. Returns (parent, attribute, original child) of
-    each replacement."""
+    recurses into the children that do not. ``front[0]`` leading units (see
+    :func:`quantize_static`) are left float32, counted down and their names appended to
+    ``kept``. Returns (parent, attribute, original child) of each replacement."""
     done: List[Tuple[nn.Module, str, nn.Module]] = []
     for name, child in list(module.named_children()):
+        path = prefix + name
         if child not in inputs or not _has_weights(child):
             continue
         try:  # on a copy: a failed trace may have fused parts of what it was given
             prepared = prepare(copy.deepcopy(child), inputs[child])
         except Exception:  # untraceable control flow: quantise its parts instead
-            done += _prepare(child, inputs, prepare)
+            done += _prepare(child, inputs, prepare, front, kept, path + ".")
+            continue
+        units = len(child) if isinstance(child, nn.Sequential) else 1
+        keep = min(front[0], units)
+        front[0] -= keep
+        if isinstance(child, nn.Sequential):
+            kept += [f"{path}.{i}" for i in range(keep)]
+        elif keep:
+            kept.append(path)
+        if keep == units:
+            continue  # all of it stays float32
+        if keep:  # a float32 front, then the prepared rest
+            rest = child[keep:]
+            prepared = nn.Sequential(*child[:keep], prepare(copy.deepcopy(rest),
+                                                            inputs[child[keep]]))
+            rest_name = str(keep)
+            setattr(module, name, prepared)
+            done.append((prepared, rest_name, rest))
             continue
         setattr(module, name, prepared)
         done.append((module, name, child))

@@ -116,7 +116,7 @@ def test_int8_reports_size_and_cosine(module, tmp_path, shared_data):
     calibration = from_audio_dir(shared_data / "notes", 16000, module.window, n=8)
     assert calibration.waveforms.shape == (8, module.window)
     report = save_export(module, tmp_path / "int8.pt", {}, int8=calibration, measure=False)
-    assert report.meta["int8"] is True
+    assert report.meta.int8 is True
     # Convolutions and linears are int8: well under half the float32 file.
     assert report.size_bytes < 0.5 * report.int8["fp32_size_bytes"]
     assert 0.9 < report.int8["cosine_to_fp32"] <= 1.0 + 1e-6

@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pyssondo.export import format_report, save_export, wrap
+    from pyssondo.export import config_fields, format_report, save_export, wrap
     from pyssondo.merge import bn_weights, save_weights
     from pyssondo.merge_runs import load_parents, merged_student
 
@@ -145,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
         _, _, head = model_from_checkpoint(chosen.state)
         teacher = chosen.teacher
     module = wrap(student, head, cfg.mel, cfg.window_s)
-    meta = {"mel": cfg.mel.to_dict(), "projected": bool(args.projected), "window_s": cfg.window_s,
-            "student": cfg.student,
+    meta = {**config_fields(cfg, args.projected),
             "merge": {"base": str(args.base), "runs": [Path(r).name for r in args.runs],
                       "lambdas": list(lambdas), "bn": mode,
                       **({"search": meta_search} if meta_search else {})}}
