@@ -469,3 +469,13 @@ def test_ctrl_c_prints_the_command_that_resumes(box):
     assert "Traceback" not in err
     assert f"ssondo distill --resume {run}" in err
     assert "loop.wav: skipped" in err and "gone.wav: skipped" in err
+
+
+def test_a_broken_student_meta_names_the_file_and_field(box):
+    import torch
+
+    path = box.work / "student.pt"
+    torch.jit.script(torch.nn.Identity()).save(str(path), _extra_files={"ssondo.json": json.dumps(
+        {"format": "ssondo-student", "sample_rate": 16000, "embed_dim": -1})})
+    proc = ssondo("embed", path, box.audio, "-o", box.work / "e.npy", cwd=box.work)
+    assert_error(proc, str(path), "'embed_dim' is -1")

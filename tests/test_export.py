@@ -117,6 +117,9 @@ def test_int8_reports_size_and_cosine(module, tmp_path, shared_data):
     assert calibration.waveforms.shape == (8, module.window)
     report = save_export(module, tmp_path / "int8.pt", {}, int8=calibration, measure=False)
     assert report.meta.int8 is True
+    check = report.meta.int8_check  # the untrained student needs no float32 front
+    assert check["float_front"] == 0 and check["float_units"] == []
+    assert check["agreement"] >= check["threshold"] and check["windows"] == 4
     # Convolutions and linears are int8: well under half the float32 file.
     assert report.size_bytes < 0.5 * report.int8["fp32_size_bytes"]
     assert 0.9 < report.int8["cosine_to_fp32"] <= 1.0 + 1e-6
@@ -163,3 +166,42 @@ def test_embed_rejects_missing_file(tmp_path):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 1 and "x.wav" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_float_front_keeps_the_first_blocks_float(module, shared_data):
+    from pyssondo.calibration import from_audio_dir
+
+    calibration = from_audio_dir(shared_data / "notes", 16000, module.window, n=4)
+    kept = []
+    q = quantize_student(module, calibration, float_front=3, kept=kept)
+    assert kept == ["backbone.features.0", "backbone.features.1", "backbone.features.2"]
+    features = q.backbone.features  # 3 float32 blocks, then one quantised graph of the rest
+
+    def kinds(m):
+        return {type(x) for x in m.modules()}
+
+    assert all(torch.nn.Conv2d in kinds(features[i]) for i in range(3))
+    assert torch.nn.Conv2d not in kinds(features[3])
+    assert any("quantized" in k.__module__ for k in kinds(features[3]))
+    wav = torch.from_numpy(calibration.waveforms[:2])
+    with torch.no_grad():  # still the same function, to rounding
+        cos = torch.nn.functional.cosine_similarity(torch.jit.script(q)(wav), module(wav))
+    assert float(cos.min()) > 0.99
+
+
+def test_agreement_is_the_centred_cosine():
+    from pyssondo.export import MIN_SPREAD, agreement
+
+    g = torch.Generator().manual_seed(0)
+    want = torch.randn(6, 5, generator=g) + 3.0
+    got = want + 0.3 * torch.randn(6, 5, generator=g)
+    w, x = want.numpy().astype(np.float64), got.numpy().astype(np.float64)
+    mu = w.mean(0)
+    a, b = x - mu, w - mu
+    ref = np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+    assert abs(agreement(got, want) - ref) < 1e-6
+    # Rows that barely differ (an untrained student) are compared uncentred.
+    flat = 100.0 + 1e-3 * MIN_SPREAD * torch.randn(6, 5, generator=g)
+    noisy = flat + 1e-3 * torch.randn(6, 5, generator=g)
+    raw = float(torch.nn.functional.cosine_similarity(noisy, flat, dim=-1).mean())
+    assert agreement(noisy, flat) == pytest.approx(raw, abs=1e-6)
