@@ -24,15 +24,16 @@ import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .export import (MIN_INT8_AGREEMENT, ExportedStudent, ExportReport, agreement,
-                     choose_int8, cosine_to, latency_ms, probe_signals, relative_difference)
+from .export import (FLOAT_FRONT_LADDER, MIN_INT8_AGREEMENT, ExportedStudent, ExportReport,
+                     agreement, choose_int8, cosine_to, latency_ms, probe_signals,
+                     quantize_student, relative_difference)
 from .export_meta import ExportMeta
 from .models import META_FILE
 from .onnx_model import INPUT, OUTPUTS, OnnxStudent, import_onnxruntime
@@ -194,28 +195,39 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
 
 def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration"
                ) -> Tuple[bytes, Dict[str, Any]]:
-    """The QDQ int8 model of ``traced`` and its check. The float32 front units are those that
-    :func:`pyssondo.export.choose_int8` needs in torch; the ONNX result must agree with float32
-    as much (MIN_INT8_AGREEMENT, on the held-out half of ``calibration``'s windows).
+    """The QDQ int8 model of ``traced`` and its check, like
+    :func:`pyssondo.export.choose_int8`: the fewest float32 front units, starting from those
+    that torch needs, whose ONNX output agrees with float32 >= MIN_INT8_AGREEMENT on the
+    held-out half of ``calibration``'s windows (onnxruntime's int8 activations round more
+    coarsely than torch's, so it may need more).
 
     Raises:
-        RuntimeError: it does not (nothing is written then).
+        RuntimeError: no rung agrees enough (nothing is written then).
     """
     _, check = choose_int8(fp32, calibration)
     fit, held = calibration.halves()
-    data = quantize_qdq(traced, fit.waveforms, check["float_units"])
-    session = _session_of(data)
+    x = torch.from_numpy(np.ascontiguousarray(held.waveforms, dtype=np.float32))
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(held.waveforms, dtype=np.float32))
-        got = torch.from_numpy(session.run(x)[0])
         want = fp32(x)
-    agree = agreement(got, want)
-    if not agree >= MIN_INT8_AGREEMENT:
-        raise RuntimeError(f"int8: the ONNX student's embeddings agree with float32 "
-                           f"{agree:.3f} (< {MIN_INT8_AGREEMENT}) on {len(want)} held-out "
-                           f"windows of {calibration.source} (torch int8: "
-                           f"{check['agreement']:.3f}); nothing was written")
-    return data, {**check, "agreement": round(agree, 6), "torch_agreement": check["agreement"]}
+    tried = []
+    for k in (r for r in FLOAT_FRONT_LADDER if r >= check["float_front"]):
+        units: List[str] = []
+        quantize_student(fp32, fit, float_front=k, kept=units)
+        if len(units) < k:
+            break  # fewer units than that: nothing would be int8
+        data = quantize_qdq(traced, fit.waveforms, units)
+        got = torch.from_numpy(_session_of(data).run(x)[0])
+        tried.append([k, round(agreement(got, want), 6)])
+        if tried[-1][1] >= MIN_INT8_AGREEMENT:
+            return data, {**check, "float_front": k, "float_units": units,
+                          "agreement": tried[-1][1], "tried": tried,
+                          "torch": {"float_front": check["float_front"],
+                                    "agreement": check["agreement"]}}
+    raise RuntimeError(f"int8: the ONNX student's embeddings agree with float32 at most "
+                       f"{max((b for _, b in tried), default=0.0):.3f} (< {MIN_INT8_AGREEMENT}) "
+                       f"on {len(want)} held-out windows of {calibration.source}, with "
+                       + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)
+                       + f" (torch int8: {check['agreement']:.3f}); nothing was written")
 
 
 def _load(data: bytes) -> Any:
