@@ -8,7 +8,8 @@ or a Conv over the fixed DFT basis with ``frontend="dft"`` (any opset, runtimes 
 
 int8: onnxruntime's ``quantize_static`` in QDQ format (per-channel int8 weights, int8
 activations, MinMax ranges) on the Conv, Gemm and MatMul nodes of the backbone and head; the
-front end's nodes (STFT or DFT Conv, mel MatMul, Log) stay float32. Calibration runs the float
+front end's nodes (STFT or DFT Conv, mel MatMul, Log) stay float32, and so do the fewest
+leading blocks that keep the output's agreement with float32 (:func:`_int8_onnx`). Calibration runs the float
 graph on training-length windows of real audio (:mod:`pyssondo.calibration`).
 
 Like :func:`pyssondo.export.save_export`, :func:`save_onnx` writes atomically, reloads the file
