@@ -19,7 +19,6 @@ and the C++ app): :class:`pyssondo.export_meta.ExportMeta`.
 from __future__ import annotations
 
 import io
-import json
 import os
 import statistics
 import time
