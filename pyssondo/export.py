@@ -423,13 +423,14 @@ def format_report(r: ExportReport) -> str:
                      f"{i['fp32_size_bytes'] / 1e6:.2f} MB "
                      f"({r.size_bytes / i['fp32_size_bytes']:.2f}x){speed}, cosine to fp32 output "
                      f"{i['cosine_to_fp32']:.6f} on the test signals; calibrated on "
+                     f"{'half of ' if m.int8_check else ''}"
                      f"{m.int8_calibration or 'the given windows'}")
         c = m.int8_check or {}
         if c:
             lines.append(f"int8 check: {c['float_front']} leading block(s) kept float32 "
                          f"({', '.join(c['float_units']) or 'none'}); embeddings agree with "
-                         f"float32 {c['agreement']:.3f} (>= {c['threshold']}) on "
-                         f"{c['windows']} held-out calibration windows")
+                         f"float32 {c['agreement']:.3f} (>= {c['threshold']}) on the "
+                         f"other {c['windows']} windows")
     if onnx:
         lines.append(f"run it: ssondo embed {r.path} input.wav -o emb.npy   "
                      f"(pip install 'ssondo[onnx]')")
