@@ -25,7 +25,8 @@ class LogMel(nn.Module):
     Padding: with cfg.center, n_fft // 2 samples on the left and n_fft - n_fft // 2 on the
     right, mode "reflect" (numpy's np.pad reflect, repeated for signals shorter than the pad)
     or "constant" (zeros); without centering a signal shorter than n_fft is zero-padded on the
-    right to one frame. The window and the filterbank are buffers (computed once from cfg).
+    right to one frame. The window and the filterbank are buffers (computed once from cfg; the
+    filterbank as its non-zero entries, :meth:`filterbank`).
     Attribute ``cfg_json`` holds the config (:meth:`MelConfig.from_json` restores it).
     Works eagerly and under ``torch.jit.script``.
     """
@@ -42,13 +43,26 @@ class LogMel(nn.Module):
         self.magnitude = cfg.power == 1.0
         self.log_offset = float(cfg.log_offset)
         self.register_buffer("window", torch.from_numpy(window(cfg)))
-        self.register_buffer("filterbank", torch.from_numpy(mel_filterbank(cfg)))
+        fb = torch.from_numpy(mel_filterbank(cfg))
+        self.fb_shape = [int(fb.shape[0]), int(fb.shape[1])]
+        flat = fb.flatten()
+        index = flat.nonzero().squeeze(1)
+        self.register_buffer("filterbank_index", index)
+        self.register_buffer("filterbank_values", flat[index])
+
+    def filterbank(self) -> Tensor:
+        """The mel filterbank, float32 [n_mels, n_fft // 2 + 1], rebuilt from its non-zero
+        entries (about 1% of it: an exported file holds those, not 263 KB of zeros)."""
+        rows, cols = self.fb_shape[0], self.fb_shape[1]
+        dense = torch.zeros(rows * cols, dtype=self.filterbank_values.dtype,
+                            device=self.filterbank_values.device)
+        return dense.scatter(0, self.filterbank_index, self.filterbank_values).view(rows, cols)
 
     def forward(self, wav: Tensor) -> Tensor:
         if wav.dim() != 2 or wav.size(1) < 1:
             raise ValueError("LogMel expects a [B, T] tensor with T >= 1 samples")
         power = self._power(self._pad(wav))
-        return torch.log(torch.matmul(self.filterbank, power) + self.log_offset)
+        return torch.log(torch.matmul(self.filterbank(), power) + self.log_offset)
 
     def _power(self, x: Tensor) -> Tensor:
         """Padded signals [B, T'] -> magnitude or power spectrogram [B, n_fft // 2 + 1, frames]."""

@@ -213,7 +213,11 @@ def test_logmel_module_interface():
     m = LogMel(cfg)
     assert MelConfig.from_json(m.cfg_json) == cfg
     assert json.loads(torch.jit.script(m).cfg_json) == cfg.to_dict()
-    assert set(dict(m.named_buffers())) == {"window", "filterbank"}
+    assert set(dict(m.named_buffers())) == {"window", "filterbank_index", "filterbank_values"}
+    # the filterbank is stored as its non-zero entries and rebuilt exactly
+    dense = mel_filterbank(cfg)
+    assert m.filterbank_values.numel() == np.count_nonzero(dense) < dense.size // 20
+    np.testing.assert_array_equal(m.filterbank().numpy(), dense)
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(m), buf)
     buf.seek(0)
