@@ -37,7 +37,7 @@ WINDOW_S = 4.0  # the pool clips are 4 s
 
 
 def mel_config():
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
 
     return MelConfig(sample_rate=16000, f_max=8000.0, n_mels=64)
 

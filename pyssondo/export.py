@@ -13,7 +13,7 @@ real samples each window holds (a 0.5 s tail counts 1/20 of a 10 s window). With
 ``projected=True`` the mapping head is kept and the output lies in the teacher's space
 (D = teacher dim); otherwise the head is discarded and D is the backbone's dim.
 
-Metadata in the file's extra file ``ssondo.json`` (read by :func:`pyssondo.models.load_model`
+Metadata in the file's extra file ``ssondo.json`` (read by :func:`pyssondo.loading.load_model`
 and the C++ app): format, sample_rate, mel (MelConfig dict), embed_dim, projected, window_s,
 segment_samples, pooling, student, params, teacher (name, fingerprint, dim, sample_rate),
 torch_version, ssondo_version, int8, training (epochs, steps, best validation cosine, ...).
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .models import META_FILE
+from .loading import META_FILE
 
 if TYPE_CHECKING:
     from .calibration import Calibration

@@ -33,7 +33,7 @@ from torch import nn
 from .atomic import atomic_write_bytes
 from .export import (FORMAT, ExportedStudent, ExportReport, latency_ms, probe_signals,
                      relative_difference)
-from .models import META_FILE
+from .loading import META_FILE
 from .onnx_model import INPUT, OUTPUTS, OnnxStudent, import_onnxruntime
 
 if TYPE_CHECKING:

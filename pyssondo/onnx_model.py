@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from .models import META_FILE
+from .loading import META_FILE
 
 PathLike = Union[str, "os.PathLike[str]"]
 INPUT, OUTPUTS = "wav", ("embedding", "segments")

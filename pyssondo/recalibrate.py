@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .audio import load_audio, resample
-from .config import MelConfig
 from .errors import AudioError, ParameterError
+from .frontend import MelConfig
 from .segments import cut_segment, plan_segments, seconds_to_samples
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -109,7 +109,7 @@ def audio_windows(audio_dirs: Sequence[PathLike], sample_rate: int, window_s: fl
 def log_mel_batches(windows: np.ndarray, mel: MelConfig, batch_size: int = 32
                     ) -> Iterator[torch.Tensor]:
     """Log-mel [B, M, F] float32 tensors of consecutive ``batch_size`` rows of ``windows``."""
-    from .mel import log_mel
+    from .frontend import log_mel
 
     if batch_size < 1:
         raise ParameterError(f"batch size {batch_size} is invalid: expected >= 1")

@@ -14,8 +14,8 @@ import pytest
 
 from pyssondo import cli
 from pyssondo.train.adapt import adapt, adapt_config
-from pyssondo.codebook import grow_codebook, nearest, similarity_percentile
-from pyssondo.config import MelConfig
+from pyssondo.clustering import grow_codebook, nearest, similarity_percentile
+from pyssondo.frontend import MelConfig
 from pyssondo.sampling import StratifiedSampler
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.distill import distill

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pyssondo import cli
-from pyssondo.config import MelConfig
+from pyssondo.frontend import MelConfig
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.engine import TrainingDiverged
 from pyssondo.train.distill import distill
@@ -71,7 +71,7 @@ def cli_args(cfg: DistillConfig):
 def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     from pyssondo.audio import load_audio
     from pyssondo.export import wrap
-    from pyssondo.models import load_model
+    from pyssondo.loading import load_model
     from pyssondo.train.model import build_model
 
     cfg = config(work, tmp_path / "runs", epochs=3)
@@ -259,7 +259,7 @@ def test_empty_or_corrupt_audio_folder(work, tmp_path, content):
 # -------------------------------------------------------------------------------------------
 def test_mel_cache_holds_the_log_mel_of_each_segment(work, tmp_path):
     from pyssondo.cache import EmbeddingCache, build_cache
-    from pyssondo.mel import log_mel
+    from pyssondo.frontend import log_mel
     from pyssondo.train.data import SegmentAudio, mel_cache, mel_cache_bytes, mel_cache_path
 
     folder = build_cache(work["teacher"], work["audio"], work["cache"], window_s=2.0,
@@ -292,7 +292,7 @@ def test_mel_cache_auto_needs_a_quarter_of_the_free_disk(tmp_path):
 
 
 def test_gain_in_log_mel_equals_log_mel_of_scaled_audio():
-    from pyssondo.mel import log_mel
+    from pyssondo.frontend import log_mel
     from pyssondo.train.data import Augment, Collate
 
     rng = np.random.default_rng(0)

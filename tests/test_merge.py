@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pyssondo import cli
-from pyssondo.config import MelConfig
+from pyssondo.frontend import MelConfig
 from pyssondo.errors import ParameterError
 from pyssondo.merge import bn_weights, initial_weights, is_bn_stat, merge_task_vectors
 from pyssondo.merge_search import (Candidate, choose, objective, parse_grid,

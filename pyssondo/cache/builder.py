@@ -146,7 +146,7 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
 
     Args:
         model_spec: teacher file, ``pkg.mod:fn`` factory, or a
-            :class:`pyssondo.models.LoadedModel`. Output [B, D] or [B, F, D].
+            :class:`pyssondo.loading.LoadedModel`. Output [B, D] or [B, F, D].
         audio_dir_or_files: folder scanned recursively, or a list of audio files.
         out_dir: cache root (default ``./ssondo-cache``); the cache is its subfolder named by
             :func:`layout.cache_key` (teacher sha256[:16], teacher rate, W, H, dtype, and
@@ -177,7 +177,7 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
             or a teacher that fails, returns NaN/inf or a shape other than [B, D] / [B, F, D]
             (the message names the file and the shape).
     """
-    from ..models import LoadedModel, load_model
+    from ..loading import LoadedModel, load_model
 
     hop_s = window_s if hop_s is None else hop_s
     for name, value in (("window_s", window_s), ("hop_s", hop_s)):
@@ -561,7 +561,7 @@ class _Builder:
         return finished
 
     def _forward(self, torch, batch: np.ndarray, owners) -> np.ndarray:
-        from ..models import describe_files, forward_checked
+        from ..loading import describe_files, forward_checked
 
         names = describe_files(f.path for f, _, _ in owners)
         b = batch.shape[0]

@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyssondo.commands.distill import _absolute
     from pyssondo.commands.training import resume_hint, run_training
-    from pyssondo.models import is_factory_spec
+    from pyssondo.loading import is_factory_spec
     from pyssondo.train.adapt import OVERRIDABLE, adapt, adapt_config
 
     overrides = {name: getattr(args, name) for name in OVERRIDABLE if hasattr(args, name)}

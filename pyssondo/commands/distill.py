@@ -92,7 +92,7 @@ FLAGS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
     from pyssondo.train.config import DistillConfig
 
     defaults = DistillConfig()
@@ -144,7 +144,7 @@ def resolve_config(args: argparse.Namespace):
         mel["n_mels"] = args.mel_n_mels
     if mel:
         cfg = cfg.replace(mel=cfg.mel.replace(**mel))
-    from pyssondo.models import is_factory_spec
+    from pyssondo.loading import is_factory_spec
 
     def absolute(spec: str) -> str:
         return spec if not spec or is_factory_spec(spec) else _absolute(spec)

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
     from pyssondo.merge import initial_weights, save_weights
 
     n_mels = MelConfig().n_mels if args.n_mels is None else args.n_mels

@@ -76,8 +76,8 @@ def measure_export(student, mel_cfg) -> tuple:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from pyssondo.config import MelConfig
     from pyssondo.errors import ParameterError
+    from pyssondo.frontend import MelConfig
     from pyssondo.students import list_students
 
     cfg = MelConfig()

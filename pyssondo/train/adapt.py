@@ -8,8 +8,8 @@ trains on the new domain's unlabeled audio with three guards against forgetting:
   segments of the old domain (the parent's training files) and the rest from the new one
   (:class:`pyssondo.sampling.StratifiedSampler`), each part balanced over its clusters.
 - **A grown codebook.** The parent's cosine k-means centroids are kept and new clusters are
-  added for new-domain patterns far from all of them (:mod:`pyssondo.codebook`); old and new
-  segments are balanced over the grown codebook.
+  added for new-domain patterns far from all of them (:mod:`pyssondo.clustering.codebook`); old
+  and new segments are balanced over the grown codebook.
 - **Self-distillation.** The loss is ``loss(head(student(x)), teacher(x)) + self_weight *
   (1 - cos(student(x), previous(x)))`` where ``previous`` is the parent's student, frozen. As
   it is frozen and the segments are fixed, its embeddings of all old and new segments are
@@ -190,7 +190,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     import torch
 
     from ..cache import EmbeddingCache
-    from ..codebook import GROW_PERCENTILE, grow_codebook, load_or_fit_codebook, nearest, \
+    from ..clustering import GROW_PERCENTILE, grow_codebook, load_or_fit_codebook, nearest, \
         similarity_percentile
     from ..losses import make_loss
     from ..sampling import StratifiedSampler
@@ -399,7 +399,7 @@ def previous_embeddings(path: Path, model, dataset, n: int, cfg: DistillConfig,
 
 def _check_teacher(teacher: str, fingerprint: str, parent: Parent) -> None:
     """The teacher must be the one that built the parent's cache (compared by sha256)."""
-    from ..models import file_sha256, is_factory_spec
+    from ..loading import file_sha256, is_factory_spec
 
     if not teacher or is_factory_spec(teacher):
         return

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..config import MelConfig
 from ..errors import ParameterError
+from ..frontend import MelConfig
 from ..views import DEFAULT_SPEC, ViewConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -214,8 +214,8 @@ class DistillConfig:
         (FileNotFoundError for a missing teacher) otherwise."""
         from ..evaluation.agreement import MEASURES
         from ..heads import HEAD_KINDS
+        from ..loading import is_factory_spec
         from ..losses import make_loss
-        from ..models import is_factory_spec
         from ..students import student_entry
         from .targets import NORMS
 
