@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from pyssondo.names import STUDENTS
+
 HELP = "write a student's initial weights, shared by runs that 'ssondo merge' combines"
 DESCRIPTION = """\
 Builds STUDENT with randomly initialised weights (torch seeded with --seed) and saves its state
@@ -17,7 +19,8 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("student", metavar="STUDENT", help="student architecture ('ssondo students')")
+    p.add_argument("student", metavar="STUDENT",
+                   help=f"student architecture: {STUDENTS} (sizes: 'ssondo students')")
     p.add_argument("-o", "--out", required=True, help="state dict file to write (.pt)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the weights (default 0)")
     p.add_argument("--n-mels", type=int, default=None,

@@ -213,9 +213,9 @@ class DistillConfig:
         cache folder needs neither) and the student, head and loss are known; ParameterError
         (FileNotFoundError for a missing teacher) otherwise."""
         from ..evaluation.agreement import MEASURES
-        from ..heads import HEAD_KINDS
         from ..loading import is_factory_spec
         from ..losses import make_loss
+        from ..names import HEADS
         from ..students import student_entry
         from .targets import NORMS
 
@@ -224,9 +224,9 @@ class DistillConfig:
                 raise FileNotFoundError(f"{spec}: teacher file not found (a TorchScript file "
                                         f"or pkg.module:factory)")
         student_entry(self.student)
-        if self.head not in HEAD_KINDS:
+        if self.head not in HEADS:
             raise ParameterError(f"distill: head={self.head!r} is invalid: expected one of "
-                                 f"{HEAD_KINDS}")
+                                 f"{HEADS}")
         make_loss(self.loss)  # ParameterError on a bad spec; the names: NAME[@opts][:WEIGHT]
         terms = {item.split(":")[0].split("@")[0].strip() for item in self.loss.split(",")}
         choices = {"target_norm": NORMS, "best_metric": MEASURES}
