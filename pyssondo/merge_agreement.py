@@ -140,15 +140,20 @@ def agreement_candidates(parents: Sequence[Any], base, grid: Sequence[Sequence[f
                          bn_batches: Optional[Sequence[torch.Tensor]] = None,
                          progress: bool = False):
     """Every parent alone and the merge at every lambda tuple of ``grid``, scored against every
-    parent's teacher(s) (``teachers``: :func:`teacher_files` of each parent) on ``audio``:
-    [Candidate] (parents first, then the grid in order), scores keyed
-    ``<parent name>/knn_agree_backbone``."""
+    parent's teacher(s) (``teachers``: :func:`teacher_files` of each parent) on ``audio``.
+
+    Returns:
+        ([Candidate] (parents first, then the grid in order), scores keyed
+        ``<parent name>/knn_agree_backbone``; {column: the score of random embeddings,
+        k / (N - 1) for N segments}).
+    """
     from .evaluation.agreement import knn_indices, neighbour_overlap
     from .merge_runs import candidate_students
 
     cfg = parents[0].cfg
     candidates, students = candidate_students(parents, base, grid, bn_batches)
     neighbours: Dict[tuple, List[np.ndarray]] = {}  # segment ids -> each candidate's kNN
+    chance: Dict[str, float] = {}
     for p, files in zip(parents, teachers):
         side = parent_targets(p, files, audio, root, progress=progress)
         ids = tuple((s.file_key, s.start) for s in side.segments)
@@ -158,7 +163,8 @@ def agreement_candidates(parents: Sequence[Any], base, grid: Sequence[Sequence[f
             neighbours[ids] = [knn_indices(e, k) for e in embeddings]
         near = [(w, knn_indices(t, k)) for w, t in side.targets]
         total = sum(w for w, _ in near)
+        chance[f"{p.name}/{MEASURE}"] = k / (len(ids) - 1)
         for c, mine in zip(candidates, neighbours[ids]):
             c.scores[f"{p.name}/{MEASURE}"] = sum(
                 w * neighbour_overlap(mine, n) for w, n in near) / max(total, 1e-12)
-    return candidates
+    return candidates, chance

@@ -453,6 +453,7 @@ def test_ssondo_merge_search_unlabeled(two_runs, tmp_path, capsys, monkeypatch, 
     assert search["measure"] == "knn_agree_backbone" and search["unlabeled"] == str(audio)
     cands = search["candidates"]
     columns = [f"{n}/knn_agree_backbone" for n in names]
+    assert search["chance"] == {c: pytest.approx(10 / 15) for c in columns}  # k / (N - 1)
     assert [c["name"] for c in cands] == names + ["lambda=0,1", "lambda=0.5,0.5", "lambda=1,0"]
     assert all(sorted(c["scores"]) == sorted(columns) for c in cands)
     # Lambda (1, 0) is the first parent itself, (0, 1) the second.
@@ -523,6 +524,8 @@ def test_ssondo_merge_search_unlabeled_refusals(two_runs, tmp_path, capsys):
         ([runs[1].path, "--search", a], "--search and --search-unlabeled exclude each other"),
         ([runs[1].path, "--lambdas", "0.5,0.5"], "--lambdas and --search-unlabeled exclude"),
         ([runs[1].path, "--task-weights", "crepe=2"], "unknown task 'crepe'"),
+        ([runs[1].path, "--label-column", "program"], "--label-column, --task and --folds go "
+                                                      "with --search"),
     ]
     for extra, message in cases:
         capsys.readouterr()

@@ -113,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--lambdas and {option} exclude each other: {option} chooses them")
     if args.cache_dir and not unlabeled:
         raise ValueError("--cache-dir goes with --search-unlabeled")
+    if unlabeled and (args.label_column or args.task or args.folds):
+        raise ValueError("--label-column, --task and --folds go with --search (labeled data), "
+                         "not --search-unlabeled")
     if unlabeled and not Path(args.search_unlabeled).is_dir():
         raise FileNotFoundError(f"--search-unlabeled {args.search_unlabeled}: no such folder")
     lambdas = None if searching else _parse_lambdas(args.lambdas, len(args.runs))
@@ -258,9 +261,9 @@ def _run_search(search, parents, base, bn_batches, mode):
     if search["audio"] is not None:
         from pyssondo.merge_agreement import MEASURE, agreement_candidates
 
-        candidates = agreement_candidates(parents, base, search["grid"], search["teachers"],
-                                          search["audio"], search["cache_root"],
-                                          bn_batches=bn_batches, progress=True)
+        candidates, chance = agreement_candidates(
+            parents, base, search["grid"], search["teachers"], search["audio"],
+            search["cache_root"], bn_batches=bn_batches, progress=True)
         what = (f"--search-unlabeled {search['audio']}", f"{MEASURE} with each parent's teacher",
                 "of the best parent per teacher")
     else:
@@ -273,6 +276,10 @@ def _run_search(search, parents, base, bn_batches, mode):
     runs = [p.name for p in parents]
     print(format_search(candidates, runs, reference, n_par + best, search["weights"]))
     chosen = merges[best]
+    if search["audio"] is not None:
+        levels = sorted({f"{100 * v:.1f}" for v in chance.values()})
+        print(f"chance level (random embeddings): {', '.join(levels)}; scores near it mean a "
+              f"student keeps none of that teacher's neighbourhoods on this audio")
     print(f"chosen: lambdas {', '.join(f'{r}={v:g}' for r, v in zip(runs, chosen.lambdas))} "
           f"(mean share {100 * objective(chosen.scores, reference, search['weights']):.1f}% "
           f"{what[2]})")
@@ -281,7 +288,7 @@ def _run_search(search, parents, base, bn_batches, mode):
                     title=f"ssondo merge {what[0]} (batch-norm statistics: {mode})")
         print(f"wrote {search['plot']}")
     summary = {"bn": mode, "reference": reference, "task_weights": search["weights"],
-               **({"unlabeled": str(search["audio"]), "measure": MEASURE}
+               **({"unlabeled": str(search["audio"]), "measure": MEASURE, "chance": chance}
                   if search["audio"] is not None else {}),
                "candidates": [{"name": c.name, "lambdas": list(c.lambdas), "scores": c.scores,
                                "parent": c.parent} for c in candidates]}
