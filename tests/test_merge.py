@@ -544,3 +544,48 @@ def test_ssondo_merge_search_unlabeled_refusals(two_runs, tmp_path, capsys):
         assert cli.main(argv) == 1
         assert __import__("re").search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_search_unlabeled_scores_an_ensemble_run_against_each_of_its_teachers(two_runs, tmp_path,
+                                                                             one_thread):
+    """A parent distilled from two teachers (crepe-tiny and a second TorchScript teacher,
+    weights 1 and 3) scores the weighted mean of its agreements with each of them."""
+    from run_helpers import write_other_teacher
+
+    from pyssondo.cache import EmbeddingCache
+    from pyssondo.evaluation.agreement import knn_agreement
+    from pyssondo.merge_agreement import (agreement_candidates, backbone_embeddings,
+                                          teacher_files)
+    from pyssondo.merge_runs import load_parents
+    from pyssondo.students import create_student
+
+    src, audio, runs = two_runs
+    other = write_other_teacher(tmp_path / "other.pt")
+    cfg = DistillConfig(teacher=[str(src / "crepe-tiny.pt"), str(other)], audio=str(audio),
+                        teacher_weights=[1.0, 3.0], teacher_sr=16000, student="mn01", mel=MEL,
+                        window_s=2.0,
+                        clusters=2, batch_size=4, epochs=1, lr=3e-3, val_fraction=0.25,
+                        workers=0, threads=1, seed=3, init=str(src / "init.pt"),
+                        cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "runs"),
+                        loss="cosine")
+    ensemble = distill(cfg, progress=False, export=False).run
+    torch.set_num_threads(1)
+    base, parents = load_parents(str(src / "init.pt"), [str(runs[0].path), str(ensemble.path)])
+    teachers = [teacher_files(p) for p in parents]
+    assert teachers[1] == [str(src / "crepe-tiny.pt"), str(other)]
+    candidates, _ = agreement_candidates(parents, base, [(0.5, 0.5)], teachers, str(audio),
+                                         tmp_path / "cache")
+    caches = sorted((tmp_path / "cache").glob("*/meta.json"))
+    assert len(caches) == 2  # distill's caches, read again
+    rows = {EmbeddingCache(c.parent).meta["teacher"]["name"]: EmbeddingCache(c.parent)
+            for c in caches}
+    crepe, second = rows["crepe-tiny"], rows["other"]
+    assert crepe.ids == second.ids
+    student = create_student("mn01", n_mels=64).eval()
+    student.load_state_dict(torch.load(ensemble.last, weights_only=True)["student"])
+    emb = backbone_embeddings([student], crepe.segments(), MEL, 2.0)[0]
+    each = [knn_agreement(emb, np.asarray(c.embeddings(), np.float32)) for c in (crepe, second)]
+    assert each[0] != each[1]  # so the weights matter
+    want = (each[0] + 3 * each[1]) / 4
+    column = f"{parents[1].name}/knn_agree_backbone"
+    assert candidates[1].scores[column] == pytest.approx(want, abs=1e-12)
