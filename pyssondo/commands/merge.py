@@ -41,7 +41,7 @@ examples:
   ssondo merge init.pt runA runB --lambdas 0.7,0.3 -o merged.pt --weights merged_weights.pt
   ssondo merge init.pt runA runB --search notes/labels.csv notes/labels.csv \\
       --label-column pitch_class --label-column program --grid 0:1:0.1 -o merged.pt
-  ssondo merge init.pt runs/*-mn04-crepe runs/*-mn04-aisfx --search-unlabeled audio/ \
+  ssondo merge init.pt runs/*-mn04-crepe runs/*-mn04-aisfx --search-unlabeled audio/ \\
       --grid 0:1:0.1 -o runs/merged.pt
   ssondo merge init.pt runA runB --lambdas 0.5,0.5 --projected --head-from runA -o m.pt
 """
