@@ -139,6 +139,29 @@ def module_embedder(name: str, module: torch.nn.Module, sample_rate: int):
                     sample_rate=int(sample_rate), params=params, embed_batch=embed_batch)
 
 
+def candidate_students(parents: Sequence[Parent], base: State,
+                       grid: Sequence[Sequence[float]],
+                       bn_batches: Optional[Sequence[torch.Tensor]] = None):
+    """([Candidate] without scores, [student in eval mode]): every parent alone, then the
+    merge (:func:`merged_student`) at every lambda tuple of ``grid``, in order."""
+    from .merge_search import Candidate
+    from .students import create_student
+
+    pcfg = parents[0].cfg
+    n = len(parents)
+    candidates, students = [], []
+    for i, p in enumerate(parents):
+        student = create_student(pcfg.student, n_mels=pcfg.mel.n_mels)
+        student.load_state_dict(p.student)
+        candidates.append(Candidate(p.name, tuple(float(j == i) for j in range(n)), parent=True))
+        students.append(student.eval())
+    for lambdas in grid:
+        candidates.append(Candidate("lambda=" + ",".join(f"{v:g}" for v in lambdas),
+                                    tuple(float(v) for v in lambdas)))
+        students.append(merged_student(parents, base, lambdas, bn_batches))
+    return candidates, students
+
+
 def score_candidates(parents: Sequence[Parent], base: State, grid: Sequence[Sequence[float]],
                      tasks, cfg, *, bn_batches: Optional[Sequence[torch.Tensor]] = None,
                      progress: bool = False):
@@ -147,22 +170,11 @@ def score_candidates(parents: Sequence[Parent], base: State, grid: Sequence[Sequ
     [Candidate] (parents first, then the grid in order) and the evaluation report."""
     from .evaluation.evaluate import evaluate
     from .export import wrap
-    from .merge_search import Candidate, score_table
-    from .students import create_student
+    from .merge_search import score_table
 
     pcfg = parents[0].cfg
-    n = len(parents)
-    candidates, models = [], []
-    for i, p in enumerate(parents):
-        student = create_student(pcfg.student, n_mels=pcfg.mel.n_mels)
-        student.load_state_dict(p.student)
-        candidates.append(Candidate(p.name, tuple(float(j == i) for j in range(n)), parent=True))
-        models.append(wrap(student.eval(), None, pcfg.mel, pcfg.window_s))
-    for lambdas in grid:
-        candidates.append(Candidate("lambda=" + ",".join(f"{v:g}" for v in lambdas),
-                                    tuple(float(v) for v in lambdas)))
-        models.append(wrap(merged_student(parents, base, lambdas, bn_batches), None, pcfg.mel,
-                           pcfg.window_s))
+    candidates, students = candidate_students(parents, base, grid, bn_batches)
+    models = [wrap(s, None, pcfg.mel, pcfg.window_s) for s in students]
     embedders = [module_embedder(c.name, m, pcfg.mel.sample_rate)
                  for c, m in zip(candidates, models)]
     result = evaluate(embedders, tasks, cfg, cache_dir=None, progress=progress)

@@ -68,6 +68,8 @@ OPTIONS = [
     ("--final-lr-scale", "final_lr_scale", float, "lr at the end as a fraction of --lr"),
     ("--weight-decay", "weight_decay", float, "Adam weight decay"),
     ("--grad-clip", "grad_clip", float, "max gradient norm (0 = off)"),
+    ("--ema", "ema", float, "decay per step of the weight average that validation, best.pt "
+     "and the export use (e.g. 0.995; 0 = off)"),
     ("--seed", "seed", int, "seed of sampling, augmentation and initialisation"),
     ("--precision", "precision", str,
      "fp32, bf16 or fp16 (autocast; fp16 uses a grad scaler on cuda)"),
