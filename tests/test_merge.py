@@ -15,10 +15,10 @@ import torch
 from pyssondo import cli
 from pyssondo.frontend import MelConfig
 from pyssondo.errors import ParameterError
-from pyssondo.merge import bn_weights, initial_weights, is_bn_stat, merge_task_vectors
-from pyssondo.merge_search import (Candidate, choose, objective, parse_grid,
+from pyssondo.merging.task_vectors import bn_weights, initial_weights, is_bn_stat, merge_task_vectors
+from pyssondo.merging.search import (Candidate, choose, objective, parse_grid,
                                    parse_task_weights, references, simplex_grid)
-from pyssondo.recalibrate import audio_windows, batchnorm_layers, log_mel_batches, recalibrate_bn
+from pyssondo.merging.recalibrate import audio_windows, batchnorm_layers, log_mel_batches, recalibrate_bn
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.distill import distill
 
@@ -349,7 +349,7 @@ def test_ssondo_merge_refusals(two_runs, tmp_path, capsys):
         assert __import__("re").search(message, err), (message, err)
     assert not (tmp_path / "m.pt").exists()
     # A run written before runs recorded their start passes when its --init names BASE.
-    from pyssondo.merge_runs import load_parents
+    from pyssondo.merging.runs import load_parents
 
     old = tmp_path / "old-run"
     shutil.copytree(runs[0].path, old)
@@ -420,7 +420,7 @@ def test_ssondo_merge_search_unlabeled(two_runs, tmp_path, capsys, monkeypatch, 
     from pyssondo.cache import EmbeddingCache
     from pyssondo.evaluation.agreement import knn_agreement
     from pyssondo.frontend import log_mel
-    from pyssondo.merge_runs import load_parents
+    from pyssondo.merging.runs import load_parents
     from pyssondo.segments import cut_segment
     from pyssondo.students import create_student
 
@@ -554,9 +554,9 @@ def test_search_unlabeled_scores_an_ensemble_run_against_each_of_its_teachers(tw
 
     from pyssondo.cache import EmbeddingCache
     from pyssondo.evaluation.agreement import knn_agreement
-    from pyssondo.merge_agreement import (agreement_candidates, backbone_embeddings,
+    from pyssondo.merging.agreement import (agreement_candidates, backbone_embeddings,
                                           teacher_files)
-    from pyssondo.merge_runs import load_parents
+    from pyssondo.merging.runs import load_parents
     from pyssondo.students import create_student
 
     src, audio, runs = two_runs

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pyssondo.frontend import MelConfig
-    from pyssondo.merge import initial_weights, save_weights
+    from pyssondo.merging.task_vectors import initial_weights, save_weights
 
     n_mels = MelConfig().n_mels if args.n_mels is None else args.n_mels
     state = initial_weights(args.student, n_mels=n_mels, seed=args.seed)

@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pyssondo.export import format_report, save_export, wrap
-    from pyssondo.merge import bn_weights, save_weights
-    from pyssondo.merge_runs import load_parents, merged_student
+    from pyssondo.merging.task_vectors import bn_weights, save_weights
+    from pyssondo.merging.runs import load_parents, merged_student
 
     # Settings first, before anything expensive.
     unlabeled = args.search_unlabeled is not None
@@ -146,14 +146,14 @@ def run(args: argparse.Namespace) -> int:
     base, parents = load_parents(args.base, args.runs, args.checkpoint)
     cfg = parents[0].cfg
     if unlabeled:  # the parents' names and teachers are known now; still no audio read
-        from pyssondo.merge_agreement import teacher_files
-        from pyssondo.merge_search import parse_task_weights
+        from pyssondo.merging.agreement import teacher_files
+        from pyssondo.merging.search import parse_task_weights
 
         search["weights"] = parse_task_weights(args.task_weights, [p.name for p in parents])
         search["teachers"] = [teacher_files(p) for p in parents]
     bn_batches = None
     if mode == "recalibrate":
-        from pyssondo.recalibrate import audio_windows, log_mel_batches
+        from pyssondo.merging.recalibrate import audio_windows, log_mel_batches
 
         dirs = args.recalibrate or sorted({p.cfg.audio for p in parents
                                            if p.cfg.audio and Path(p.cfg.audio).is_dir()})
@@ -209,7 +209,7 @@ def _search_settings(args):
     import dataclasses
     from pathlib import Path
 
-    from pyssondo.merge_search import parse_grid, simplex_grid
+    from pyssondo.merging.search import parse_grid, simplex_grid
 
     grid = simplex_grid(len(args.runs), parse_grid(args.grid))
     if args.plot:
@@ -232,7 +232,7 @@ def _search_settings(args):
     from pyssondo.commands.eval import _per_data
     from pyssondo.evaluation import data as data_mod
     from pyssondo.evaluation.config import EvalConfig
-    from pyssondo.merge_search import parse_task_weights
+    from pyssondo.merging.search import parse_task_weights
 
     n = len(args.search)
     labels = _per_data(args.label_column, n, "--label-column")
@@ -253,13 +253,13 @@ def _search_settings(args):
 
 def _run_search(search, parents, base, bn_batches, mode):
     """Scores the grid, prints the table, draws it; returns (chosen lambdas, a JSON summary)."""
-    from pyssondo.merge_runs import score_candidates
-    from pyssondo.merge_search import (choose, format_search, objective, plot_search,
+    from pyssondo.merging.runs import score_candidates
+    from pyssondo.merging.search import (choose, format_search, objective, plot_search,
                                        references)
 
     n_par = len(parents)
     if search["audio"] is not None:
-        from pyssondo.merge_agreement import MEASURE, agreement_candidates
+        from pyssondo.merging.agreement import MEASURE, agreement_candidates
 
         candidates, chance = agreement_candidates(
             parents, base, search["grid"], search["teachers"], search["audio"],

@@ -17,7 +17,7 @@ neighbours under the candidate's backbone embedding (what a merged export output
 frame-level teacher outputs are mean-pooled over their real frames. A run with several targets
 (teachers or layers) scores their mean weighted by its teacher and target weights. The table
 has one column per parent, ``<parent name>/knn_agree_backbone``, and goes through the labeled
-search's choice rule (:mod:`pyssondo.merge_search`): the task of a column is the parent's name.
+search's choice rule (:mod:`pyssondo.merging.search`): the task of a column is the parent's name.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class TeacherRows:
 
 
 def teacher_files(parent) -> List[str]:
-    """The teacher files of a :class:`pyssondo.merge_runs.Parent`, from its ``config.json``,
+    """The teacher files of a :class:`pyssondo.merging.runs.Parent`, from its ``config.json``,
     checked as the module docstring says (reads only the files, no audio).
 
     Raises:
@@ -51,8 +51,8 @@ def teacher_files(parent) -> List[str]:
         file that is not the teacher the run was distilled from, or a teacher list that does
         not match the run's checkpoint (one line each, naming the run and the file).
     """
-    from .loading import file_sha256, is_factory_spec
-    from .train.rundir import RunDir
+    from ..loading import file_sha256, is_factory_spec
+    from ..train.rundir import RunDir
 
     where = f"{Path(parent.spec) / 'config.json'}"
     named = RunDir(parent.spec).read_config().get("teacher", "")
@@ -91,10 +91,10 @@ def parent_targets(parent, teachers: Sequence[str], audio: str, root, *,
         ValueError: fewer than 2 segments of audio (nothing to find neighbours among), or a
         cache folder at ``root`` that does not match the run's teacher and settings.
     """
-    from .cache import EmbeddingCache
-    from .cache.open import open_cache
-    from .train.job import teacher_record
-    from .train.targets import align_caches, make_specs
+    from ..cache import EmbeddingCache
+    from ..cache.open import open_cache
+    from ..train.job import teacher_record
+    from ..train.targets import align_caches, make_specs
 
     cfg = parent.cfg
     paths = [open_cache(root, teacher=t, audio=audio, window_s=cfg.window_s, hop_s=cfg.hop_s,
@@ -122,8 +122,8 @@ def backbone_embeddings(students: Sequence[torch.nn.Module], segments: Sequence[
     """Each student's backbone embedding of each segment, float32 [N, d] per student: the
     segment's audio at the student's rate (:class:`pyssondo.train.data.SegmentAudio`, as in
     training), log-mel by the C++ core once per batch, then every student in eval mode."""
-    from .frontend import log_mel
-    from .train.data import SegmentAudio
+    from ..frontend import log_mel
+    from ..train.data import SegmentAudio
 
     audio = SegmentAudio(segments, mel.sample_rate, window_s)
     out: List[List[np.ndarray]] = [[] for _ in students]
@@ -147,8 +147,8 @@ def agreement_candidates(parents: Sequence[Any], base, grid: Sequence[Sequence[f
         ``<parent name>/knn_agree_backbone``; {column: the score of random embeddings,
         k / (N - 1) for N segments}).
     """
-    from .evaluation.agreement import knn_indices, neighbour_overlap
-    from .merge_runs import candidate_students
+    from ..evaluation.agreement import knn_indices, neighbour_overlap
+    from .runs import candidate_students
 
     cfg = parents[0].cfg
     candidates, students = candidate_students(parents, base, grid, bn_batches)

@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 _DIGITS = 10  # lambdas are rounded to this many decimals, so 0.1 + 0.2 is 0.3
 
@@ -205,7 +205,7 @@ def plot_search(candidates: Sequence[Candidate], runs: Sequence[str], path, *,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_open
+    from ..atomic import atomic_open
 
     merges = [c for c in candidates if not c.parent]
     parents = [c for c in candidates if c.parent]
