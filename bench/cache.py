@@ -38,7 +38,7 @@ import pyssondo.cache.builder as builder  # noqa: E402
 from pyssondo.cache import build_cache  # noqa: E402
 from pyssondo.cache.builder import _load_file, _Views  # noqa: E402
 from pyssondo.cache.scan import file_stat, scan_audio  # noqa: E402
-from pyssondo.models import load_model  # noqa: E402
+from pyssondo.loading import load_model  # noqa: E402
 from pyssondo.teachers import build_teacher_file  # noqa: E402
 from pyssondo.views import DEFAULT_SPEC, ViewConfig  # noqa: E402
 

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pyssondo.calibration import Calibration, from_audio_dir  # noqa: E402
-from pyssondo.config import MelConfig  # noqa: E402
+from pyssondo.frontend import MelConfig  # noqa: E402
 from pyssondo.export import latency_ms, save_export, wrap  # noqa: E402
 from pyssondo.frontend import LogMel  # noqa: E402
-from pyssondo.models import load_model  # noqa: E402
+from pyssondo.loading import load_model  # noqa: E402
 from pyssondo.onnx_export import save_onnx  # noqa: E402
 from pyssondo.onnx_model import OnnxStudent  # noqa: E402
 from pyssondo.students import create_student  # noqa: E402

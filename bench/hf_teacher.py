@@ -62,7 +62,7 @@ def main() -> None:
     import transformers as tf
 
     from pyssondo.cache import EmbeddingCache, build_cache
-    from pyssondo.models import load_model
+    from pyssondo.loading import load_model
     from pyssondo.teachers import build_hf_teacher_file
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-hf-"))

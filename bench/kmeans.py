@@ -1,4 +1,4 @@
-"""Benchmark: pyssondo.kmeans.KMeans vs scikit-learn MiniBatchKMeans / KMeans and faiss.Kmeans.
+"""Benchmark: pyssondo.clustering.KMeans vs scikit-learn MiniBatchKMeans / KMeans, faiss.Kmeans.
 
 Data: N points in D dims drawn from a mixture of G isotropic Gaussians (centres ~ N(0, 1),
 noise sigma 1), float32. For each K, every method runs once in this process at the same
@@ -67,7 +67,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import pyssondo
-    from pyssondo.kmeans import KMeans
+    from pyssondo.clustering import KMeans
     from threadpoolctl import threadpool_limits
 
     pyssondo.set_num_threads(args.threads)

@@ -16,7 +16,7 @@ import torch
 
 import pyssondo
 from pyssondo import MelConfig, log_mel
-from pyssondo.filters import mel_filterbank, window
+from pyssondo.frontend import mel_filterbank, window
 
 
 def best_time(fn, repeats: int) -> float:

@@ -37,7 +37,7 @@ WINDOW_S = 4.0  # the pool clips are 4 s
 
 
 def mel_config():
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
 
     return MelConfig(sample_rate=16000, f_max=8000.0, n_mels=64)
 
@@ -45,7 +45,7 @@ def mel_config():
 def train_parents(work: Path, student: str, epochs: int, threads: int) -> list:
     """Builds both teachers and the shared init under ``work``, distills (or resumes) one
     run per teacher; returns the run folders in TEACHERS order."""
-    from pyssondo.merge import initial_weights, save_weights
+    from pyssondo.merging.task_vectors import initial_weights, save_weights
     from pyssondo.teachers import build_teacher_file
     from pyssondo.train.config import DistillConfig
     from pyssondo.train.distill import distill
@@ -97,10 +97,10 @@ def main() -> int:
 
     from pyssondo import set_num_threads
     from pyssondo.evaluation.config import EvalConfig
-    from pyssondo.merge_runs import load_parents, score_candidates
-    from pyssondo.merge_search import (choose, column_task, format_search, objective,
+    from pyssondo.merging.runs import load_parents, score_candidates
+    from pyssondo.merging.search import (choose, column_task, format_search, objective,
                                        parse_grid, references, simplex_grid)
-    from pyssondo.recalibrate import audio_windows, log_mel_batches
+    from pyssondo.merging.recalibrate import audio_windows, log_mel_batches
 
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)

@@ -147,7 +147,7 @@ def train_variant(name: str, variant: str, batches: List[Tuple[torch.Tensor, tor
 
 def bench_variants(names: List[str], batch: int, seconds: float, teacher_dim: int,
                    threads: List[int], steps: int, warmup: int) -> None:
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
 
     frames = MelConfig(sample_rate=16000, f_max=8000.0).num_frames(int(seconds * 16000))
     g = torch.Generator().manual_seed(0)

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pyssondo import set_num_threads  # noqa: E402
-from pyssondo.config import MelConfig  # noqa: E402
+from pyssondo.frontend import MelConfig  # noqa: E402
 
 
 class StandIn(torch.nn.Module):

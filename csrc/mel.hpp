@@ -1,8 +1,8 @@
 // Log-mel spectrogram: framing (optional centre padding), window, real FFT, power or
 // magnitude, a sparse mel filterbank and log(mel + offset). Batched and threaded.
 //
-// The window and the filterbank are given by the caller (pyssondo/filters.py computes them
-// once from MelConfig), so this file holds no mel-scale formulas; it stores, per band, only
+// The window and the filterbank are given by the caller (pyssondo/frontend/filters.py computes
+// them once from MelConfig), so this file holds no mel-scale formulas; it stores, per band, only
 // the bins where the filterbank row is non-zero.
 #pragma once
 

@@ -17,10 +17,10 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "unknown"
 
 _LAZY = {
-    "MelConfig": "pyssondo.config",
+    "MelConfig": "pyssondo.frontend",
     "load_audio": "pyssondo.audio",
     "resample": "pyssondo.audio",
-    "log_mel": "pyssondo.mel",
+    "log_mel": "pyssondo.frontend",
     "set_num_threads": "pyssondo.threads",
     "get_num_threads": "pyssondo.threads",
 }

@@ -13,7 +13,7 @@ real samples each window holds (a 0.5 s tail counts 1/20 of a 10 s window). With
 ``projected=True`` the mapping head is kept and the output lies in the teacher's space
 (D = teacher dim); otherwise the head is discarded and D is the backbone's dim.
 
-Metadata in the file's extra file ``ssondo.json`` (read by :func:`pyssondo.models.load_model`
+Metadata in the file's extra file ``ssondo.json`` (read by :func:`pyssondo.loading.load_model`
 and the C++ app): :class:`pyssondo.export_meta.ExportMeta`.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 
 from .atomic import atomic_write_bytes
 from .export_meta import ExportMeta
-from .models import META_FILE
+from .loading import META_FILE
 
 if TYPE_CHECKING:
     from .calibration import Calibration

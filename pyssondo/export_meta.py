@@ -1,7 +1,7 @@
 """The ``ssondo.json`` metadata of an exported student: one dataclass, written and read here.
 
 TorchScript exports hold it as the extra file ``ssondo.json``, ONNX exports as the
-metadata_props entry of that name (:data:`pyssondo.models.META_FILE`); ``ssondo export``,
+metadata_props entry of that name (:data:`pyssondo.loading.META_FILE`); ``ssondo export``,
 ``ssondo merge`` and the ONNX writer all build it through :meth:`ExportMeta.of`, and readers
 parse it with :meth:`ExportMeta.from_json`. The JSON object has one key per field; fields that
 are None are left out. Standard library only (no torch), so readers stay light.
@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional
 
-from .models import META_FILE
+from .loading import META_FILE
 
 FORMAT = "ssondo-student"
 VERSION = 1

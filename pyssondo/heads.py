@@ -1,7 +1,7 @@
 """Mapping heads: student embedding (d) -> teacher embedding (D), used during distillation only
 and discarded at export.
 
-Kinds:
+Kinds (their names: :data:`pyssondo.names.HEADS`):
     "mlp":      S-SONDO's head, Linear(d, 1280) -> Hardswish -> Dropout(0.2) -> Linear(1280, D).
     "linear":   Linear(d, D).
     "identity": no parameters; only when d == D.
@@ -11,13 +11,38 @@ embeddings [B, F, d] -> [B, F, D] alike. Heads script with ``torch.jit.script``.
 """
 from __future__ import annotations
 
+from typing import Callable, Dict, List
+
 from torch import nn
 
 from .errors import ParameterError
+from .names import HEADS
 
-HEAD_KINDS = ("mlp", "linear", "identity")
 MLP_HIDDEN = 1280
 MLP_DROPOUT = 0.2
+
+
+def _mlp(in_dim: int, out_dim: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(in_dim, MLP_HIDDEN), nn.Hardswish(), nn.Dropout(MLP_DROPOUT),
+        nn.Linear(MLP_HIDDEN, out_dim),
+    )
+
+
+def _identity(in_dim: int, out_dim: int) -> nn.Module:
+    if in_dim != out_dim:
+        raise ParameterError(f"head 'identity' needs equal dimensions, got student {in_dim} and "
+                             f"teacher {out_dim}; use --head mlp or linear")
+    return nn.Identity()
+
+
+_REGISTRY: Dict[str, Callable[[int, int], nn.Module]] = {
+    "mlp": _mlp, "linear": nn.Linear, "identity": _identity}
+
+
+def list_heads() -> List[str]:
+    """Names of the heads :func:`make_head` builds, in registry order."""
+    return list(_REGISTRY)
 
 
 def make_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -26,19 +51,8 @@ def make_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     Raises ParameterError (a ValueError) for an unknown kind, a dimension < 1, or "identity"
     with in_dim != out_dim.
     """
-    if kind not in HEAD_KINDS:
-        raise ParameterError(f"unknown head {kind!r}; expected one of {', '.join(HEAD_KINDS)}")
+    HEADS.check(kind)
     for name, dim in (("in_dim", in_dim), ("out_dim", out_dim)):
         if not isinstance(dim, int) or dim < 1:
             raise ParameterError(f"head {name}={dim!r} is invalid: expected an integer >= 1")
-    if kind == "mlp":
-        return nn.Sequential(
-            nn.Linear(in_dim, MLP_HIDDEN), nn.Hardswish(), nn.Dropout(MLP_DROPOUT),
-            nn.Linear(MLP_HIDDEN, out_dim),
-        )
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    if in_dim != out_dim:
-        raise ParameterError(f"head 'identity' needs equal dimensions, got student {in_dim} and "
-                             f"teacher {out_dim}; use --head mlp or linear")
-    return nn.Identity()
+    return _REGISTRY[kind](in_dim, out_dim)

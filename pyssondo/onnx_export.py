@@ -36,7 +36,7 @@ from .export import (FLOAT_FRONT_LADDER, MIN_INT8_AGREEMENT, ExportedStudent, Ex
                      agreement, choose_int8, cosine_to, latency_ms, probe_signals,
                      quantize_student, relative_difference)
 from .export_meta import ExportMeta
-from .models import META_FILE
+from .loading import META_FILE
 from .onnx_model import INPUT, OUTPUTS, OnnxStudent, import_onnxruntime
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Union
 
 from .export_meta import ExportMeta, is_student_meta
-from .models import META_FILE
+from .loading import META_FILE
 
 PathLike = Union[str, "os.PathLike[str]"]
 INPUT, OUTPUTS = "wav", ("embedding", "segments")

@@ -14,8 +14,8 @@ import pytest
 
 from pyssondo import cli
 from pyssondo.train.adapt import adapt, adapt_config
-from pyssondo.codebook import grow_codebook, nearest, similarity_percentile
-from pyssondo.config import MelConfig
+from pyssondo.clustering import grow_codebook, nearest, similarity_percentile
+from pyssondo.frontend import MelConfig
 from pyssondo.sampling import StratifiedSampler
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.distill import distill
@@ -88,6 +88,12 @@ def test_adapt_cli_learns_the_new_domain_and_writes_a_run_folder(work, tmp_path,
     assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
     assert all(r["val_cos_old"] is not None and r["val_cos_new"] is not None for r in epochs)
     assert epochs[-1]["val_cos_new"] > epochs[0]["val_cos_new"] + 0.05, epochs
+    # best.pt follows the parent's best metric, the mean of its two domains' values.
+    metric = stored["best_metric"]
+    for r in epochs:
+        assert r[metric] == pytest.approx((r[f"{metric}_old"] + r[f"{metric}_new"]) / 2)
+    best, _ = checkpoint_weights(run / "checkpoints" / "best.pt")
+    assert best["best_metric"] == pytest.approx(max(r[metric] for r in epochs[1:]))
     assert "self_loss" in epochs[-1] and "teacher_loss" in epochs[-1]
     for name in ("last.pt", "best.pt"):
         ckpt, _ = checkpoint_weights(run / "checkpoints" / name)  # weights_only=True

@@ -43,7 +43,7 @@ def export_untrained(name: str, folder: Path) -> Path:
     """An (untrained, seeded) student exported with its front end at 32 kHz, 2 s windows."""
     import torch
 
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
     from pyssondo.export import save_export, wrap
     from pyssondo.students import create_student
 

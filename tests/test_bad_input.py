@@ -382,7 +382,7 @@ def test_full_disk_is_one_line(box, labeled, full_disk):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, shared_data):
     """A finished 1-epoch distill run of the tiny teacher (in this process)."""
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
     from pyssondo.train.config import DistillConfig
     from pyssondo.train.distill import distill
 

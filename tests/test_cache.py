@@ -402,3 +402,11 @@ def test_journal_lines_apply_in_the_order_they_were_written(tmp_path):
     manifest = layout.read_manifest(tmp_path)
     assert manifest["files"]["a.wav"]["shard"] == new  # rank 0's later line wins
     assert manifest["next_shard"] == 5 and set(manifest["shards"]) == {old, new}
+
+
+def test_default_shard_size_bounds_bytes_and_rows():
+    from pyssondo.cache.builder import SHARD_BYTES, SHARD_ROWS, default_shard_rows
+
+    assert default_shard_rows(512 * 2) == SHARD_ROWS  # 512-d float16: capped by rows (4096)
+    assert default_shard_rows(SHARD_BYTES // 10) == 10  # large frame-level rows: by bytes
+    assert default_shard_rows(4 * SHARD_BYTES) == 1

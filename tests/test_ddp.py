@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyssondo.config import MelConfig
+from pyssondo.frontend import MelConfig
 from pyssondo.errors import ParameterError
 from pyssondo.sampling import BalancedSampler
 from pyssondo.train.config import DistillConfig

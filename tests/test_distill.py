@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pyssondo import cli
-from pyssondo.config import MelConfig
+from pyssondo.frontend import MelConfig
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.engine import TrainingDiverged
 from pyssondo.train.distill import distill
@@ -60,7 +60,8 @@ def cli_args(cfg: DistillConfig):
             "--batch-size", str(cfg.batch_size), "--epochs", str(cfg.epochs), "--lr", str(cfg.lr),
             "--val-fraction", str(cfg.val_fraction), "--workers", str(cfg.workers),
             "--threads", str(cfg.threads), "--cache-dir", cfg.cache_dir, "--out", cfg.out,
-            "--log-every", "1", "--save-every", str(cfg.save_every), "--cache-mel", cfg.cache_mel]
+            "--log-every", "1", "--save-every", str(cfg.save_every), "--cache-mel", cfg.cache_mel,
+            "--ema", str(cfg.ema)]
 
 
 
@@ -71,7 +72,7 @@ def cli_args(cfg: DistillConfig):
 def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     from pyssondo.audio import load_audio
     from pyssondo.export import wrap
-    from pyssondo.models import load_model
+    from pyssondo.loading import load_model
     from pyssondo.train.model import build_model
 
     cfg = config(work, tmp_path / "runs", epochs=3)
@@ -118,20 +119,21 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     assert trained > before + 0.1, (trained, before)
 
 
-# mn01, and one of the hearables students (the other families share every code path here).
-@pytest.mark.parametrize("student", ["mn01", "micronet-m0"])
-def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread, student):
+# mn01, one of the hearables students (the other families share every code path here), and
+# mn01 with weight averaging (the checkpoint holds the average and the trained weights).
+@pytest.mark.parametrize("student,ema", [("mn01", 0.0), ("micronet-m0", 0.0), ("mn01", 0.9)])
+def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread, student, ema):
     # Uninterrupted, in this process, loading in the main process; log-mel per batch (the
     # end-to-end test above trains from the log-mel cache).
     cfg = config(work, tmp_path / "a", epochs=3, save_every=1, threads=1, cache_mel="off",
-                 student=student)
+                 student=student, ema=ema)
     ref = distill(cfg, progress=False, export=False)
-    _, want = checkpoint_weights(ref.run.last)
+    ref_ckpt, want = checkpoint_weights(ref.run.last)
     # Killed with SIGKILL right after its first checkpoint (a worker process loads data),
     # then resumed with --resume auto.
     out_b = tmp_path / "b"
     args = cli_args(config(work, out_b, epochs=3, save_every=1, workers=1, cache_mel="off",
-                           student=student))
+                           student=student, ema=ema))
     killed = kill_after_first_checkpoint(["distill", *args], out_b, ENV)
     total = ref.summary["steps"]
     assert killed["step"] < total  # the kill interrupted the run
@@ -145,6 +147,12 @@ def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread, 
     assert got.keys() == want.keys()
     worst = max(float((got[k].double() - want[k].double()).abs().max()) for k in want)
     assert worst <= 1e-6, worst
+    if ema:  # the average is what the checkpoint offers; the trained weights differ from it
+        trained = done["trained"]["student"]
+        assert max(float((trained[k] - done["student"][k]).abs().max())
+                   for k in trained if trained[k].is_floating_point()) > 1e-4
+        for k, v in ref_ckpt["trained"]["student"].items():
+            assert float((trained[k].double() - v.double()).abs().max()) <= 1e-6, k
 
 
 # -------------------------------------------------------------------------------------------
@@ -259,7 +267,7 @@ def test_empty_or_corrupt_audio_folder(work, tmp_path, content):
 # -------------------------------------------------------------------------------------------
 def test_mel_cache_holds_the_log_mel_of_each_segment(work, tmp_path):
     from pyssondo.cache import EmbeddingCache, build_cache
-    from pyssondo.mel import log_mel
+    from pyssondo.frontend import log_mel
     from pyssondo.train.data import SegmentAudio, mel_cache, mel_cache_bytes, mel_cache_path
 
     folder = build_cache(work["teacher"], work["audio"], work["cache"], window_s=2.0,
@@ -292,7 +300,7 @@ def test_mel_cache_auto_needs_a_quarter_of_the_free_disk(tmp_path):
 
 
 def test_gain_in_log_mel_equals_log_mel_of_scaled_audio():
-    from pyssondo.mel import log_mel
+    from pyssondo.frontend import log_mel
     from pyssondo.train.data import Augment, Collate
 
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 Real audio comes from ../shared/data (subsets, to keep the file under a minute on 2 cores).
 Models are tiny TorchScript modules defined here: a log power spectrum (torch.stft) averaged
 per frame through a fixed random projection, with ``sample_rate`` as an attribute. Tests of
-the ``logmel`` baseline need the C++ front end (``pyssondo.mel.log_mel``, ``_core.resample``)
+the ``logmel`` baseline need the C++ front end (``pyssondo.frontend.log_mel``, ``_core.resample``)
 and are skipped until it is merged.
 """
 
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _frontend_available() -> bool:
     try:
         from pyssondo import _core
-        from pyssondo.mel import log_mel
+        from pyssondo.frontend import log_mel
 
         log_mel(np.zeros(2048, np.float32))
         return hasattr(_core, "resample")
@@ -412,12 +412,12 @@ def reference_logmel_mean(wav: np.ndarray) -> np.ndarray:
 
 
 def test_logmel_baseline_never_loads_a_model(monkeypatch):
-    import pyssondo.models
+    import pyssondo.loading
 
     def refuse(*a, **k):
         raise AssertionError("the logmel baseline must not go through load_model")
 
-    monkeypatch.setattr(pyssondo.models, "load_model", refuse)
+    monkeypatch.setattr(pyssondo.loading, "load_model", refuse)
     model = open_embedder(LOGMEL)
     assert (model.sample_rate, model.params, model.name) == (32000, 0, "logmel")
     with pytest.raises(ValueError, match="32000"):

@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from pyssondo.config import MelConfig
+from pyssondo.frontend import MelConfig
 from pyssondo.export import ExportedStudent, quantize_student, save_export, wrap
 from pyssondo.frontend import LogMel
 from pyssondo.heads import make_head
-from pyssondo.models import load_model
+from pyssondo.loading import load_model
 from pyssondo.students import create_student
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

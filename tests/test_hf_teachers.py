@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from pyssondo import cli  # noqa: E402
 from pyssondo.audio import resample  # noqa: E402
-from pyssondo.models import load_model  # noqa: E402
+from pyssondo.loading import load_model  # noqa: E402
 
 KINDS = ["wav2vec2", "hubert", "wavlm", "whisper", "ast", "clap"]
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pyssondo import _core
-from pyssondo.kmeans import KMeans, assign_reference, lloyd_step_reference
+from pyssondo.clustering.kmeans import KMeans, assign_reference, lloyd_step_reference
 
 
 def mixture(n=600, d=24, groups=12, seed=0, spread=3.0):

@@ -12,7 +12,7 @@ import torch
 import pyssondo
 from pyssondo import MelConfig, ParameterError, log_mel
 from pyssondo import _core
-from pyssondo.filters import mel_filterbank, window
+from pyssondo.frontend import mel_filterbank, window
 from pyssondo.frontend import LogMel
 
 TOL = 1e-3  # max abs error on log-mel

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from pyssondo import cli
-from pyssondo.config import MelConfig
+from pyssondo.frontend import MelConfig
 from pyssondo.errors import ParameterError
-from pyssondo.merge import bn_weights, initial_weights, is_bn_stat, merge_task_vectors
-from pyssondo.merge_search import (Candidate, choose, objective, parse_grid,
+from pyssondo.merging.task_vectors import bn_weights, initial_weights, is_bn_stat, merge_task_vectors
+from pyssondo.merging.search import (Candidate, choose, objective, parse_grid,
                                    parse_task_weights, references, simplex_grid)
-from pyssondo.recalibrate import audio_windows, batchnorm_layers, log_mel_batches, recalibrate_bn
+from pyssondo.merging.recalibrate import audio_windows, batchnorm_layers, log_mel_batches, recalibrate_bn
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.distill import distill
 
@@ -349,7 +349,7 @@ def test_ssondo_merge_refusals(two_runs, tmp_path, capsys):
         assert __import__("re").search(message, err), (message, err)
     assert not (tmp_path / "m.pt").exists()
     # A run written before runs recorded their start passes when its --init names BASE.
-    from pyssondo.merge_runs import load_parents
+    from pyssondo.merging.runs import load_parents
 
     old = tmp_path / "old-run"
     shutil.copytree(runs[0].path, old)
@@ -407,3 +407,185 @@ def test_ssondo_merge_search_picks_the_best_mean_share(two_runs, tmp_path, share
     # Lambda (1, 0) with interpolated statistics is the first parent itself.
     assert cands[4]["scores"] == cands[0]["scores"]
     assert plot.is_file() and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def _files(root):
+    """{relative path: (size, mtime_ns)} of every file under ``root``."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ssondo_merge_search_unlabeled(two_runs, tmp_path, capsys, monkeypatch, one_thread):
+    from pyssondo.audio import load_audio
+    from pyssondo.cache import EmbeddingCache
+    from pyssondo.evaluation.agreement import knn_agreement
+    from pyssondo.frontend import log_mel
+    from pyssondo.merging.runs import load_parents
+    from pyssondo.segments import cut_segment
+    from pyssondo.students import create_student
+
+    src, audio, runs = two_runs
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    before = _files(src)
+    names = [p.name for p in load_parents(str(src / "init.pt"), [str(r.path) for r in runs])[1]]
+    out = tmp_path / "out" / "merged.pt"
+    argv = ["merge", str(src / "init.pt"), str(runs[0].path), str(runs[1].path),
+            "--search-unlabeled", str(audio), "--grid", "0:1:0.5",
+            "--task-weights", f"{names[0]}=2", "-o", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "lambda=0.5,0.5" in printed and "chosen: lambdas" in printed
+    # Nothing outside the given folders is written: the runs, BASE, the audio and the
+    # fixture's cache are as they were, the working folder stays empty, and the new teacher
+    # cache lies next to -o.
+    assert _files(src) == before and not any(cwd.iterdir())
+    written = sorted(_files(tmp_path / "out"))
+    assert {"merged.pt", "merged-search.png"} <= set(written)
+    assert all(w in ("merged.pt", "merged-search.png") or w.startswith("cache/")
+               for w in written), written
+
+    extra = {"ssondo.json": ""}
+    torch.jit.load(str(out), _extra_files=extra)
+    merge = json.loads(extra["ssondo.json"])["merge"]
+    search = merge["search"]
+    assert search["measure"] == "knn_agree_backbone" and search["unlabeled"] == str(audio)
+    cands = search["candidates"]
+    columns = [f"{n}/knn_agree_backbone" for n in names]
+    assert search["chance"] == {c: pytest.approx(10 / 15) for c in columns}  # k / (N - 1)
+    assert [c["name"] for c in cands] == names + ["lambda=0,1", "lambda=0.5,0.5", "lambda=1,0"]
+    assert all(sorted(c["scores"]) == sorted(columns) for c in cands)
+    # Lambda (1, 0) is the first parent itself, (0, 1) the second.
+    assert cands[4]["scores"] == cands[0]["scores"] and cands[2]["scores"] == cands[1]["scores"]
+
+    # The first parent's own score, recomputed here: its student on each cached segment cut
+    # from the decoded file, against the cached teacher rows, by the measure training uses
+    # (tested against brute force in test_agreement.py; these 1-epoch students' embeddings lie
+    # within 1e-6 of one direction, so another rounding would pick other neighbours).
+    cache = EmbeddingCache(next((tmp_path / "out" / "cache").glob("*/*/meta.json")).parent)
+    teacher = np.asarray(cache.embeddings(), np.float32)
+    student = create_student("mn01", n_mels=64).eval()
+    student.load_state_dict(torch.load(runs[0].last, weights_only=True)["student"])
+    wavs = []
+    for seg in cache.segments():
+        wav = load_audio(seg.path, 16000)[0]
+        wavs.append(cut_segment(wav, int(round(seg.start * 16000 / seg.file_sr)), 32000))
+    with torch.no_grad():
+        emb = student(torch.from_numpy(log_mel(np.stack(wavs), MEL))).numpy()
+    assert len(wavs) == 16  # 8 clips of 4 s, 2 s windows
+    own = knn_agreement(emb, teacher, k=10)
+    assert cands[0]["scores"][columns[0]] == pytest.approx(own, abs=1e-12)
+    assert cands[1]["scores"][columns[0]] != own  # the other parent scores otherwise
+
+    # The chosen lambda, recomputed from the table: share = score / best parent score per
+    # column, weighted mean (first parent's weight 2), ties to the higher lowest share.
+    table = np.array([[c["scores"][col] for col in columns] for c in cands])
+    best = table[:2].max(axis=0)
+    share = table[2:] / best
+    value = (2 * share[:, 0] + share[:, 1]) / 3
+    order = np.lexsort((-np.arange(len(value)), share.min(axis=1).round(12), value.round(12)))
+    assert merge["lambdas"] == cands[2 + order[-1]]["lambdas"]
+    assert search["reference"] == dict(zip(columns, best.tolist()))
+
+    # An existing cache is read, not recomputed: the fixture's, built by distill on this audio.
+    assert cli.main(argv[:-2] + ["--cache-dir", str(src / "cache"), "-o",
+                                 str(tmp_path / "again.pt")]) == 0
+    assert _files(src) == before
+    extra = {"ssondo.json": ""}
+    torch.jit.load(str(tmp_path / "again.pt"), _extra_files=extra)
+    again = json.loads(extra["ssondo.json"])["merge"]["search"]["candidates"]
+    assert [c["scores"] for c in again] == [c["scores"] for c in cands]
+
+
+def test_ssondo_merge_search_unlabeled_refusals(two_runs, tmp_path, capsys):
+    from run_helpers import write_other_teacher
+
+    src, audio, runs = two_runs
+    base, a = str(src / "init.pt"), str(runs[0].path)
+
+    def with_teacher(name, teacher):
+        run = tmp_path / name
+        shutil.copytree(runs[1].path, run)
+        recorded = json.loads((run / "config.json").read_text())
+        recorded["teacher"] = str(teacher)
+        (run / "config.json").write_text(json.dumps(recorded))
+        return str(run)
+
+    gone = with_teacher("moved-run", tmp_path / "gone" / "crepe-tiny.pt")
+    other = with_teacher("other-run", write_other_teacher(tmp_path / "other.pt"))
+    factory = with_teacher("factory-run", "os.path:join")
+    out = str(tmp_path / "out" / "m.pt")
+    cases = [
+        ([gone], r"moved-run/config.json: teacher \S*gone/crepe-tiny.pt does not exist"),
+        ([other], r"other-run/config.json: teacher \S*other.pt has sha256 \w+, but the run was "
+                  r"distilled from teacher"),
+        ([factory], "teacher 'os.path:join' is a Python factory"),
+        ([runs[1].path, "--search", a], "--search and --search-unlabeled exclude each other"),
+        ([runs[1].path, "--lambdas", "0.5,0.5"], "--lambdas and --search-unlabeled exclude"),
+        ([runs[1].path, "--task-weights", "crepe=2"], "unknown task 'crepe'"),
+        ([runs[1].path, "--label-column", "program"], "--label-column, --task and --folds go "
+                                                      "with --search"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        argv = ["merge", base, a, str(extra[0]), "--search-unlabeled", str(audio),
+                *map(str, extra[1:]), "-o", out]
+        assert cli.main(argv) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert __import__("re").search(message, err), (message, err)
+    for argv, message in [
+        (["merge", base, a, str(runs[1].path), "--search-unlabeled", str(tmp_path / "nope"),
+          "-o", out], "--search-unlabeled .*nope: no such folder"),
+        (["merge", base, a, str(runs[1].path), "--cache-dir", str(tmp_path), "-o", out],
+         "--cache-dir goes with --search-unlabeled")]:
+        capsys.readouterr()
+        assert cli.main(argv) == 1
+        assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_search_unlabeled_scores_an_ensemble_run_against_each_of_its_teachers(two_runs, tmp_path,
+                                                                             one_thread):
+    """A parent distilled from two teachers (crepe-tiny and a second TorchScript teacher,
+    weights 1 and 3) scores the weighted mean of its agreements with each of them."""
+    from run_helpers import write_other_teacher
+
+    from pyssondo.cache import EmbeddingCache
+    from pyssondo.evaluation.agreement import knn_agreement
+    from pyssondo.merging.agreement import (agreement_candidates, backbone_embeddings,
+                                          teacher_files)
+    from pyssondo.merging.runs import load_parents
+    from pyssondo.students import create_student
+
+    src, audio, runs = two_runs
+    other = write_other_teacher(tmp_path / "other.pt")
+    cfg = DistillConfig(teacher=[str(src / "crepe-tiny.pt"), str(other)], audio=str(audio),
+                        teacher_weights=[1.0, 3.0], teacher_sr=16000, student="mn01", mel=MEL,
+                        window_s=2.0,
+                        clusters=2, batch_size=4, epochs=1, lr=3e-3, val_fraction=0.25,
+                        workers=0, threads=1, seed=3, init=str(src / "init.pt"),
+                        cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "runs"),
+                        loss="cosine")
+    ensemble = distill(cfg, progress=False, export=False).run
+    torch.set_num_threads(1)
+    base, parents = load_parents(str(src / "init.pt"), [str(runs[0].path), str(ensemble.path)])
+    teachers = [teacher_files(p) for p in parents]
+    assert teachers[1] == [str(src / "crepe-tiny.pt"), str(other)]
+    candidates, _ = agreement_candidates(parents, base, [(0.5, 0.5)], teachers, str(audio),
+                                         tmp_path / "cache")
+    caches = sorted((tmp_path / "cache").glob("*/meta.json"))
+    assert len(caches) == 2  # distill's caches, read again
+    rows = {EmbeddingCache(c.parent).meta["teacher"]["name"]: EmbeddingCache(c.parent)
+            for c in caches}
+    crepe, second = rows["crepe-tiny"], rows["other"]
+    assert crepe.ids == second.ids
+    student = create_student("mn01", n_mels=64).eval()
+    student.load_state_dict(torch.load(ensemble.last, weights_only=True)["student"])
+    emb = backbone_embeddings([student], crepe.segments(), MEL, 2.0)[0]
+    each = [knn_agreement(emb, np.asarray(c.embeddings(), np.float32)) for c in (crepe, second)]
+    assert each[0] != each[1]  # so the weights matter
+    want = (each[0] + 3 * each[1]) / 4
+    column = f"{parents[1].name}/knn_agree_backbone"
+    assert candidates[1].scores[column] == pytest.approx(want, abs=1e-12)

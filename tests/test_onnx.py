@@ -14,7 +14,7 @@ import torch
 
 from pyssondo.audio import load_audio
 from pyssondo.calibration import from_audio_dir
-from pyssondo.config import MelConfig
+from pyssondo.frontend import MelConfig
 from pyssondo.export import save_export, wrap
 from pyssondo.frontend import DftLogMel, LogMel
 from pyssondo.heads import make_head

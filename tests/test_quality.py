@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pyssondo.config import MelConfig
+from pyssondo.frontend import MelConfig
 from pyssondo.train.config import DistillConfig
 from pyssondo.train.distill import distill
 

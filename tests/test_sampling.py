@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pyssondo import sampling
-from pyssondo.sampling import BalancedSampler, effective_balance, fit_or_load_labels
+from pyssondo.clustering import cluster_embeddings, load_or_fit_clusters, load_or_fit_labels
+from pyssondo.sampling import BalancedSampler, effective_balance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,23 +145,23 @@ def blobs(n=400, d=16, seed=0):
     return (means[rng.integers(0, 5, n)] + rng.standard_normal((n, d))).astype(np.float32)
 
 
-def test_fit_or_load_labels_caches_and_refits_on_change(tmp_path):
+def test_load_or_fit_labels_caches_and_refits_on_change(tmp_path):
     X = blobs()
-    labels, info = fit_or_load_labels(X, tmp_path, k=5, metric="cosine", seed=0)
+    labels, info = load_or_fit_labels(X, tmp_path, k=5, metric="cosine", seed=0)
     assert labels.dtype == np.int32 and labels.shape == (400,) and not info["reused"]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["clusters-k5-cosine-s0.centers.npy", "clusters-k5-cosine-s0.json",
                      "clusters-k5-cosine-s0.npy"]
     summary = json.loads((tmp_path / "clusters-k5-cosine-s0.json").read_text())
     assert summary["fingerprint"]["n"] == 400 and sum(summary["sizes"]) == 400
-    again, info2 = fit_or_load_labels(X, tmp_path, k=5, metric="cosine", seed=0)
+    again, info2 = load_or_fit_labels(X, tmp_path, k=5, metric="cosine", seed=0)
     assert info2["reused"]
     np.testing.assert_array_equal(again, labels)
     Y = X.copy()
     Y[-1] += 1.0  # the last row is always part of the fingerprint
-    _, info3 = fit_or_load_labels(Y, tmp_path, k=5, metric="cosine", seed=0)
+    _, info3 = load_or_fit_labels(Y, tmp_path, k=5, metric="cosine", seed=0)
     assert not info3["reused"]
-    _, info4 = fit_or_load_labels(np.vstack([Y, Y[:3]]), tmp_path, k=5, metric="cosine", seed=0)
+    _, info4 = load_or_fit_labels(np.vstack([Y, Y[:3]]), tmp_path, k=5, metric="cosine", seed=0)
     assert not info4["reused"]
 
 
@@ -185,17 +185,17 @@ def test_load_or_fit_clusters_on_a_real_teacher_cache(tmp_path, shared_data, cap
     X = EmbeddingCache(cache_dir).embeddings(pool="mean")
     assert X.shape[0] == 24  # 6 clips x 4 one-second segments
 
-    labels = sampling.load_or_fit_clusters(cache_dir, k=3)
-    ref, _ = sampling.cluster_embeddings(np.asarray(X, np.float32), 3, "cosine", 0)
+    labels = load_or_fit_clusters(cache_dir, k=3)
+    ref, _ = cluster_embeddings(np.asarray(X, np.float32), 3, "cosine", 0)
     np.testing.assert_array_equal(labels, ref)
     ids_file = cache_dir / "clusters-k3-cosine-s0.npy"
     mtime = ids_file.stat().st_mtime_ns
-    np.testing.assert_array_equal(sampling.load_or_fit_clusters(cache_dir, k=3), labels)
+    np.testing.assert_array_equal(load_or_fit_clusters(cache_dir, k=3), labels)
     assert ids_file.stat().st_mtime_ns == mtime  # reused, not refitted
 
     shutil.copy(pool[6], audio / pool[6].name)  # the cache grows: the ids must follow
     build_cache(str(teacher), audio, tmp_path / "cache", window_s=1.0, progress=False)
-    assert sampling.load_or_fit_clusters(cache_dir, k=3).shape == (28,)
+    assert load_or_fit_clusters(cache_dir, k=3).shape == (28,)
 
     assert cli.main(["cluster", str(cache_dir), "-k", "3"]) == 0
     assert "28 rows x 256 dims -> 3 clusters" in capsys.readouterr().out

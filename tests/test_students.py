@@ -452,7 +452,7 @@ def test_students_command_measures_exports(capsys, tmp_path):
     """Latency and size of the export with its front end: the size is that of the file
     `ssondo export` writes; --sort latency orders the rows."""
     from pyssondo.cli import main
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
     from pyssondo.export import save_export, wrap
 
     assert main(["students", "--students", "micronet-m0,mn01", "--sort", "latency"]) == 0

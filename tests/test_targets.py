@@ -154,7 +154,7 @@ def test_two_teachers_train_resume_and_export(work, tmp_path, one_thread):  # no
 @pytest.mark.slow
 def test_projected_export_is_in_the_teachers_space(work, tmp_path, one_thread):  # noqa: F811
     from pyssondo.audio import load_audio
-    from pyssondo.models import load_model
+    from pyssondo.loading import load_model
     from pyssondo.train.model import model_from_checkpoint
 
     result = distill(config(work, tmp_path / "r", target_norm="whiten", projected=True,

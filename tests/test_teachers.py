@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from pyssondo.models import load_model
+from pyssondo.loading import load_model
 from pyssondo.teachers import build_teacher, list_teachers
 
 

@@ -275,7 +275,7 @@ def test_a_changed_partner_recomputes_the_views_that_mixed_it(tmp_path, shared_d
 
 # -- training on views --------------------------------------------------------------------
 def test_distill_with_two_views_reads_each_view_and_its_log_mel(tmp_path, shared_data, one_thread):
-    from pyssondo.mel import log_mel
+    from pyssondo.frontend import log_mel
     from pyssondo.train.config import DistillConfig
     from pyssondo.train.data import DistillDataset, SegmentAudio
     from pyssondo.train.distill import distill

@@ -45,7 +45,15 @@ from .scan import FileStat, content_hash, file_stat, scan_audio
 log = logging.getLogger("pyssondo.cache")
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_ROOT = "ssondo-cache"  # cache root when out_dir is None, relative to the working dir
-SHARD_BYTES = 64 << 20  # target shard size when shard_rows is not given
+SHARD_BYTES = 64 << 20  # target shard size when shard_rows is not given ...
+SHARD_ROWS = 4096       # ... and at most this many rows, so a kill loses minutes, not hours
+
+
+def default_shard_rows(row_bytes: int) -> int:
+    """Rows per shard when ``shard_rows`` is not given: about SHARD_BYTES, at most SHARD_ROWS
+    (a 512-d float16 teacher would otherwise hold 65k rows, hours of teacher time, in one
+    shard that a killed build loses)."""
+    return max(1, min(SHARD_ROWS, SHARD_BYTES // max(int(row_bytes), 1)))
 
 
 class _File:
@@ -146,7 +154,7 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
 
     Args:
         model_spec: teacher file, ``pkg.mod:fn`` factory, or a
-            :class:`pyssondo.models.LoadedModel`. Output [B, D] or [B, F, D].
+            :class:`pyssondo.loading.LoadedModel`. Output [B, D] or [B, F, D].
         audio_dir_or_files: folder scanned recursively, or a list of audio files.
         out_dir: cache root (default ``./ssondo-cache``); the cache is its subfolder named by
             :func:`layout.cache_key` (teacher sha256[:16], teacher rate, W, H, dtype, and
@@ -156,7 +164,7 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
         teacher_sr: teacher input rate in Hz, overriding the teacher's own.
         batch_size: segments per teacher call (>= 1).
         workers: reader threads (default min(4, cpu count)).
-        shard_rows: rows per shard (default: about 64 MB per shard).
+        shard_rows: rows per shard (default: :func:`default_shard_rows`).
         device: torch device for the teacher.
         progress: show a progress bar (on a terminal).
         rank, world_size: this process's share of a rank-sharded build (every rank calls
@@ -177,7 +185,7 @@ def build_cache(model_spec: Any, audio_dir_or_files: Union[PathLike, Iterable[Pa
             or a teacher that fails, returns NaN/inf or a shape other than [B, D] / [B, F, D]
             (the message names the file and the shape).
     """
-    from ..models import LoadedModel, load_model
+    from ..loading import LoadedModel, load_model
 
     hop_s = window_s if hop_s is None else hop_s
     for name, value in (("window_s", window_s), ("hop_s", hop_s)):
@@ -430,7 +438,7 @@ class _Builder:
             return
         keys = sorted(k for k, e in m["files"].items() if e["shard"] in sparse)
         row_bytes = (self.meta["frames"] or 1) * self.meta["dim"] * np.dtype(self.dtype).itemsize
-        per_shard = self.shard_rows or max(1, SHARD_BYTES // row_bytes)
+        per_shard = self.shard_rows or default_shard_rows(row_bytes)
         next_shard = int(m["next_shard"])
         group: List[str] = []
         for i, key in enumerate(keys):
@@ -561,7 +569,7 @@ class _Builder:
         return finished
 
     def _forward(self, torch, batch: np.ndarray, owners) -> np.ndarray:
-        from ..models import describe_files, forward_checked
+        from ..loading import describe_files, forward_checked
 
         names = describe_files(f.path for f, _, _ in owners)
         b = batch.shape[0]
@@ -620,8 +628,7 @@ class _Builder:
     def _rows_per_shard(self, y: np.ndarray) -> int:
         if self.shard_rows:
             return self.shard_rows
-        row_bytes = int(np.prod(y.shape[1:])) * np.dtype(self.dtype).itemsize
-        return max(1, SHARD_BYTES // max(row_bytes, 1))
+        return default_shard_rows(int(np.prod(y.shape[1:])) * np.dtype(self.dtype).itemsize)
 
     def _flush(self, writer: ThreadPoolExecutor) -> None:
         """Hands the completed files' rows to the writer (waits for the previous shard)."""

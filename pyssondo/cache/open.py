@@ -78,7 +78,7 @@ def check_cache_matches(path: Path, *, teacher: str, window_s: float, hop_s: flo
     by sha256; a factory teacher is not checked), window, hop, teacher rate or views."""
     from ..views import ViewConfig
 
-    from ..models import file_sha256, is_factory_spec
+    from ..loading import file_sha256, is_factory_spec
 
     meta = layout.read_meta(path) or {}
     problems = []

@@ -15,8 +15,9 @@ NEW_AUDIO_DIR with the same teacher, window and hop, and trains on both domains:
     segments' cosine to their own centroid, so it follows the data);
   - the loss adds --self-weight * (1 - cos) between the student's embedding and the frozen
     previous student's (computed once and stored in the run folder).
-Validation cosine to the teacher is logged on held-out OLD and NEW files before training and
-after each epoch (validation.png), so forgetting is visible. The new run folder has distill's
+Validation cosine to the teacher and distill's label-free measures (kNN agreement, CKA) are
+logged on held-out OLD and NEW files before training and after each epoch (validation.png), so
+forgetting is visible; best.pt follows the parent's --best-metric averaged over both. The new run folder has distill's
 layout (config.json with the parent, log.jsonl, checkpoints/, loss.png, student.pt).
 Training settings not given are the parent run's; the run lands next to the parent.
 
@@ -80,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyssondo.commands.distill import _absolute
     from pyssondo.commands.training import resume_hint, run_training
-    from pyssondo.models import is_factory_spec
+    from pyssondo.loading import is_factory_spec
     from pyssondo.train.adapt import OVERRIDABLE, adapt, adapt_config
 
     overrides = {name: getattr(args, name) for name in OVERRIDABLE if hasattr(args, name)}
@@ -106,9 +107,14 @@ def run(args: argparse.Namespace) -> int:
           f"{s['val_segments']['new']}")
     for domain in ("old", "new"):
         before, after = s["before"][f"val_cos_{domain}"], s["after"][f"val_cos_{domain}"]
-        if before is not None:
-            print(f"validation   {domain}: cosine to the teacher {before:.4f} -> {after:.4f} "
-                  f"({after - before:+.4f})")
+        if before is None:
+            continue
+        line = (f"validation   {domain}: cosine to the teacher {before:.4f} -> {after:.4f} "
+                f"({after - before:+.4f})")
+        knn = [s[when].get(f"knn_agree_backbone_{domain}") for when in ("before", "after")]
+        if None not in knn:
+            line += f"; kNN agreement {knn[0]:.4f} -> {knn[1]:.4f} ({knn[1] - knn[0]:+.4f})"
+        print(line)
     print(f"log          {run_dir.log}")
     print(f"checkpoints  {run_dir.last} (best: {run_dir.best})")
     for plot in (run_dir.plot, run_dir.validation_plot):

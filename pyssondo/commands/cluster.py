@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import pyssondo
-    from pyssondo import sampling
+    from pyssondo.clustering.labels import cache_files_hash, cluster_file, load_or_fit_labels
+    from pyssondo.sampling import effective_balance
 
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         cache = EmbeddingCache(data)  # a cache folder, or a root holding one (as distill makes)
         X = cache.embeddings(pool="mean")
         folder, stem = cache.path, "clusters"
-        extra = sampling._cache_files_hash(folder)
+        extra = cache_files_hash(folder)
     elif data.suffix == ".npy":
         try:
             X = np.load(data, mmap_mode="r")
@@ -98,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if X.ndim != 2:
         raise ValueError(f"{data}: embeddings must be [N, D], got shape {X.shape}")
 
-    labels, summary = sampling.fit_or_load_labels(
+    labels, summary = load_or_fit_labels(
         X, folder, args.k, args.metric, args.seed, stem=stem, extra_fingerprint=extra,
         force=args.force, progress=None)
-    out = sampling.cluster_file(folder, args.k, args.metric, args.seed, stem)
+    out = cluster_file(folder, args.k, args.metric, args.seed, stem)
     how = "reused" if summary["reused"] else f"fitted in {summary['seconds']:.1f} s"
     print(f"{X.shape[0]} rows x {X.shape[1]} dims -> {args.k} clusters "
           f"({args.metric}, seed {args.seed}); {how}; inertia {summary['inertia']:.6g}")
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  min {sizes.min()}  median {int(np.median(sizes))}  max {sizes.max()}  "
           f"empty {int((sizes == 0).sum())}")
     for name, alpha in (("uniform sampling (alpha 0)", 0.0), ("balanced sampling (alpha 1)", 1.0)):
-        b = sampling.effective_balance(labels, alpha)
+        b = effective_balance(labels, alpha)
         print(f"{name}: balance {b['entropy_ratio']:.3f} (entropy / log K), "
               f"effective clusters {b['effective_clusters']:.1f} of {b['num_clusters']}, "
               f"largest / smallest share {b['max_over_min']:.1f}")

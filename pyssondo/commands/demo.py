@@ -135,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pyssondo.audio import load_audio
-    from pyssondo.config import MelConfig
     from pyssondo.export import wrap
-    from pyssondo.models import load_model
+    from pyssondo.frontend import MelConfig
+    from pyssondo.loading import load_model
     from pyssondo.teachers import build_teacher_file
     from pyssondo.train.config import DistillConfig
     from pyssondo.train.distill import distill

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from pyssondo.names import HEADS, LOSSES, STUDENTS, TEACHERS
+
 HELP = "distill a teacher into a small student on unlabeled audio (the main job)"
 DESCRIPTION = """\
 Distills TEACHER (a TorchScript file or pkg.module:factory) into a small student using only the
@@ -39,10 +41,11 @@ OPTIONS = [
     ("--cache-dtype", "cache_dtype", str, "float16 or float32 teacher embeddings on disk"),
     ("--teacher-batch-size", "teacher_batch_size", int,
      "segments per teacher forward while filling the cache"),
-    ("--student", "student", str, "student architecture (see 'ssondo students')"),
-    ("--head", "head", str, "mapping head: mlp, linear or identity"),
+    ("--student", "student", str, f"student architecture: {STUDENTS} (sizes: 'ssondo students')"),
+    ("--head", "head", str, f"mapping head: {HEADS}"),
     ("--init", "init", str, "start from these student weights (run folder or checkpoint)"),
-    ("--loss", "loss", str, "distillation loss (cosine, infonce, kl, l1, mse, rkd-*, ...)"),
+    ("--loss", "loss", str, f"distillation loss NAME[@tau=T][:WEIGHT], several joined by commas; "
+                            f"NAME: {LOSSES}"),
     ("--target-norm", "target_norm", str,
      "targets normalised with the cache's statistics: none, center, standardize, whiten"),
     ("--teacher-weights", "teacher_weights", "floats", "loss weight per teacher, e.g. 1,0.5"),
@@ -65,6 +68,8 @@ OPTIONS = [
     ("--final-lr-scale", "final_lr_scale", float, "lr at the end as a fraction of --lr"),
     ("--weight-decay", "weight_decay", float, "Adam weight decay"),
     ("--grad-clip", "grad_clip", float, "max gradient norm (0 = off)"),
+    ("--ema", "ema", float, "decay per step of the weight average that validation, best.pt "
+     "and the export use (e.g. 0.995; 0 = off)"),
     ("--seed", "seed", int, "seed of sampling, augmentation and initialisation"),
     ("--precision", "precision", str,
      "fp32, bf16 or fp16 (autocast; fp16 uses a grad scaler on cuda)"),
@@ -92,14 +97,15 @@ FLAGS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pyssondo.config import MelConfig
+    from pyssondo.frontend import MelConfig
     from pyssondo.train.config import DistillConfig
 
     defaults = DistillConfig()
     p.add_argument("inputs", nargs="*", metavar="TEACHER... AUDIO_DIR",
                    help="one or more teachers (TorchScript files or pkg.module:factory; several "
                         "= ensemble distillation, one head each), then the folder of unlabeled "
-                        "audio (scanned recursively)")
+                        "audio (scanned recursively). 'ssondo teacher build NAME' writes a "
+                        f"teacher file: NAME is {TEACHERS} or hf:PATH_OR_ID")
     p.add_argument("--config", help="TOML or JSON file of settings (options override it)")
     p.add_argument("--resume", metavar="auto|PATH",
                    help="'auto': continue the newest run under --out with the same settings; "
@@ -144,7 +150,7 @@ def resolve_config(args: argparse.Namespace):
         mel["n_mels"] = args.mel_n_mels
     if mel:
         cfg = cfg.replace(mel=cfg.mel.replace(**mel))
-    from pyssondo.models import is_factory_spec
+    from pyssondo.loading import is_factory_spec
 
     def absolute(spec: str) -> str:
         return spec if not spec or is_factory_spec(spec) else _absolute(spec)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pyssondo.atomic import atomic_write_bytes
     from pyssondo.audio import load_audio
-    from pyssondo.models import forward_checked, load_model
+    from pyssondo.loading import forward_checked, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

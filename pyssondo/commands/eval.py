@@ -87,7 +87,7 @@ def split_items(items, explicit_data):
     """Sorts positional items into (models, data): folders and .csv files are data; 'logmel',
     pkg.mod:fn specs and other files are models. A missing path is an error naming it."""
     from ..evaluation.embed import LOGMEL
-    from ..models import is_factory_spec
+    from ..loading import is_factory_spec
 
     models, data = [], list(explicit_data)
     for item in items:

@@ -37,11 +37,13 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pyssondo.frontend import FRONTENDS
+
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'ssondo distill'")
     p.add_argument("-o", "--output", required=True, help="file to write (.pt, or .onnx for ONNX)")
     p.add_argument("--format", choices=("torchscript", "onnx"), default=None,
                    help="file format (default: onnx when --output ends in .onnx, else torchscript)")
-    p.add_argument("--frontend", choices=("fft", "dft"), default=None,
+    p.add_argument("--frontend", choices=FRONTENDS, default=None,
                    help="STFT as FFT or as a DFT convolution (default: the fastest the format "
                         "supports, fft)")
     p.add_argument("--projected", action="store_true",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from pyssondo.names import STUDENTS
+
 HELP = "write a student's initial weights, shared by runs that 'ssondo merge' combines"
 DESCRIPTION = """\
 Builds STUDENT with randomly initialised weights (torch seeded with --seed) and saves its state
@@ -17,7 +19,8 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("student", metavar="STUDENT", help="student architecture ('ssondo students')")
+    p.add_argument("student", metavar="STUDENT",
+                   help=f"student architecture: {STUDENTS} (sizes: 'ssondo students')")
     p.add_argument("-o", "--out", required=True, help="state dict file to write (.pt)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the weights (default 0)")
     p.add_argument("--n-mels", type=int, default=None,
@@ -25,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyssondo.config import MelConfig
-    from pyssondo.merge import initial_weights, save_weights
+    from pyssondo.frontend import MelConfig
+    from pyssondo.merging.task_vectors import initial_weights, save_weights
 
     n_mels = MelConfig().n_mels if args.n_mels is None else args.n_mels
     state = initial_weights(args.student, n_mels=n_mels, seed=args.seed)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from pyssondo.names import STUDENTS
+
 HELP = "list the student architectures: parameters, embedding size, MACs, CPU latency, size"
 SORT_KEYS = ("name", "params", "macs", "latency")
 DESCRIPTION = """\
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-mels", type=int, default=None,
                    help="mel bands (default: the default front end's, 128)")
     p.add_argument("--students", default=None, metavar="NAMES",
-                   help="comma-separated students to list (default: all registered)")
+                   help=f"comma-separated students to list, from {STUDENTS} (default: all)")
     p.add_argument("--sort", choices=SORT_KEYS, default="name",
                    help="row order, ascending (default: name, i.e. registration order)")
     p.add_argument("--no-latency", action="store_true",
@@ -76,8 +78,8 @@ def measure_export(student, mel_cfg) -> tuple:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from pyssondo.config import MelConfig
     from pyssondo.errors import ParameterError
+    from pyssondo.frontend import MelConfig
     from pyssondo.students import list_students
 
     cfg = MelConfig()

@@ -40,7 +40,7 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pyssondo.teachers import list_teachers  # registry only: no torch import
+    from pyssondo.names import TEACHERS
 
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("list", help="list the built-in teachers")
@@ -49,8 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        epilog="examples:\n  ssondo teacher build crepe-tiny -o crepe_tiny.pt\n"
                               "  ssondo teacher build hf:snapshots/hubert-base --layers 4,8,12 "
                               "-o hubert.pt")
-    names = ", ".join(sorted(list_teachers()))
-    b.add_argument("name", metavar="NAME", help=f"built-in teacher ({names}) or hf:PATH_OR_ID")
+    b.add_argument("name", metavar="NAME", help=f"built-in teacher ({TEACHERS}) or hf:PATH_OR_ID")
     b.add_argument("-o", "--output", required=True, help="output .pt file")
     b.add_argument("--hop", type=int, default=1024,
                    help="frame hop in samples for frame-level built-in teachers (default: 1024)")

@@ -1,6 +1,6 @@
 """Clip embeddings of a labeled dataset, from any model or from the log-mel baseline.
 
-A model is anything :func:`pyssondo.models.load_model` loads (an exported student, a teacher
+A model is anything :func:`pyssondo.loading.load_model` loads (an exported student, a teacher
 file, ``pkg.mod:fn``): each file is decoded at the model's rate, cut into windows of
 ``window_s`` seconds (:func:`pyssondo.segments.plan_segments`, hop = window), each window is fed
 at its true length (a short clip is not padded to the window, so a 1 s clip is not 90 %
@@ -29,9 +29,9 @@ import numpy as np
 
 from ..atomic import atomic_open
 from ..audio import load_audio, resample
-from ..config import MelConfig
 from ..errors import AudioError, ParameterError
-from ..models import describe_files
+from ..frontend import MelConfig
+from ..loading import describe_files
 from ..progress import Progress
 from ..segments import plan_segments, seconds_to_samples
 
@@ -67,14 +67,14 @@ class Embedder:
 def logmel_embedding(wav: np.ndarray, cfg: MelConfig = MelConfig()) -> np.ndarray:
     """Time-averaged log-mel of float32 [T] (at ``cfg.sample_rate``) or [B, T]:
     float32 [n_mels] or [B, n_mels]."""
-    from ..mel import log_mel
+    from ..frontend import log_mel
 
     return log_mel(np.ascontiguousarray(wav, dtype=np.float32), cfg).mean(axis=-1)
 
 
 def open_embedder(spec: str, sample_rate: Optional[int] = None, *, device: str = "cpu",
                   role: str = "model") -> Embedder:
-    """``logmel`` or any model :func:`pyssondo.models.load_model` accepts.
+    """``logmel`` or any model :func:`pyssondo.loading.load_model` accepts.
 
     Args:
         spec: ``logmel``, a TorchScript file, or ``pkg.mod:fn``.
@@ -93,7 +93,7 @@ def open_embedder(spec: str, sample_rate: Optional[int] = None, *, device: str =
                         embed_batch=lambda x, names="": logmel_embedding(x, cfg))
     import torch
 
-    from ..models import forward_checked, load_model
+    from ..loading import forward_checked, load_model
 
     model = load_model(spec, sample_rate, device=device, role=role)
     module = model.module

@@ -37,7 +37,7 @@ def _layer_macs(module: nn.Module, inputs: Any, output: torch.Tensor) -> int:
 
 def ten_second_frames() -> int:
     """Log-mel frames of 10 s with the default front end (32 kHz, n_fft 1024, hop 512): 624."""
-    from ..config import MelConfig
+    from ..frontend import MelConfig
 
     cfg = MelConfig()
     return cfg.num_frames(10 * cfg.sample_rate)

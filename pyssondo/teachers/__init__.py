@@ -106,7 +106,7 @@ def save_teacher(module, path: PathLike, meta: Dict[str, Any]) -> None:
     import torch
 
     from ..atomic import atomic_write_bytes
-    from ..models import META_FILE
+    from ..loading import META_FILE
 
     scripted = torch.jit.script(module)
     buf = io.BytesIO()

@@ -11,7 +11,7 @@ Layers: ``hidden_states[k]`` of the ``transformers`` model, so 0 is the encoder'
 embedding and k (1..N) the output of its k-th block (CLAP: of its k-th Swin stage, as tokens).
 Each target is one layer or the mean of a range of layers; several targets are concatenated on
 the last axis in order and listed in the metadata as
-``"targets": [{"name": "layer4", "dim": 768}, ...]`` (:func:`pyssondo.models.teacher_targets`).
+``"targets": [{"name": "layer4", "dim": 768}, ...]`` (:func:`pyssondo.loading.teacher_targets`).
 
 File formats:
 - "torchscript" (preferred): the front end and pooling scripted around the ``transformers``
@@ -471,7 +471,7 @@ def _save_state(parts: HFParts, path: PathLike, meta: Dict[str, Any]) -> None:
     from safetensors.torch import save as save_safetensors
 
     from ..atomic import atomic_open
-    from ..models import META_FILE
+    from ..loading import META_FILE
 
     state = {k: v.detach().contiguous() for k, v in parts.core.model.state_dict().items()}
     with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
@@ -496,7 +496,7 @@ def load_state_teacher(path: PathLike):
     Raises:
         ValueError: not a state file, bad metadata, or weights that do not fit the config.
     """
-    from ..models import META_FILE
+    from ..loading import META_FILE
 
     try:
         with zipfile.ZipFile(path) as z:

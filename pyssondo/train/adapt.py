@@ -8,8 +8,8 @@ trains on the new domain's unlabeled audio with three guards against forgetting:
   segments of the old domain (the parent's training files) and the rest from the new one
   (:class:`pyssondo.sampling.StratifiedSampler`), each part balanced over its clusters.
 - **A grown codebook.** The parent's cosine k-means centroids are kept and new clusters are
-  added for new-domain patterns far from all of them (:mod:`pyssondo.codebook`); old and new
-  segments are balanced over the grown codebook.
+  added for new-domain patterns far from all of them (:mod:`pyssondo.clustering.codebook`); old
+  and new segments are balanced over the grown codebook.
 - **Self-distillation.** The loss is ``loss(head(student(x)), teacher(x)) + self_weight *
   (1 - cos(student(x), previous(x)))`` where ``previous`` is the parent's student, frozen. As
   it is frozen and the segments are fixed, its embeddings of all old and new segments are
@@ -190,15 +190,16 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     import torch
 
     from ..cache import EmbeddingCache
-    from ..codebook import GROW_PERCENTILE, grow_codebook, load_or_fit_codebook, nearest, \
+    from ..clustering import GROW_PERCENTILE, grow_codebook, load_or_fit_codebook, nearest, \
         similarity_percentile
+    from ..evaluation.agreement import agreement
     from ..losses import make_loss
     from ..sampling import StratifiedSampler
     from .data import DistillDataset, JoinedTargets, StackedRows, split_by_file, warn_upsampled
     from .distributed import gather_batch, is_main, main_first, on_main
     from .engine import Trainer
     from .job import (RunResult, create_run, evaluate, finish, job_cache, open_job, setup,
-                      student_inputs, teacher_record, train_loader)
+                      student_inputs, teacher_record, train_loader, validation_embeddings)
     from .model import build_model
     from .rundir import new_run_dir, plot_epoch_metrics
     from .targets import TargetNorm, Targets
@@ -318,14 +319,24 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
                       config_hash=cfg.hash(), extra={"adapt": cfg.to_json(), **kept},
                       frozen=frozen if cfg.self_weight else (), command="adapt")
 
+    # The label-free measures of distill on each domain's held-out files; best.pt follows
+    # the parent's --best-metric, averaged over the two domains.
+    mean = np.mean(np.concatenate([old_x[old_train], new_x[new_train]]), axis=0)
+    metric = train.best_metric
+
+    def domain(val: np.ndarray) -> Dict[str, float]:
+        if len(val) < 2:  # one segment has no neighbours: the cosine alone
+            return {"val_cos": evaluate(model, plain, val, train, device, norm)} if len(val) else {}
+        return agreement(*validation_embeddings(model, plain, val, train, device, norm), mean)
+
     def validate() -> Tuple[Optional[float], Dict[str, Any]]:
-        scores = {"val_cos_old": evaluate(model, plain, old_val, train, device, norm)
-                  if len(old_val) else None,
-                  "val_cos_new": evaluate(model, plain, n_old + new_val, train, device, norm)
-                  if len(new_val) else None}
-        have = [v for v in scores.values() if v is not None]
-        mean = float(np.mean(have)) if have else None
-        return mean, {**scores, "val_cos": mean}
+        scores = {"old": domain(old_val), "new": domain(n_old + new_val)}
+        fields: Dict[str, Any] = {f"{k}_{d}": v for d, m in scores.items() for k, v in m.items()}
+        fields.update({f"val_cos_{d}": m.get("val_cos") for d, m in scores.items()})
+        for name in {"val_cos", metric}:
+            have = [m[name] for m in scores.values() if name in m]
+            fields[name] = float(np.mean(have)) if have else None
+        return fields[metric], fields
 
     if job.fresh:
         _, before = validate()
@@ -353,14 +364,17 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     trainer.fit(batches, compute_loss, validate, progress)
     del batches, loader
     if is_main():
-        plot_epoch_metrics(run, {"val_cos_old": "old domain (held-out files)",
-                                 "val_cos_new": "new domain (held-out files)"},
-                           run.validation_plot)
+        plot_epoch_metrics(run, {"val_cos_old": "cosine, old domain (held-out files)",
+                                 "val_cos_new": "cosine, new domain (held-out files)",
+                                 "knn_agree_backbone_old": "kNN agreement, old domain",
+                                 "knn_agree_backbone_new": "kNN agreement, new domain"},
+                           run.validation_plot, ylabel="agreement with the teacher")
     final, out = finish(run, projected=train.projected, export=export)
     epochs = [r for r in run.read_log() if r.get("kind") == "epoch"]
+    shown = [f"{m}_{d}" for m in ("val_cos", "knn_agree_backbone") for d in ("old", "new")]
     summary = {"steps": trainer.step, "codebook": growth, "parent": str(parent.run.path),
-               "before": {k: epochs[0].get(k) for k in ("val_cos_old", "val_cos_new")},
-               "after": {k: epochs[-1].get(k) for k in ("val_cos_old", "val_cos_new")},
+               "before": {k: epochs[0].get(k) for k in shown},
+               "after": {k: epochs[-1].get(k) for k in shown},
                "train_segments": {"old": int(len(old_train)), "new": int(len(new_train))},
                "val_segments": {"old": int(len(old_val)), "new": int(len(new_val))}}
     best = final.get("best_metric") if len(old_val) or len(new_val) else None
@@ -399,7 +413,7 @@ def previous_embeddings(path: Path, model, dataset, n: int, cfg: DistillConfig,
 
 def _check_teacher(teacher: str, fingerprint: str, parent: Parent) -> None:
     """The teacher must be the one that built the parent's cache (compared by sha256)."""
-    from ..models import file_sha256, is_factory_spec
+    from ..loading import file_sha256, is_factory_spec
 
     if not teacher or is_factory_spec(teacher):
         return

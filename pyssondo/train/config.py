@@ -31,8 +31,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..config import MelConfig
 from ..errors import ParameterError
+from ..frontend import MelConfig
 from ..views import DEFAULT_SPEC, ViewConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -92,6 +92,8 @@ class DistillConfig:
     final_lr_scale: float = 0.01         # lr at the last step, as a fraction of lr
     weight_decay: float = 0.0
     grad_clip: float = 5.0               # max global gradient norm (0 = off)
+    ema: float = 0.0                     # decay per step of the weight average that validation,
+    #                                      best.pt and the export use (0 = off; engine.py)
     seed: int = 0
     precision: str = "fp32"
     device: str = "cpu"
@@ -182,6 +184,7 @@ class DistillConfig:
             ("final_lr_scale", 0.0 <= self.final_lr_scale <= 1.0, "expected in [0, 1]"),
             ("weight_decay", self.weight_decay >= 0, "expected >= 0"),
             ("grad_clip", self.grad_clip >= 0, "expected >= 0 (0 = off)"),
+            ("ema", 0.0 <= self.ema < 1.0, "expected 0 <= decay < 1 (0 = off)"),
             ("precision", self.precision in PRECISIONS, f"expected one of {PRECISIONS}"),
             ("device", self.device.split(":")[0] in DEVICES, f"expected one of {DEVICES}"),
             ("cache_mel", self.cache_mel in CACHE_MEL, f"expected one of {CACHE_MEL}"),
@@ -213,9 +216,9 @@ class DistillConfig:
         cache folder needs neither) and the student, head and loss are known; ParameterError
         (FileNotFoundError for a missing teacher) otherwise."""
         from ..evaluation.agreement import MEASURES
-        from ..heads import HEAD_KINDS
+        from ..loading import is_factory_spec
         from ..losses import make_loss
-        from ..models import is_factory_spec
+        from ..names import HEADS
         from ..students import student_entry
         from .targets import NORMS
 
@@ -224,9 +227,9 @@ class DistillConfig:
                 raise FileNotFoundError(f"{spec}: teacher file not found (a TorchScript file "
                                         f"or pkg.module:factory)")
         student_entry(self.student)
-        if self.head not in HEAD_KINDS:
+        if self.head not in HEADS:
             raise ParameterError(f"distill: head={self.head!r} is invalid: expected one of "
-                                 f"{HEAD_KINDS}")
+                                 f"{HEADS}")
         make_loss(self.loss)  # ParameterError on a bad spec; the names: NAME[@opts][:WEIGHT]
         terms = {item.split(":")[0].split("@")[0].strip() for item in self.loss.split(",")}
         choices = {"target_norm": NORMS, "best_metric": MEASURES}
@@ -289,6 +292,8 @@ class DistillConfig:
         d = self.to_dict()
         for name in NOT_HASHED:
             d.pop(name, None)
+        if d.get("ema") == 0.0:  # off: runs made before the setting existed keep their hash
+            d.pop("ema")
         if d.get("views") == 1:  # no views: the augmentations change nothing (and runs made
             d.pop("views")       # before views existed keep their hash)
             d.pop("view_augment", None)

@@ -40,8 +40,8 @@ from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..config import MelConfig
 from ..errors import ParameterError
+from ..frontend import MelConfig
 from ..progress import Progress
 from ..segments import cut_segment, seconds_to_samples
 from ..views import FileAudio, ViewConfig, partner_segment, segment_view
@@ -207,7 +207,7 @@ class Collate:
         self.seed = int(seed)
 
     def __call__(self, items: List[Tuple[Key, np.ndarray, np.ndarray]]):
-        from ..mel import log_mel
+        from ..frontend import log_mel
 
         keys = [it[0] for it in items]
         xs = np.stack([it[1] for it in items])
@@ -369,7 +369,7 @@ def mel_cache(path: Path, audio: SegmentAudio, cfg: MelConfig, batch_size: int =
     Computed once (batched C++ log-mel with the process's threads) into a temporary name next
     to ``path`` and renamed when complete; later runs map the finished file.
     """
-    from ..mel import log_mel
+    from ..frontend import log_mel
 
     if path.is_file():
         return np.load(path, mmap_mode="r")

@@ -30,7 +30,7 @@ import torch
 
 from ..evaluation.agreement import MEASURES
 
-from ..models import teacher_name
+from ..loading import teacher_name
 from .checkpoint import weights_fingerprint
 from .config import DistillConfig
 from .data import DistillDataset, StackedRows, split_by_file, warn_upsampled
@@ -60,8 +60,9 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
         OSError: a checkpoint could not be written (the previous one is intact).
     """
     from ..cache import EmbeddingCache
+    from ..clustering import load_or_fit_clusters
     from ..losses import make_loss
-    from ..sampling import BalancedSampler, load_or_fit_clusters
+    from ..sampling import BalancedSampler
 
     job = open_job(cfg.out, cfg.hash(), resume, "distill")
     if not job.fresh:

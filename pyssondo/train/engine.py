@@ -3,8 +3,10 @@ and resuming.
 
 :class:`Trainer` owns everything a checkpoint restores: student + head, Adam with the S-SONDO
 schedule (:func:`lr_lambda`, per step), the grad scaler, the RNG states, the sampler position
-(epoch, samples consumed), the step counter, the best validation metric and the losses of the
-epoch in progress. :meth:`Trainer.fit` runs the remaining epochs over key batches; the caller
+(epoch, samples consumed), the step counter, the best validation metric, the losses of the
+epoch in progress and, with ``ema``, the weight average (:mod:`.averaging`): checkpoints then
+hold the average as "student"/"head" (what export, merge, adapt and ``--init`` read) and the
+trained weights under "trained". :meth:`Trainer.fit` runs the remaining epochs over key batches; the caller
 supplies the loss of a batch and the validation of an epoch, which is all that differs between
 the commands. A resumed run therefore ends with the same weights as an uninterrupted one.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from ..progress import Progress
+from .averaging import WeightAverage
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import DistillConfig
 from .distributed import (all_gather_object, is_main, mean_floats, on_main, sync_batchnorm,
@@ -138,6 +141,7 @@ class Trainer:
             cfg.precision]
         self.epoch, self.position, self.step = 0, 0, 0
         self.best: Optional[float] = None
+        self.average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         self.losses: List[float] = []             # per step of the epoch in progress
         self.parts: Dict[str, List[float]] = {}   # named loss parts, per step, same epoch
 
@@ -150,8 +154,11 @@ class Trainer:
     def restore(self, state: Dict[str, Any]) -> None:
         """Continues from checkpoint ``state``: weights, optimiser, schedule, scaler, RNG,
         sampler position and counters; drops log lines written after it."""
-        self.model.student.load_state_dict(state["student"])
-        self.model.head.load_state_dict(state["head"])
+        trained = state.get("trained") or state
+        self.model.student.load_state_dict(trained["student"])
+        self.model.head.load_state_dict(trained["head"])
+        if self.average is not None:
+            self.average.load_parts({"student": state["student"], "head": state["head"]})
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -177,9 +184,13 @@ class Trainer:
         if not is_main():
             return
         mid_epoch = bool(self.position)
+        trained = {"student": self.model.student.state_dict(),
+                   "head": self.model.head.state_dict()}
+        kept = trained if self.average is None else {
+            "student": self.average.part("student"), "head": self.average.part("head")}
         state = {"config": self.cfg.to_json(), "config_hash": self.config_hash,
-                 "teacher": self.teacher, "student_name": self.cfg.student,
-                 "student": self.model.student.state_dict(), "head": self.model.head.state_dict(),
+                 "teacher": self.teacher, "student_name": self.cfg.student, **kept,
+                 **({"trained": trained} if self.average is not None else {}),
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng": rngs[0],
                  **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
@@ -251,6 +262,8 @@ class Trainer:
                                         + [float(v.detach()) for v in parts.values()])
                     self._update(loss, means[0])
                     self.step += 1
+                    if self.average is not None:
+                        self.average.update(self.model, self.step)
                     self.position += x.shape[0] * size
                     self.losses.append(means[0])
                     for name, value in zip(parts, means[1:]):
@@ -266,7 +279,8 @@ class Trainer:
                     if cfg.save_every and self.step % cfg.save_every == 0 \
                             and self.position < per_epoch:
                         self.save(None, False)
-            metric, fields = validate()
+            with self.average.applied(self.model) if self.average else nullcontext():
+                metric, fields = validate()
             train_loss = float(np.mean(self.losses)) if self.losses else float("nan")
             metric = metric if metric is not None else -train_loss
             is_best = self.best is None or metric > self.best

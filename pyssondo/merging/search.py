@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 _DIGITS = 10  # lambdas are rounded to this many decimals, so 0.1 + 0.2 is 0.3
 
@@ -197,7 +197,7 @@ def format_search(candidates: Sequence[Candidate], runs: Sequence[str],
 
 
 def plot_search(candidates: Sequence[Candidate], runs: Sequence[str], path, *,
-                title: str = "") -> None:
+                title: str = "", ylabel: str = "score (primary metric)") -> None:
     """PNG: one line per column against the first run's lambda (two runs) or the candidate's
     position in the grid (more runs), parents as dashed horizontal lines. Needs matplotlib."""
     import matplotlib
@@ -205,7 +205,7 @@ def plot_search(candidates: Sequence[Candidate], runs: Sequence[str], path, *,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_open
+    from ..atomic import atomic_open
 
     merges = [c for c in candidates if not c.parent]
     parents = [c for c in candidates if c.parent]
@@ -226,7 +226,7 @@ def plot_search(candidates: Sequence[Candidate], runs: Sequence[str], path, *,
         ax.set_xticklabels([",".join(f"{v:g}" for v in c.lambdas) for c in merges],
                            rotation=90, fontsize=6)
         ax.set_xlabel("lambdas (" + ", ".join(runs) + ")")
-    ax.set_ylabel("score (primary metric)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "merged student per lambda")
     ax.legend(fontsize=7)
     fig.tight_layout()

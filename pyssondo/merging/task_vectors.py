@@ -7,7 +7,7 @@ Batch-norm running statistics are not weights: extrapolated like weights, varian
 negative (``--lambdas 0.7,0.7``) and the merged student outputs NaN. They are interpolated
 instead, as the convex combination of the students' statistics with weights
 max(lambda_i, 0) / sum_j max(lambda_j, 0) (:func:`bn_weights`), or recomputed on audio
-(:mod:`pyssondo.recalibrate`). Integer buffers (``num_batches_tracked``) keep theta_0's value.
+(:mod:`pyssondo.merging.recalibrate`). Integer buffers (``num_batches_tracked``) keep theta_0's value.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Dict, List, Sequence, Union
 
 import torch
 
-from .atomic import atomic_write_bytes
-from .errors import ParameterError
+from ..atomic import atomic_write_bytes
+from ..errors import ParameterError
 
 State = Dict[str, torch.Tensor]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -95,7 +95,7 @@ def merge_task_vectors(base: State, students: Sequence[State], lambdas: Sequence
 def initial_weights(student: str, *, n_mels: int, seed: int) -> State:
     """The randomly initialised weights of ``student`` (for ``n_mels`` bands) with torch
     seeded by ``seed``; the global RNG state is left as it was."""
-    from .students import create_student
+    from ..students import create_student
 
     if n_mels < 1:
         raise ParameterError(f"--n-mels {n_mels} is invalid: expected >= 1")
@@ -107,7 +107,7 @@ def initial_weights(student: str, *, n_mels: int, seed: int) -> State:
 def save_weights(state: State, path: PathLike) -> str:
     """Saves a state dict atomically (readable by ``--init`` and ``ssondo merge``); returns its
     :func:`pyssondo.train.checkpoint.weights_fingerprint`."""
-    from .train.checkpoint import weights_fingerprint
+    from ..train.checkpoint import weights_fingerprint
 
     buf = io.BytesIO()
     torch.save(state, buf)

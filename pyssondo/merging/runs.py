@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .merge import State, merge_task_vectors
+from ..train.checkpoint import load_checkpoint, load_student_weights, weights_fingerprint
 from .recalibrate import recalibrate_bn
-from .train.checkpoint import load_checkpoint, load_student_weights, weights_fingerprint
+from .task_vectors import State, merge_task_vectors
 
 
 @dataclass
@@ -52,8 +52,8 @@ def load_parents(base_spec: str, run_specs: Sequence[str], checkpoint: str = "la
         FileNotFoundError: a run or BASE is missing. ValueError: a run did not start from BASE,
         or its student, front end or window differs from the first run's (one line each).
     """
-    from .train.config import DistillConfig
-    from .train.rundir import RunDir
+    from ..train.config import DistillConfig
+    from ..train.rundir import RunDir
 
     base = load_student_weights(base_spec)
     base_fp = weights_fingerprint(base)
@@ -110,10 +110,10 @@ def distinct_labels(specs: Sequence[str]) -> List[str]:
 
 def merged_student(parents: Sequence[Parent], base: State, lambdas: Sequence[float],
                    bn_batches: Optional[Sequence[torch.Tensor]] = None) -> torch.nn.Module:
-    """The student with weights merged by :func:`pyssondo.merge.merge_task_vectors` (batch-norm
+    """The student with weights merged by :func:`pyssondo.merging.task_vectors.merge_task_vectors` (batch-norm
     statistics interpolated), recomputed on ``bn_batches`` (log-mel [B, M, F]) when given;
     in eval mode."""
-    from .students import create_student
+    from ..students import create_student
 
     cfg = parents[0].cfg
     state = merge_task_vectors(base, [p.student for p in parents], lambdas,
@@ -128,7 +128,7 @@ def merged_student(parents: Sequence[Parent], base: State, lambdas: Sequence[flo
 def module_embedder(name: str, module: torch.nn.Module, sample_rate: int):
     """An :class:`pyssondo.evaluation.embed.Embedder` around an eager waveform -> [B, D]
     module (an :class:`pyssondo.export.ExportedStudent`), fingerprinted by its weights."""
-    from .evaluation.embed import Embedder
+    from ..evaluation.embed import Embedder
 
     def embed_batch(x: np.ndarray, names: str = "the given audio") -> np.ndarray:
         with torch.no_grad():
@@ -139,30 +139,42 @@ def module_embedder(name: str, module: torch.nn.Module, sample_rate: int):
                     sample_rate=int(sample_rate), params=params, embed_batch=embed_batch)
 
 
+def candidate_students(parents: Sequence[Parent], base: State,
+                       grid: Sequence[Sequence[float]],
+                       bn_batches: Optional[Sequence[torch.Tensor]] = None):
+    """([Candidate] without scores, [student in eval mode]): every parent alone, then the
+    merge (:func:`merged_student`) at every lambda tuple of ``grid``, in order."""
+    from .search import Candidate
+    from ..students import create_student
+
+    pcfg = parents[0].cfg
+    n = len(parents)
+    candidates, students = [], []
+    for i, p in enumerate(parents):
+        student = create_student(pcfg.student, n_mels=pcfg.mel.n_mels)
+        student.load_state_dict(p.student)
+        candidates.append(Candidate(p.name, tuple(float(j == i) for j in range(n)), parent=True))
+        students.append(student.eval())
+    for lambdas in grid:
+        candidates.append(Candidate("lambda=" + ",".join(f"{v:g}" for v in lambdas),
+                                    tuple(float(v) for v in lambdas)))
+        students.append(merged_student(parents, base, lambdas, bn_batches))
+    return candidates, students
+
+
 def score_candidates(parents: Sequence[Parent], base: State, grid: Sequence[Sequence[float]],
                      tasks, cfg, *, bn_batches: Optional[Sequence[torch.Tensor]] = None,
                      progress: bool = False):
     """Every parent alone and the merge at every lambda tuple of ``grid``, scored on ``tasks``
     (:class:`pyssondo.evaluation.data.LabeledData`) with the evaluation settings ``cfg``:
     [Candidate] (parents first, then the grid in order) and the evaluation report."""
-    from .evaluation.evaluate import evaluate
-    from .export import wrap
-    from .merge_search import Candidate, score_table
-    from .students import create_student
+    from ..evaluation.evaluate import evaluate
+    from ..export import wrap
+    from .search import score_table
 
     pcfg = parents[0].cfg
-    n = len(parents)
-    candidates, models = [], []
-    for i, p in enumerate(parents):
-        student = create_student(pcfg.student, n_mels=pcfg.mel.n_mels)
-        student.load_state_dict(p.student)
-        candidates.append(Candidate(p.name, tuple(float(j == i) for j in range(n)), parent=True))
-        models.append(wrap(student.eval(), None, pcfg.mel, pcfg.window_s))
-    for lambdas in grid:
-        candidates.append(Candidate("lambda=" + ",".join(f"{v:g}" for v in lambdas),
-                                    tuple(float(v) for v in lambdas)))
-        models.append(wrap(merged_student(parents, base, lambdas, bn_batches), None, pcfg.mel,
-                           pcfg.window_s))
+    candidates, students = candidate_students(parents, base, grid, bn_batches)
+    models = [wrap(s, None, pcfg.mel, pcfg.window_s) for s in students]
     embedders = [module_embedder(c.name, m, pcfg.mel.sample_rate)
                  for c, m in zip(candidates, models)]
     result = evaluate(embedders, tasks, cfg, cache_dir=None, progress=progress)

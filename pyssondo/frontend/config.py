@@ -1,7 +1,7 @@
 """MelConfig: every log-mel front-end setting, in one place.
 
-The same object drives the C++ front end (:func:`pyssondo.log_mel`), the TorchScript module
-(:class:`pyssondo.frontend.LogMel`), training checkpoints and the export metadata
+The same object drives the C++ front end (:func:`pyssondo.frontend.log_mel`), the TorchScript
+module (:class:`pyssondo.frontend.LogMel`), training checkpoints and the export metadata
 (``ssondo.json``), so the front end a student was trained with is the one it ships with.
 """
 from __future__ import annotations
@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 WINDOWS = ("hann", "hamming", "rectangular")
 MEL_SCALES = ("slaney", "htk")
 MEL_NORMS = ("slaney", "none")
 PAD_MODES = ("reflect", "constant")
+FRONTENDS = ("fft", "dft")  # the torch module's STFT: torch.stft, or a conv with a DFT basis
 
 
 @dataclass(frozen=True)

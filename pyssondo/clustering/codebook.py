@@ -26,8 +26,9 @@ from typing import Tuple, Union
 
 import numpy as np
 
-from .errors import ParameterError
+from ..errors import ParameterError
 from .kmeans import assign_pass
+from .labels import cluster_file, load_or_fit_clusters
 
 GROW_PERCENTILE = 5.0  # default threshold: this percentile of the old within-cluster similarity
 
@@ -85,10 +86,8 @@ def grow_codebook(centers: np.ndarray, X, threshold: float, seed: int = 0) -> np
 def load_or_fit_codebook(cache_dir: Union[str, "os.PathLike[str]"], k: int,
                          metric: str = "cosine", seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """The k-means of an embedding cache with the run's ``metric``, as distill fits and stores
-    it: (labels int32 [N], centroids float32 [k, D]) (:func:`pyssondo.sampling.
-    load_or_fit_clusters`; reused while the cache is unchanged)."""
-    from .sampling import cluster_file, load_or_fit_clusters
-
+    it: (labels int32 [N], centroids float32 [k, D]) (:func:`~.labels.load_or_fit_clusters`;
+    reused while the cache is unchanged)."""
     labels = load_or_fit_clusters(cache_dir, k=k, metric=metric, seed=seed)
     path = cluster_file(Path(cache_dir), k, metric, seed).with_suffix(".centers.npy")
     if not path.is_file():  # ids stored without their centroids: fit again

@@ -1,7 +1,7 @@
 """Log-mel spectrograms with the C++ core: numpy in, numpy out, batched and threaded.
 
 The torch twin for training and export is :class:`pyssondo.frontend.LogMel`; both use the
-window and filterbank of :mod:`pyssondo.filters` and give the same numbers within 1e-3.
+window and filterbank of :mod:`pyssondo.frontend.filters` and give the same numbers within 1e-3.
 """
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import functools
 
 import numpy as np
 
+from ..errors import ParameterError
 from .config import MelConfig
-from .errors import ParameterError
 
 
 @functools.lru_cache(maxsize=16)
 def _plan(cfg: MelConfig):
     """The C++ plan (FFT tables, sparse filterbank) for ``cfg``, built once per config."""
-    from . import _core
+    from .. import _core
     from .filters import mel_filterbank, window
 
     return _core.LogMelPlan(window(cfg), mel_filterbank(cfg), cfg.hop_length, bool(cfg.center),

@@ -1,6 +1,6 @@
-"""The window and the mel filterbank of a :class:`~pyssondo.config.MelConfig`, in numpy.
+"""The window and the mel filterbank of a :class:`~pyssondo.frontend.MelConfig`, in numpy.
 
-Both front ends (the C++ core behind :func:`pyssondo.log_mel` and the torch module
+Both front ends (the C++ core behind :func:`pyssondo.frontend.log_mel` and the torch module
 :class:`pyssondo.frontend.LogMel`) take these arrays instead of computing their own, so the
 two cannot disagree. The mel filterbank follows ``librosa.filters.mel`` (``htk=``, ``norm=``).
 """

@@ -1,19 +1,19 @@
 """LogMel: the log-mel front end as a TorchScript-able ``nn.Module`` (torch.stft, no torchaudio).
 
-It is the front end inside exported students and the torch twin of :func:`pyssondo.log_mel`
-(C++): same window and filterbank (:mod:`pyssondo.filters`), same padding and framing
+It is the front end inside exported students and the torch twin of
+:func:`pyssondo.frontend.log_mel` (C++): same window and filterbank
+(:mod:`pyssondo.frontend.filters`), same padding and framing
 (:meth:`MelConfig.num_frames`), same numbers within 1e-3. :class:`DftLogMel` computes the same
 log-mel with the STFT as a strided 1-D convolution over a fixed DFT basis
-(:func:`pyssondo.filters.dft_basis`), for runtimes without FFT ops (ONNX opsets < 17, CoreML,
-TFLite, ExecuTorch); :func:`make_frontend` picks one by name (:data:`FRONTENDS`).
+(:func:`pyssondo.frontend.filters.dft_basis`), for runtimes without FFT ops (ONNX opsets < 17,
+CoreML, TFLite, ExecuTorch); :func:`make_frontend` picks one by name (:data:`FRONTENDS`).
 """
 import torch
 from torch import Tensor, nn
 
-from .config import MelConfig
+from ..errors import ParameterError
+from .config import FRONTENDS, MelConfig
 from .filters import dft_basis, mel_filterbank, window
-
-FRONTENDS = ("fft", "dft")  # torch.stft (FFT) or the STFT as a convolution with a DFT basis
 
 
 class LogMel(nn.Module):
@@ -96,8 +96,8 @@ class DftLogMel(LogMel):
     """:class:`LogMel` with the STFT computed as ``conv1d(x, basis, stride=hop_length)``.
 
     ``basis`` (buffer, float32 [2K, 1, n_fft], K = n_fft // 2 + 1) is
-    :func:`pyssondo.filters.dft_basis`: the same window as :class:`LogMel`, folded into the
-    cosine and sine rows. Same input, output, padding and framing as :class:`LogMel`; equal to
+    :func:`pyssondo.frontend.filters.dft_basis`: the same window as :class:`LogMel`, folded into
+    the cosine and sine rows. Same input, output, padding and framing as :class:`LogMel`; equal to
     it within float32 rounding (about 1e-5 on log-mel). Costs 2K * n_fft multiply-adds per
     frame instead of an FFT's O(n_fft log n_fft), but needs only Conv, Mul, Add, MatMul and Log.
     """
@@ -122,8 +122,6 @@ def make_frontend(cfg: MelConfig, name: str = "fft") -> LogMel:
     Raises:
         ParameterError: unknown name.
     """
-    from .errors import ParameterError
-
     if name not in FRONTENDS:
         raise ParameterError(f"front end {name!r} is invalid: expected one of {FRONTENDS}")
     return LogMel(cfg) if name == "fft" else DftLogMel(cfg)

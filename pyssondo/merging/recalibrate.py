@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import load_audio, resample
-from .config import MelConfig
-from .errors import AudioError, ParameterError
-from .segments import cut_segment, plan_segments, seconds_to_samples
+from ..audio import load_audio, resample
+from ..errors import AudioError, ParameterError
+from ..frontend import MelConfig
+from ..segments import cut_segment, plan_segments, seconds_to_samples
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_WINDOWS = 2048  # windows used for recalibration at most (64 batches of 32)
@@ -80,7 +80,7 @@ def audio_windows(audio_dirs: Sequence[PathLike], sample_rate: int, window_s: fl
     Raises:
         FileNotFoundError / ValueError: no such folder, no audio in it, or none decodes.
     """
-    from .cache.scan import scan_audio
+    from ..cache.scan import scan_audio
 
     if max_windows < 1:
         raise ParameterError(f"max_windows {max_windows} is invalid: expected >= 1")
@@ -109,7 +109,7 @@ def audio_windows(audio_dirs: Sequence[PathLike], sample_rate: int, window_s: fl
 def log_mel_batches(windows: np.ndarray, mel: MelConfig, batch_size: int = 32
                     ) -> Iterator[torch.Tensor]:
     """Log-mel [B, M, F] float32 tensors of consecutive ``batch_size`` rows of ``windows``."""
-    from .mel import log_mel
+    from ..frontend import log_mel
 
     if batch_size < 1:
         raise ParameterError(f"batch size {batch_size} is invalid: expected >= 1")

@@ -43,7 +43,7 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 METRICS = ("cosine", "euclidean")
 _BLOCK_BYTES = 64 << 20  # row blocks of about 64 MiB
@@ -89,7 +89,7 @@ def _blocks(X: np.ndarray, block_rows: int) -> Iterator[Tuple[int, np.ndarray]]:
 def _prepare(X: np.ndarray, rows: Optional[np.ndarray], metric: str,
              block_rows: int) -> np.ndarray:
     """float32 copy of X[rows] (all rows when None), validated, normalised for cosine."""
-    from . import _core
+    from .. import _core
 
     idx = np.arange(X.shape[0], dtype=np.int64) if rows is None else rows.astype(np.int64)
     out = np.empty((idx.size, X.shape[1]), dtype=np.float32)
@@ -136,7 +136,7 @@ def assign_pass(X: np.ndarray, centers: np.ndarray, metric: str, *, accumulate: 
     or 1 - cos), ``inertia`` (float64 sum of ``dist``), ``counts`` int64 [k], ``sums`` float64
     [k, D] when ``accumulate``, and the up-to-k farthest rows (``far_rows``, ``far_dist``).
     """
-    from . import _core
+    from .. import _core
 
     X = _as_rows(X)
     centers = np.ascontiguousarray(centers, dtype=np.float32)
@@ -255,7 +255,7 @@ class KMeans:
     # -- seeding -------------------------------------------------------------------------
 
     def _initial_centers(self, T: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        from . import _core
+        from .. import _core
 
         if not isinstance(self.init, str):
             C = np.array(self.init, dtype=np.float32, copy=True)
@@ -276,7 +276,7 @@ class KMeans:
     def _minibatch_epoch(self, T: np.ndarray, C: np.ndarray, weights: np.ndarray,
                          rng: np.random.Generator) -> None:
         """One mini-batch epoch over the rows of T in a random order (T is in memory)."""
-        from . import _core
+        from .. import _core
 
         order = rng.permutation(T.shape[0])
         for j0 in range(0, T.shape[0], self.batch_size):
@@ -289,7 +289,7 @@ class KMeans:
     def _lloyd(self, T: np.ndarray, C: np.ndarray, history: List[float]) -> Tuple[_Pass, bool]:
         """Lloyd iterations on the in-memory rows T from C (updated in place). Returns the
         last assignment pass and whether it converged (then the pass matches C)."""
-        from . import _core
+        from .. import _core
 
         prev = math.inf
         zero_w = np.zeros(self.k, dtype=np.float64)
@@ -307,8 +307,8 @@ class KMeans:
 
     def fit(self, X) -> "KMeans":
         """Clusters the rows of X [N, D] (float16/float32/float64 array or memmap). Returns self."""
-        from . import _core
-        from .progress import Progress
+        from .. import _core
+        from ..progress import Progress
 
         X = _as_rows(X)
         n, d = X.shape
@@ -374,7 +374,7 @@ class KMeans:
         the previous fit / partial_fit). The first call on an unfitted model seeds the codebook
         with k-means++ on (a sample of) X. Returns self; ``labels_``/``inertia_`` are not
         updated (use :meth:`predict`)."""
-        from . import _core
+        from .. import _core
 
         X = _as_rows(X)
         br = _block_rows(X, self.block_rows)
