@@ -27,7 +27,7 @@ def test_round_trip_keeps_every_key_and_leaves_out_none():
     ({"segment_samples": True}, "'segment_samples' is True"),
     ({"int8": "yes"}, "'int8' is 'yes'"),
     ({"format": "other"}, "not an exported student"),
-    ({"colour": "red"}, "unknown keys ['colour']"),
+    ({"version": 2}, "schema version 2 is newer than this ssondo's (1)"),
 ])
 def test_bad_fields_name_the_file_and_the_field(change, words):
     with pytest.raises(ValueError) as e:
@@ -41,3 +41,8 @@ def test_not_json_names_the_file():
         ExportMeta.from_json("{", "/x/s.onnx")
     with pytest.raises(ValueError, match="not a JSON object"):
         ExportMeta.from_json("[1]", "/x/s.onnx")
+
+
+def test_keys_a_newer_ssondo_added_are_skipped():
+    meta = ExportMeta.from_dict({**GOOD, "colour": "red"}, "/x/s.pt")
+    assert meta == ExportMeta.from_dict(GOOD, "/x/s.pt")
