@@ -105,6 +105,8 @@ RECIPES["defaults"] = _product_defaults()
 RECIPES.update({
     "d-views4": {**RECIPES["defaults"], "views": 4},
     "d-views8": {**RECIPES["defaults"], "views": 8},
+    "d-views4-4pass": {**RECIPES["defaults"], "views": 4, "min_steps_per_epoch": 10**6},
+    "d-views4-ema": {**RECIPES["defaults"], "views": 4, "ema": 0.995},
     "d-hop1": {**RECIPES["defaults"], "hop_s": 1.0},
     "d-4pass": {**RECIPES["defaults"], "min_steps_per_epoch": 10**6},  # MAX_PASSES passes
     "d-center": {**RECIPES["defaults"], "target_norm": "center"},
