@@ -52,9 +52,12 @@ sys.path.insert(0, str(ROOT))
 
 # The setting (S-SONDO's raw cosine, best.pt by raw cosine); every recipe starts from it.
 BASE: Dict[str, Any] = {"window_s": 2.0, "mel": {"sample_rate": 16000, "f_max": 8000.0},
-                        "loss": "cosine", "best_metric": "val_cos"}
+                        "loss": "cosine", "best_metric": "val_cos", "views": 1}
 # What 'ssondo distill' does by default, where it departs from BASE (the "defaults" recipe).
-PRODUCT = ("loss", "target_norm", "best_metric", "min_steps_per_epoch")
+PRODUCT = ("loss", "target_norm", "best_metric", "min_steps_per_epoch", "views")
+# The defaults before teacher-side views became one (the "d-*" levers start from them).
+DEFAULTS_V1: Dict[str, Any] = {"loss": "infonce", "target_norm": "none",
+                               "best_metric": "knn_agree_backbone", "min_steps_per_epoch": 0}
 
 # name -> DistillConfig overrides on top of BASE ("mel" entries merge into BASE's mel).
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -101,17 +104,18 @@ def _product_defaults() -> Dict[str, Any]:
 
 
 RECIPES["defaults"] = _product_defaults()
-# Levers on top of today's defaults.
+# Levers on top of the defaults before views ("d-views4" is today's "defaults").
+RECIPES["defaults-v1"] = DEFAULTS_V1
 RECIPES.update({
-    "d-views4": {**RECIPES["defaults"], "views": 4},
-    "d-views8": {**RECIPES["defaults"], "views": 8},
-    "d-views4-4pass": {**RECIPES["defaults"], "views": 4, "min_steps_per_epoch": 10**6},
-    "d-views4-ema": {**RECIPES["defaults"], "views": 4, "ema": 0.995},
-    "d-hop1": {**RECIPES["defaults"], "hop_s": 1.0},
-    "d-4pass": {**RECIPES["defaults"], "min_steps_per_epoch": 10**6},  # MAX_PASSES passes
-    "d-center": {**RECIPES["defaults"], "target_norm": "center"},
-    "d-tau05": {**RECIPES["defaults"], "loss": "infonce@tau=0.05"},
-    "d-bs256": {**RECIPES["defaults"], "batch_size": 256, "lr": 1.6e-3},
+    "d-views4": {**DEFAULTS_V1, "views": 4},
+    "d-views8": {**DEFAULTS_V1, "views": 8},
+    "d-views4-4pass": {**DEFAULTS_V1, "views": 4, "min_steps_per_epoch": 10**6},
+    "d-views4-ema": {**DEFAULTS_V1, "views": 4, "ema": 0.995},
+    "d-hop1": {**DEFAULTS_V1, "hop_s": 1.0},
+    "d-4pass": {**DEFAULTS_V1, "min_steps_per_epoch": 10**6},  # MAX_PASSES passes
+    "d-center": {**DEFAULTS_V1, "target_norm": "center"},
+    "d-tau05": {**DEFAULTS_V1, "loss": "infonce@tau=0.05"},
+    "d-bs256": {**DEFAULTS_V1, "batch_size": 256, "lr": 1.6e-3},
 })
 
 DATA = Path(os.environ.get("SSONDO_DATA", ROOT.parent / "shared" / "data"))
@@ -476,7 +480,7 @@ def main(argv: Sequence[str]) -> int:
             if old is None:
                 raise SystemExit(f"quality.py: {path}: no row of {args.results} names this run")
             recorded = json.loads(RunDir(path).config.read_text())
-            cfg = DistillConfig.from_dict({k: v for k, v in recorded.items()
+            cfg = DistillConfig.from_stored({k: v for k, v in recorded.items()
                                            if k in DistillConfig.__dataclass_fields__})
             score(RunDir(path), cfg, old["recipe"], old["train_s"], old.get("best_val_cos"))
     for recipe in [] if args.rescore else args.recipes:

@@ -49,7 +49,8 @@ def work(tmp_path_factory, shared_data):
     cfg = DistillConfig(teacher=str(root / "crepe-tiny.pt"), audio=str(old), student="mn01",
                         mel=MEL, window_s=1.0, clusters=4, batch_size=8, epochs=4, lr=3e-3,
                         val_fraction=0.25, workers=0, threads=1, out=str(root / "runs"),
-                        log_every=1, loss="cosine", target_norm="none", min_steps_per_epoch=0)
+                        log_every=1, loss="cosine", target_norm="none", min_steps_per_epoch=0,
+                        views=1)
     parent = distill(cfg, progress=False, export=False).run.path
     return {"root": root, "teacher": root / "crepe-tiny.pt", "parent": parent, "new": new}
 

@@ -30,7 +30,7 @@ TINY = f"{HELPERS}:tiny"  # [B, T] at 16 kHz -> [B, 8]
 WINDOW = "1"  # seconds: a 1.5 s note is two segments
 DISTILL = ["--student", "mn01", "--student-sr", "16000", "--n-mels", "32", "--window", WINDOW,
            "--clusters", "2", "--batch-size", "4", "--val-fraction", "0.25", "--workers", "0",
-           "--threads", "1", "--cache-mel", "off"]
+           "--threads", "1", "--cache-mel", "off", "--views", "1"]
 
 
 def ssondo(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -393,7 +393,7 @@ def run_dir(tmp_path_factory, shared_data):
     cfg = DistillConfig(teacher=TINY, audio=str(base / "audio"), student="mn01",
                         mel=MelConfig(sample_rate=16000, f_max=8000.0, n_mels=32),
                         window_s=1.0, clusters=2, batch_size=4, epochs=1, val_fraction=0.25,
-                        workers=0, threads=1, out=str(base / "runs"), cache_mel="off")
+                        workers=0, threads=1, out=str(base / "runs"), cache_mel="off", views=1)
     return distill(cfg, progress=False, export=False).run.path
 
 

@@ -45,11 +45,12 @@ def work(tmp_path_factory, shared_data):
 
 
 def config(work, out, **kw) -> DistillConfig:
-    """Small settings: 2 s windows, 16 kHz 64-band front end, mn01, batch 8, one thread."""
+    """Small settings: 2 s windows, 16 kHz 64-band front end, mn01, batch 8, one thread, no
+    teacher-side views (tests/test_views.py trains with them)."""
     base = dict(teacher=str(work["teacher"]), audio=str(work["audio"]), student="mn01",
                 mel=MEL, window_s=2.0, clusters=4, batch_size=8, epochs=2, lr=3e-3,
                 val_fraction=0.2, workers=0, threads=1, cache_dir=str(work["cache"]),
-                out=str(out), log_every=1)
+                out=str(out), log_every=1, views=1)
     base.update(kw)
     return DistillConfig(**base)
 
@@ -61,7 +62,7 @@ def cli_args(cfg: DistillConfig):
             "--val-fraction", str(cfg.val_fraction), "--workers", str(cfg.workers),
             "--threads", str(cfg.threads), "--cache-dir", cfg.cache_dir, "--out", cfg.out,
             "--log-every", "1", "--save-every", str(cfg.save_every), "--cache-mel", cfg.cache_mel,
-            "--ema", str(cfg.ema)]
+            "--ema", str(cfg.ema), "--views", str(cfg.views)]
 
 
 

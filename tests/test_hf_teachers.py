@@ -275,7 +275,8 @@ def test_cache_records_the_targets_and_a_short_distill_runs(snapshots, shared_da
                      "16000", "--n-mels", "64", "--window", "1", "--clusters", "2",
                      "--batch-size", "4", "--epochs", "1", "--val-fraction", "0.2",
                      "--workers", "0", "--threads", "1", "--cache-dir",
-                     str(tmp_path / "cache"), "--out", str(tmp_path / "runs")]) == 0
+                     str(tmp_path / "cache"), "--out", str(tmp_path / "runs"),
+                     "--views", "1"]) == 0
     assert list((tmp_path / "runs").glob("*/student.pt"))
 
 

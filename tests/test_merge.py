@@ -229,7 +229,8 @@ def two_runs(tmp_path_factory, shared_data):
                             mel=MEL, window_s=2.0, clusters=2, batch_size=4, epochs=1, lr=3e-3,
                             val_fraction=0.25, workers=0, threads=1, seed=seed,
                             init=str(tmp / "init.pt"), cache_dir=str(tmp / "cache"),
-                            out=str(tmp / f"runs{seed}"), loss="cosine", target_norm="whiten")
+                            out=str(tmp / f"runs{seed}"), loss="cosine", target_norm="whiten",
+                            views=1)
         runs.append(distill(cfg, progress=False, export=False).run)  # whitened: --projected
         # must undo the chosen run's normalisation
     torch.set_num_threads(before)
@@ -567,7 +568,7 @@ def test_search_unlabeled_scores_an_ensemble_run_against_each_of_its_teachers(tw
                         clusters=2, batch_size=4, epochs=1, lr=3e-3, val_fraction=0.25,
                         workers=0, threads=1, seed=3, init=str(src / "init.pt"),
                         cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "runs"),
-                        loss="cosine")
+                        loss="cosine", views=1)
     ensemble = distill(cfg, progress=False, export=False).run
     torch.set_num_threads(1)
     base, parents = load_parents(str(src / "init.pt"), [str(runs[0].path), str(ensemble.path)])

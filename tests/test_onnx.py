@@ -202,7 +202,7 @@ def test_export_run_writes_int8_onnx_calibrated_on_the_run(tmp_path, shared_data
     cfg = DistillConfig(teacher=str(tmp_path / "crepe-tiny.pt"), audio=str(audio),
                         student="mn01", mel=MEL, window_s=2.0, clusters=2, batch_size=8,
                         epochs=1, val_fraction=0.25, workers=0, threads=1,
-                        cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "runs"))
+                        cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "runs"), views=1)
     run = distill(cfg, progress=False).run.path  # writes the float TorchScript student.pt
     out = tmp_path / "s8.onnx"
     proc = subprocess.run([sys.executable, "-m", "pyssondo", "export", str(run), "-o", str(out),

@@ -2,9 +2,10 @@
 
 aisfx (the quality benchmark's teacher, whose embeddings share one dominant direction) into
 mn01 on 400 clips of the FSDD train split, the same seed and number of epochs for both recipes
-(the defaults include their small-data schedule); the probe is speaker identification on
-clips of the FSDD test split (other recordings of the same speakers, never distilled on), with
-the linear probe and kNN of 'ssondo eval'. Labels are read only by the probe.
+(the defaults include their teacher-side views; the raw recipe is S-SONDO's, without); the
+probe is speaker identification on clips of the FSDD test split (other recordings of the same
+speakers, never distilled on), with the linear probe and kNN of 'ssondo eval'. Labels are
+read only by the probe.
 """
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ def test_default_recipe_beats_raw_cosine_on_a_held_out_probe(quality_work, tmp_p
                 threads=1, cache_dir=str(root / "cache"), seed=0)
     defaults = DistillConfig(**base, out=str(tmp_path / "defaults"))
     raw = DistillConfig(**base, out=str(tmp_path / "raw"), loss="cosine", target_norm="none",
-                        best_metric="val_cos", min_steps_per_epoch=0)
-    assert (defaults.loss, defaults.min_steps_per_epoch) != (raw.loss, 0)  # not raw cosine
+                        best_metric="val_cos", min_steps_per_epoch=0, views=1)
+    assert (defaults.loss, defaults.views) != (raw.loss, 1)  # not S-SONDO's raw cosine
     scores = {name: probe_mean(distill(cfg, progress=False).export, quality_work["task"])
               for name, cfg in (("defaults", defaults), ("raw", raw))}
     assert scores["defaults"] > scores["raw"] + 0.05, scores

@@ -43,7 +43,7 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pyssondo.views import DEFAULT_SPEC
+    from pyssondo.views import DEFAULT_SPEC, DEFAULT_VIEWS
 
     p.add_argument("teacher", nargs="?", help="teacher .pt file or pkg.module:factory")
     p.add_argument("audio_dir", nargs="?", help="folder of audio files (scanned recursively)")
@@ -67,8 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads for the teacher (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--views", type=int, default=1,
-                   help="views per segment, view 0 clean (default: 1 = no augmentation)")
+    p.add_argument("--views", type=int, default=DEFAULT_VIEWS,
+                   help=f"views per segment, view 0 clean (default: {DEFAULT_VIEWS}, as "
+                        f"'ssondo distill' uses; 1 = no augmentation)")
     p.add_argument("--view-augment", default=DEFAULT_SPEC, metavar="SPEC",
                    help=f"augmentations of views >= 1: gain=LO:HI dB, eq=LO:HI dB, bands=N, "
                         f"shift=S seconds, shift_mode=circular|pad, mix=LO:HI SNR dB, "

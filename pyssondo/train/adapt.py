@@ -72,7 +72,7 @@ class AdaptConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
-            self.train = DistillConfig.from_dict(self.train, source="adapt config")
+            self.train = DistillConfig.from_stored(self.train, source="adapt config")
 
     def validate(self) -> None:
         """Raises ParameterError naming the first invalid setting and its valid range."""

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..errors import ParameterError
 from ..frontend import MelConfig
-from ..views import DEFAULT_SPEC, ViewConfig
+from ..views import DEFAULT_SPEC, DEFAULT_VIEWS, ViewConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MEL = ("auto", "on", "off")
@@ -49,6 +49,8 @@ NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every", "eval_data"
 # Of those, the ones a resumed run takes from the command that resumes it.
 RUNTIME = ("out", "workers", "threads", "log_every", "eval_data", "eval_label_column",
            "teacher_batch_size")
+# Settings whose default changed, with the value a stored config that lacks them meant.
+STORED_BEFORE: Dict[str, Any] = {"views": 1}
 
 
 @dataclass
@@ -106,7 +108,7 @@ class DistillConfig:
     freq_mask: int = 0                   # max bands of one frequency mask (0 = off)
     mixup: float = 0.0                   # Beta(mixup, mixup) mixing weight (0 = off)
     # Teacher-side views: K per segment in the teacher cache, view 0 clean (pyssondo.views).
-    views: int = 1                       # 1 = the clean segment only
+    views: int = DEFAULT_VIEWS           # 1 = the clean segment only (views.DEFAULT_VIEWS)
     view_augment: str = DEFAULT_SPEC     # augmentations of views >= 1 (ViewConfig.from_spec)
     # Bookkeeping.
     out: str = "runs"
@@ -284,8 +286,16 @@ class DistillConfig:
         return cls(**d)
 
     @classmethod
+    def from_stored(cls, d: Dict[str, Any], *, source: str = "stored config") -> "DistillConfig":
+        """:meth:`from_dict` of settings a run stored (checkpoint, config.json): settings it
+        lacks take the value they had before they existed, not today's default (a run from
+        before views were the default had none)."""
+        return cls.from_dict({**STORED_BEFORE, **d}, source=source)
+
+    @classmethod
     def from_json(cls, text: str) -> "DistillConfig":
-        return cls.from_dict(json.loads(text))
+        """:meth:`from_stored` of a checkpoint's JSON."""
+        return cls.from_stored(json.loads(text))
 
     def hashed_settings(self) -> Dict[str, Any]:
         """The settings that determine the run's numbers (all but NOT_HASHED)."""
