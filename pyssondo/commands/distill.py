@@ -9,10 +9,11 @@ from pyssondo.names import HEADS, LOSSES, STUDENTS, TEACHERS
 HELP = "distill a teacher into a small student on unlabeled audio (the main job)"
 DESCRIPTION = """\
 Distills TEACHER (a TorchScript file or pkg.module:factory) into a small student using only the
-teacher's embeddings of the audio in AUDIO_DIR (S-SONDO): fills or reuses the teacher cache,
-clusters it for balanced sampling, trains student + mapping head (InfoNCE by default), and writes
-a run folder OUT/<date-time>-<student>-<teacher>/ holding config.json (every setting),
-log.jsonl, checkpoints/{last,best}.pt, loss.png and student.pt (the export).
+teacher's embeddings of the audio in AUDIO_DIR (S-SONDO): fills or reuses the teacher cache
+(by default with 4 views of every segment: the clean one and 3 augmented ones, each seen by
+the teacher), clusters it for balanced sampling, trains student + mapping head (InfoNCE by
+default), and writes a run folder OUT/<date-time>-<student>-<teacher>/ holding config.json
+(every setting), log.jsonl, checkpoints/{last,best}.pt, loss.png and student.pt (the export).
 
 Settings come from the defaults below, then --config FILE (TOML or JSON; keys are the names
 used in a run's config.json, e.g. window_s, batch_size, with the front end in a [mel] table),
@@ -21,12 +22,12 @@ The student's front end runs at its own rate (--student-sr, default 32 kHz), ind
 teacher's; a warning says when source audio is upsampled for it.
 
 examples:
-  ssondo distill crepe-tiny.pt audio/                        # the defaults: mn10, InfoNCE
+  ssondo distill crepe-tiny.pt audio/                        # the defaults: mn10, InfoNCE, 4 views
   ssondo distill crepe-tiny.pt aisfx.pt audio/ --teacher-weights 1,1  # two teachers, two heads
   ssondo distill aisfx.pt audio/ --eval labeled.csv --label-column program  # % of teacher kept
   ssondo distill teacher.pt audio/ --student mn04 --epochs 20 --batch-size 32
   ssondo distill teacher.pt audio/ --config cfg.toml --device cuda --precision bf16
-  ssondo distill teacher.pt audio/ --views 4                  # 3 augmented views per segment
+  ssondo distill teacher.pt audio/ --views 1                  # clean segments only (4x less teacher time)
   ssondo distill teacher.pt audio/ --resume auto              # continue an interrupted run
   ssondo distill --resume runs/20260101-120000-mn10-teacher   # continue that run
 """
