@@ -153,7 +153,8 @@ def test_cache_refuses_a_manifest_shard_name_outside_the_folder(box, kind):
     folder = build(box, root)
     name = bad_names(box, folder)[kind]
     edit_manifest(folder, lambda m: rename_shard(m, name))  # a "bad shard" to delete
-    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, cwd=box.work)
+    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, "--views", "1",
+                  cwd=box.work)
     assert_error(proc, str(folder / "manifest.json"), repr(name))
 
 
@@ -164,7 +165,8 @@ def test_cache_refuses_a_journal_shard_name_outside_the_folder(box):
     line = {"shard": name, "record": {"rows": 1, "bytes": 1, "sha256": "0"}, "files": {},
             "t": time.time_ns()}
     (folder / "journal.jsonl").write_text(json.dumps(line) + "\n")
-    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, cwd=box.work)
+    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, "--views", "1",
+                  cwd=box.work)
     assert_error(proc, str(folder / "journal.jsonl"), repr(name))
 
 
@@ -174,7 +176,8 @@ def test_cache_refuses_a_shard_that_is_a_symlink_out_of_the_folder(box):
     shard = sorted(folder.glob("shard-*.npy"))[0]
     shard.unlink()
     shard.symlink_to(box.victim)
-    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, cwd=box.work)
+    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, "--views", "1",
+                  cwd=box.work)
     assert_error(proc, str(folder / "manifest.json"), shard.name, "outside")
 
 
@@ -218,7 +221,8 @@ def test_a_cache_folder_linked_out_of_the_root_is_refused(box):
     folder = build(box, box.work / "elsewhere")
     root.mkdir()
     (root / folder.name).symlink_to(box.base / "victim_dir", target_is_directory=True)
-    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, cwd=box.work)
+    proc = ssondo("cache", TINY, box.audio, "--out", root, "--window", WINDOW, "--views", "1",
+                  cwd=box.work)
     assert_error(proc, str(root), repr(folder.name), "outside")
 
 
@@ -229,7 +233,7 @@ def test_looping_and_dangling_symlinks_are_skipped_with_a_warning(box):
     (box.audio / "loop.wav").symlink_to("loop.wav")
     (box.audio / "gone.wav").symlink_to(box.audio / "missing.wav")
     proc = ssondo("cache", TINY, box.audio, "--out", box.work / "cache", "--window", WINDOW,
-                  cwd=box.work)
+                  "--views", "1", cwd=box.work)
     assert_ok(proc)
     assert "loop.wav" in proc.stderr and "gone.wav" in proc.stderr
     assert "files        4" in proc.stdout and "skipped      2 files" in proc.stdout

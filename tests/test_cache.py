@@ -230,7 +230,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted_run(tmp_path, shared_da
     env = dict(os.environ, PYTHONPATH=str(ROOT), SSONDO_TEST_SLEEP="0.2")
     cmd = [sys.executable, "-m", "pyssondo", "cache", spec, str(audio), "--out",
            str(tmp_path / "killed"), "--window", str(WINDOW), "--hop", str(HOP),
-           "--batch-size", "2", "--shard-rows", "2", "--workers", "2"]
+           "--batch-size", "2", "--shard-rows", "2", "--workers", "2", "--views", "1"]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90
