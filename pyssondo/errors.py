@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Optional
+from typing import Iterable, Optional
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -27,6 +27,15 @@ class DiskFull(OSError):
     def __str__(self) -> str:
         kept = "left as it was" if os.path.exists(self.filename) else "not written"
         return f"no space left on device for {self.filename} ({kept})"
+
+
+def check_known_settings(settings: Iterable[str], known: Iterable[str], source: str) -> None:
+    """ParameterError naming ``source``, the unknown names and the known ones when
+    ``settings`` holds a name that ``known`` lacks (a typo in a config file, most often)."""
+    known = sorted(known)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ParameterError(f"{source}: unknown settings {unknown}; known: {known}")
 
 
 def disk_full_message(e: OSError) -> Optional[str]:

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ParameterError
+from .errors import ParameterError, check_known_settings
 
 SHIFT_MODES = ("circular", "pad")
 SPEED_STEPS = 100   # speed factors are multiples of 1 / SPEED_STEPS (resampling 100 s -> 100)
@@ -118,10 +118,7 @@ class ViewConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ViewConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ParameterError(f"views: unknown settings {unknown}; known: {sorted(names)}")
+        check_known_settings(d, (f.name for f in dataclasses.fields(cls)), "views")
         return cls(**d)
 
     def settings_hash(self) -> str:

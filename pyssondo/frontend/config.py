@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict
 
-from ..errors import ParameterError
+from ..errors import ParameterError, check_known_settings
 
 WINDOWS = ("hann", "hamming", "rectangular")
 MEL_SCALES = ("slaney", "htk")
@@ -114,10 +114,7 @@ class MelConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "MelConfig":
         """Builds a config from a dict; unknown keys raise ParameterError (they are typos)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ParameterError(f"MelConfig: unknown settings {unknown}; known: {sorted(names)}")
+        check_known_settings(d, (f.name for f in dataclasses.fields(cls)), "MelConfig")
         return cls(**d)
 
     @classmethod

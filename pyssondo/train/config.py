@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..errors import ParameterError
+from ..errors import ParameterError, check_known_settings
 from ..frontend import MelConfig
 from ..views import DEFAULT_SPEC, DEFAULT_VIEWS, ViewConfig
 
@@ -278,10 +278,7 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any], *, source: str = "config") -> "DistillConfig":
         """Builds a config; unknown keys raise ParameterError (they are typos)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ParameterError(f"{source}: unknown settings {unknown}; known: {sorted(names)}")
+        check_known_settings(d, (f.name for f in fields(cls)), source)
         d = dict(d)
         hints = typing.get_type_hints(cls)
         for name, value in d.items():
