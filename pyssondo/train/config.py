@@ -155,7 +155,7 @@ class DistillConfig:
         or more is one pass, of 3,200 or fewer 4 passes. Measured with 4 teacher-side views
         and mn01 (share of the teacher on bench/quality.py; mean probe score on FSDD subsets):
         on 2800 segments 30 epochs of 4 passes took 67.3% to 83.2% (without views 63.4% to
-        66.6%), on 1080 segments 8 epochs of 4 passes 44.4 to 47.9; on 360 segments they lost
+        66.6%; mn04 with views 82.5% to 94.9%), on 1080 segments 8 epochs of 4 passes 44.4 to 47.9; on 360 segments they lost
         (51.6 to 42.7; overfitting), hence the floor of MIN_PASS_SEGMENTS."""
         if self.samples_per_epoch:
             return int(self.samples_per_epoch)
