@@ -167,18 +167,30 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    report = ExportReport(out, len(data), info.params, fp32.embed_dim, fp32.sample_rate, diff,
-                          meta=info)
-    ref = torch.jit.script(fp32) if int8 is not None else None
+    reference = None
     if int8 is not None:
+        ref = torch.jit.script(fp32)
         fbuf = io.BytesIO()
         torch.jit.save(ref, fbuf)
-        report.int8 = {"fp32_size_bytes": len(fbuf.getvalue()),
-                       "cosine_to_fp32": cosine_to(loaded, fp32)}
+        reference = (ref, len(fbuf.getvalue()))
+    return export_report(out, len(data), info, fp32, diff, loaded, measure, reference)
+
+
+def export_report(out: Path, size: int, info: ExportMeta, fp32: "ExportedStudent", diff: float,
+                  loaded: Any, measure: bool, reference: Optional[Tuple[Any, int]] = None
+                  ) -> "ExportReport":
+    """The report of a written export (any format): ``loaded`` is the file as reloaded,
+    ``size`` its bytes; for int8, ``reference`` is (the float32 model in the same runtime,
+    its file's bytes), and the report adds the size, cosine and (with ``measure``) latency
+    of float32. Latency: a 10 s clip at the current threads."""
+    report = ExportReport(out, size, info.params, fp32.embed_dim, fp32.sample_rate, diff,
+                          meta=info)
+    if reference is not None:
+        report.int8 = {"fp32_size_bytes": reference[1], "cosine_to_fp32": cosine_to(loaded, fp32)}
     if measure:
         report.latency_ms = latency_ms(loaded, fp32.sample_rate)
-        if int8 is not None:
-            report.int8["fp32_latency_ms"] = latency_ms(ref, fp32.sample_rate)
+        if reference is not None:
+            report.int8["fp32_latency_ms"] = latency_ms(reference[0], fp32.sample_rate)
     return report
 
 

@@ -33,8 +33,8 @@ from torch import nn
 
 from .atomic import atomic_write_bytes
 from .export import (FLOAT_FRONT_LADDER, MIN_INT8_AGREEMENT, ExportedStudent, ExportReport,
-                     agreement, choose_int8, cosine_to, latency_ms, probe_signals,
-                     quantize_student, relative_difference)
+                     agreement, choose_int8, export_report, probe_signals, quantize_student,
+                     relative_difference)
 from .export_meta import ExportMeta
 from .loading import META_FILE
 from .onnx_model import INPUT, OUTPUTS, OnnxStudent, import_onnxruntime
@@ -181,17 +181,8 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    report = ExportReport(out, len(data), info.params, fp32.embed_dim, fp32.sample_rate, diff,
-                          meta=info)
-    if int8 is not None:
-        ref = _session_of(float_data)
-        report.int8 = {"fp32_size_bytes": len(float_data),
-                       "cosine_to_fp32": cosine_to(loaded, fp32)}
-    if measure:
-        report.latency_ms = latency_ms(loaded, fp32.sample_rate)
-        if int8 is not None:
-            report.int8["fp32_latency_ms"] = latency_ms(ref, fp32.sample_rate)
-    return report
+    reference = (_session_of(float_data), len(float_data)) if int8 is not None else None
+    return export_report(out, len(data), info, fp32, diff, loaded, measure, reference)
 
 
 def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration"
