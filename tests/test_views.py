@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -271,6 +272,24 @@ def test_a_changed_partner_recomputes_the_views_that_mixed_it(tmp_path, shared_d
     key = first.ids[0][0]
     assert again.manifest["files"][key]["shard"] != first.manifest["files"][key]["shard"]
     _student_path_matches(again)
+
+
+def test_touched_audio_keeps_every_view(tmp_path, shared_data):
+    """Audio copied again or touched (new mtimes, same bytes) keeps the cache: no file is
+    recomputed, and the partners' recorded mtimes follow the files."""
+    audio = _audio(shared_data, tmp_path / "audio")
+    first = EmbeddingCache(build_cache(ECHO, audio, tmp_path / "c", views=VIEWS, **OPTS))
+    shards = {p.name: p.read_bytes() for p in first.path.glob("shard-*.npy")}
+    for i, path in enumerate(sorted(audio.iterdir())):
+        os.utime(path, ns=(10**18 + i, 10**18 + i))
+    helpers.CALLS["rows"] = 0
+    again = EmbeddingCache(build_cache(ECHO, audio, tmp_path / "c", views=VIEWS, **OPTS))
+    assert helpers.CALLS["rows"] == 0
+    assert {p.name: p.read_bytes() for p in again.path.glob("shard-*.npy")} == shards
+    mtimes = {p.name: os.stat(p).st_mtime_ns for p in audio.iterdir()}
+    recorded = [p for e in again.manifest["files"].values() for view in e["partners"]
+                for p in view if p]
+    assert recorded and all(p[4] == mtimes[p[0]] for p in recorded)
 
 
 # -- training on views --------------------------------------------------------------------

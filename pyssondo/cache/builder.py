@@ -17,7 +17,7 @@ all K; a file's rows are its segments' view 0, then view 1, ... (view-major), co
 together, so a resumed build skips every file whose views are done. Mixing partners are
 drawn over the scan's sorted file keys, decoded through a small LRU shared by the readers and
 recorded per (segment, view) in the file's entry with the partner file's size and mtime; a
-file whose partner changed (size or mtime) or vanished is recomputed.
+file whose partner changed (size or mtime, and then its hash) or vanished is recomputed.
 """
 from __future__ import annotations
 
@@ -363,10 +363,23 @@ class _Builder:
             todo.append((key, path, stat))
         for key in [k for k in m["files"] if k not in present or k in self.skipped]:
             del m["files"][key]
-        stale = [k for k in sorted(m["files"])
-                 if any(p[0] not in present or tuple(present[p[0]]) != tuple(p[3:5])
-                        for p in layout.partners(m["files"][k]))]
-        if stale:  # their views mixed in audio that changed (size or mtime) or vanished
+        # A partner is unchanged when its size and mtime are, or when its own entry survived
+        # the checks above by its hash (a copy or a touch): then its recorded size and mtime
+        # are refreshed. Otherwise the views that mixed it are stale.
+        def changed(p: List[Any]) -> bool:
+            if p[0] not in present:
+                return True
+            return tuple(present[p[0]]) != tuple(p[3:5]) and p[0] not in m["files"]
+
+        stale = []
+        for key in sorted(m["files"]):
+            mixed = layout.partners(m["files"][key])
+            if any(changed(p) for p in mixed):
+                stale.append(key)
+                continue
+            for p in mixed:
+                p[3:5] = list(present[p[0]])
+        if stale:  # their views mixed in audio that changed or vanished
             paths = dict(files)
             for key in stale:
                 del m["files"][key]
