@@ -156,6 +156,37 @@ def test_resume_after_kill_reaches_the_same_weights(work, tmp_path, one_thread, 
             assert float((trained[k].double() - v.double()).abs().max()) <= 1e-6, k
 
 
+@pytest.mark.slow
+def test_compile_auto_tries_each_variant_on_the_same_loss_curve(work, tmp_path, one_thread,
+                                                                  monkeypatch):
+    """--compile auto with the length bar at 0 runs eager, channels-last and torch.compile
+    (inductor, a real compile) on real training steps: the loss curve is eager's up to float
+    rounding, and the log records the step times it chose by."""
+    from pyssondo.train import speed
+
+    steps = 3 * (speed.TRIAL_STEPS + 1) + 2
+    kw = dict(epochs=1, samples_per_epoch=8 * steps, min_steps_per_epoch=0, cache_mel="on",
+              lr=3e-4)  # small steps: the rounding differences grow slowly
+    eager = distill(config(work, tmp_path / "off", compile="off", **kw), progress=False,
+                    export=False)
+    monkeypatch.setattr(speed, "MIN_AUTO_SECONDS", 0.0)
+    tried = distill(config(work, tmp_path / "auto", compile="auto", **kw), progress=False,
+                    export=False)
+
+    def losses(result):
+        return [r["loss"] for r in result.run.read_log() if r.get("kind") == "step"]
+
+    want, got = losses(eager), losses(tried)
+    assert len(got) == len(want) == steps
+    worst = [abs(a - b) for a, b in zip(got, want)]
+    assert np.allclose(got, want, rtol=1e-3, atol=1e-4), " ".join(f"{w:.1e}" for w in worst)
+    record, = [r for r in tried.run.read_log() if r.get("kind") == "speed"]
+    assert record["step"] == 3 * (speed.TRIAL_STEPS + 1)
+    assert set(record["step_seconds"]) == set(speed.VARIANTS)
+    assert record["choice"] in speed.VARIANTS
+    assert not any(r.get("kind") == "speed" for r in eager.run.read_log())
+
+
 # -------------------------------------------------------------------------------------------
 # Failures
 # -------------------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ OPTIONS = [
     ("--device", "device", str, "cpu or cuda"),
     ("--workers", "workers", int, "DataLoader worker processes (0 = load in the main process)"),
     ("--threads", "threads", int, "torch and C++ threads (0 = library default)"),
+    ("--compile", "compile", str, "training step: auto (on CPU, time eager, channels-last and "
+     "torch.compile in the first steps of a run long enough to repay a compile, keep the "
+     "fastest if >= 1.3x eager), on (torch.compile) or off (eager)"),
     ("--gain-db", "gain_db", float, "augmentation: random gain within +-dB (0 = off)"),
     ("--time-mask", "time_mask", int, "augmentation: max masked frames (0 = off)"),
     ("--freq-mask", "freq_mask", int, "augmentation: max masked mel bands (0 = off)"),

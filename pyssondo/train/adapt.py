@@ -55,8 +55,8 @@ log = logging.getLogger("ssondo.adapt")
 OVERRIDABLE = ("teacher", "cache_dir", "balance_alpha", "val_fraction", "epochs", "batch_size",
                "samples_per_epoch", "lr", "warmup_epochs", "final_lr_scale", "weight_decay",
                "grad_clip", "seed", "precision", "device", "cache_mel", "workers", "threads",
-               "gain_db", "time_mask", "freq_mask", "mixup", "out", "save_every", "log_every",
-               "projected")
+               "compile", "gain_db", "time_mask", "freq_mask", "mixup", "out", "save_every",
+               "log_every", "projected")
 
 
 @dataclass

@@ -41,6 +41,7 @@ from ..views import DEFAULT_SPEC, DEFAULT_VIEWS, ViewConfig
 PRECISIONS = ("fp32", "bf16", "fp16")
 CACHE_MEL = ("auto", "on", "off")
 DEVICES = ("cpu", "cuda")
+COMPILE_MODES = ("auto", "on", "off")  # the training step's form (.speed)
 
 CLUSTER_METRICS = ("cosine", "euclidean")
 MAX_PASSES = 4  # the small-data floor of an epoch never draws more than 4 passes over the data
@@ -49,10 +50,10 @@ MIN_PASS_SEGMENTS = 1000  # ... and sets of fewer training segments keep one pas
 # Settings that change neither the data, the model nor the numbers a run produces: two
 # configs that differ only here are the same run for ``--resume auto``.
 NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every", "eval_data",
-              "eval_label_column", "teacher_batch_size")
+              "eval_label_column", "teacher_batch_size", "compile")
 # Of those, the ones a resumed run takes from the command that resumes it.
 RUNTIME = ("out", "workers", "threads", "log_every", "eval_data", "eval_label_column",
-           "teacher_batch_size")
+           "teacher_batch_size", "compile")
 # Settings whose default changed, with the value a stored config that lacks them meant.
 STORED_BEFORE: Dict[str, Any] = {"views": 1, "min_steps_per_epoch": 0}
 
@@ -107,6 +108,7 @@ class DistillConfig:
     cache_mel: str = "auto"              # students' log-mel in a float16 file: auto | on | off
     workers: int = 2                     # DataLoader worker processes (0 = main process)
     threads: int = 0                     # torch and C++ core threads (0 = library default)
+    compile: str = "auto"                # training step: auto | on (torch.compile) | off (speed.py)
     gain_db: float = 0.0                 # random gain in [-gain_db, +gain_db] dB
     time_mask: int = 0                   # max frames of one time mask (0 = off)
     freq_mask: int = 0                   # max bands of one frequency mask (0 = off)
@@ -202,6 +204,7 @@ class DistillConfig:
             ("cache_mel", self.cache_mel in CACHE_MEL, f"expected one of {CACHE_MEL}"),
             ("workers", self.workers >= 0, "expected >= 0"),
             ("threads", self.threads >= 0, "expected >= 0"),
+            ("compile", self.compile in COMPILE_MODES, f"expected one of {COMPILE_MODES}"),
             ("gain_db", self.gain_db >= 0, "expected >= 0 dB"),
             ("time_mask", self.time_mask >= 0, "expected >= 0 frames"),
             ("freq_mask", 0 <= self.freq_mask <= self.mel.n_mels,

@@ -36,6 +36,7 @@ from .config import DistillConfig
 from .distributed import (all_gather_object, is_main, mean_floats, on_main, sync_batchnorm,
                           world, wrap)
 from .rundir import RunDir, find_resumable
+from .speed import StepVariants
 
 log = logging.getLogger("ssondo.train")
 
@@ -108,8 +109,9 @@ class Trainer:
         command: the command named in error messages.
 
     ``net`` is the model to call in the loss (DistributedDataParallel under torchrun, else
-    ``model``); with several processes batch norm in ``model`` is replaced by its global-batch
-    version first (:func:`.distributed.sync_batchnorm`).
+    ``model``; compiled or with channels-last weights as ``cfg.compile`` decides,
+    :mod:`.speed`); with several processes batch norm in ``model`` is replaced by its
+    global-batch version first (:func:`.distributed.sync_batchnorm`).
     """
 
     def __init__(self, run: RunDir, cfg: DistillConfig, model: nn.Module, sampler: Any,
@@ -121,7 +123,8 @@ class Trainer:
         frozen_names = [names[id(m)] for m in frozen]
         model = sync_batchnorm(model, device)
         self.run, self.cfg, self.model, self.sampler = run, cfg, model, sampler
-        self.net = wrap(model, device)
+        self.variants = StepVariants(model, wrap(model, device), cfg.compile,
+                                     tune=device.type == "cpu" and self.world.size == 1)
         self.steps_per_epoch, self.device, self.teacher = steps_per_epoch, device, teacher
         self.config_hash = config_hash or cfg.hash()
         self.extra = dict(extra or {})
@@ -144,6 +147,11 @@ class Trainer:
         self.average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         self.losses: List[float] = []             # per step of the epoch in progress
         self.parts: Dict[str, List[float]] = {}   # named loss parts, per step, same epoch
+
+    @property
+    def net(self) -> nn.Module:
+        """The network the loss calls (see the class docstring)."""
+        return self.variants.net
 
     # -- state -----------------------------------------------------------------------------
     def autocast(self) -> AbstractContextManager:
@@ -231,6 +239,32 @@ class Trainer:
         self.scaler.update()
         self.sched.step()
 
+    def _step(self, compute_loss: LossFn, x: torch.Tensor, y: torch.Tensor,
+              total_steps: int) -> Tuple[List[float], Dict[str, torch.Tensor]]:
+        """One optimiser step on batch (x, y): the means over ranks of the loss and its parts,
+        and the parts. Times it for :class:`.speed.StepVariants`; a variant on trial that
+        fails is replaced by eager and the step taken again."""
+        while True:
+            t0 = time.perf_counter()
+            try:
+                loss, parts = compute_loss(x, y)
+                means = mean_floats([float(loss.detach())]
+                                    + [float(v.detach()) for v in parts.values()])
+                self._update(loss, means[0])
+            except TrainingDiverged:
+                raise
+            except Exception as e:  # noqa: BLE001 - only a variant on trial is retried
+                if not self.variants.failed(e):
+                    raise
+                continue
+            settled = self.variants.settled
+            self.variants.observe(time.perf_counter() - t0, total_steps - self.step - 1)
+            if not settled and self.variants.settled and is_main():
+                self.run.append_log({"kind": "speed", "step": self.step + 1,
+                                     "choice": self.variants.choice,
+                                     "step_seconds": self.variants.seconds})
+            return means, parts
+
     def fit(self, batches: Iterator, compute_loss: LossFn, validate: ValidateFn,
             progress: bool = True) -> None:
         """Trains from the current position to the end of the last epoch.
@@ -245,6 +279,7 @@ class Trainer:
         cfg, run = self.cfg, self.run
         main, size = is_main(), self.world.size
         per_epoch = self.steps_per_epoch * cfg.batch_size
+        total_steps = cfg.epochs * self.steps_per_epoch
         while self.epoch < cfg.epochs:
             self.net.train()
             for module in self.frozen:
@@ -257,10 +292,7 @@ class Trainer:
                     x, y, _ = next(batches)
                     x = x.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True)
-                    loss, parts = compute_loss(x, y)
-                    means = mean_floats([float(loss.detach())]
-                                        + [float(v.detach()) for v in parts.values()])
-                    self._update(loss, means[0])
+                    means, parts = self._step(compute_loss, x, y, total_steps)
                     self.step += 1
                     if self.average is not None:
                         self.average.update(self.model, self.step)

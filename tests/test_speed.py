@@ -1,0 +1,102 @@
+"""--compile: which training-step variant StepVariants settles on, from the step times it is
+given (no clock), and what each variant does to the model (memory format, compiled network).
+The real variants on a real run: tests/test_distill.py::test_compile_auto_tries_each_variant."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pyssondo.errors import ParameterError
+from pyssondo.train import speed
+from pyssondo.train.config import DistillConfig
+from pyssondo.train.speed import MIN_GAIN, TRIAL_STEPS, StepVariants
+
+LONG = 10**9  # steps left: long enough for any step time
+
+
+class Compiled(nn.Module):
+    """Stands for torch.compile's result (the tests check which network the loss calls)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.inner = net
+
+
+def _variants(mode: str = "auto", tune: bool = True):
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU())
+    made = []
+
+    def compile_fn(net):
+        made.append(Compiled(net))
+        return made[-1]
+
+    return model, StepVariants(model, model, mode, tune=tune, compile_fn=compile_fn), made
+
+
+def _run(v: StepVariants, seconds: float, steps_left: int = LONG) -> None:
+    """One untimed and TRIAL_STEPS timed steps of ``seconds`` (the untimed one 100x longer,
+    as a compile is)."""
+    v.observe(100 * seconds, steps_left)
+    for _ in range(TRIAL_STEPS):
+        v.observe(seconds, steps_left)
+
+
+def _channels_last(model: nn.Module) -> bool:
+    w = model[0].weight
+    return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
+@pytest.mark.parametrize("times,want", [
+    ((1.0, 0.5, 0.9), "channels_last"),
+    ((1.0, 0.9, 0.4), "compile"),
+    ((1.0, 1.0 / MIN_GAIN + 0.01, 0.95), "eager"),  # the best gains less than MIN_GAIN
+    ((1.0, 1.2, 1.5), "eager"),
+])
+def test_auto_keeps_the_fastest_variant_when_it_gains_enough(times, want):
+    model, v, made = _variants()
+    assert not v.settled and v.choice == "eager" and v.net is model
+    _run(v, times[0])
+    assert v.choice == "channels_last" and _channels_last(model) and v.net is model
+    _run(v, times[1])
+    assert v.choice == "compile" and not _channels_last(model) and v.net is made[0]
+    _run(v, times[2])
+    assert v.settled and v.choice == want
+    assert v.seconds == dict(zip(speed.VARIANTS, times))  # the median of the timed steps
+    assert _channels_last(model) == (want == "channels_last")
+    assert (v.net is made[0]) if want == "compile" else (v.net is model)
+    assert len(made) == 1  # compiled once, kept
+    v.observe(1.0, LONG)  # settled: later steps change nothing
+    assert v.choice == want
+
+
+def test_auto_stays_eager_on_a_run_too_short_to_repay_a_compile():
+    model, v, made = _variants()
+    left = int(speed.MIN_AUTO_SECONDS / 0.1) - 1  # 0.1 s a step: just under the bar
+    _run(v, 0.1, left)
+    assert v.settled and v.choice == "eager" and not made and v.seconds == {"eager": 0.1}
+
+
+def test_on_compiles_from_the_start_and_off_or_untuned_auto_stay_eager():
+    model, v, made = _variants("on")
+    assert v.settled and v.choice == "compile" and v.net is made[0]
+    for mode, tune in (("off", True), ("auto", False)):
+        model, v, made = _variants(mode, tune)
+        assert v.settled and v.choice == "eager" and v.net is model and not made
+
+
+def test_a_failing_variant_on_trial_falls_back_to_eager():
+    model, v, made = _variants()
+    assert not v.failed(RuntimeError("eager itself failed"))  # the caller raises it
+    _run(v, 1.0)
+    _run(v, 0.5)
+    assert v.choice == "compile"
+    assert v.failed(RuntimeError("InductorError: no C++ compiler\nmore lines"))
+    assert v.settled and v.choice == "eager" and v.net is model and not _channels_last(model)
+    assert not v.failed(RuntimeError("later"))  # settled: not retried
+
+
+def test_compile_setting_is_validated_and_not_hashed():
+    with pytest.raises(ParameterError, match="compile='fast' is invalid"):
+        DistillConfig(teacher="t.pt", audio=".", compile="fast").validate()
+    assert DistillConfig(compile="on").hash() == DistillConfig(compile="off").hash()
