@@ -452,7 +452,7 @@ def main(argv: Sequence[str]) -> int:
                     for s, paths in eval_paths.items()}
     print(f"teacher and log-mel evaluated in {time.time() - t0:.0f} s", flush=True)
 
-    def score(run, cfg, recipe: str, train_s: float, best_val_cos) -> None:
+    def score(run, cfg, recipe: str, train_s: float, best_metric) -> None:
         """Measures, probes and the results row of one finished run."""
         t0 = time.time()
         cache_path = Path(json.loads(run.config.read_text())["cache"])
@@ -466,7 +466,7 @@ def main(argv: Sequence[str]) -> int:
                "share": 100 * mean / teacher_mean, "measures": measures,
                "params": rep["models"][0]["params"], "run": str(run.path),
                "train_s": round(train_s, 1), "wall_s": round(train_s + time.time() - t0, 1),
-               "threads": args.threads, "best_val_cos": best_val_cos,
+               "threads": args.threads, "best_metric": best_metric,
                "checkpoint": args.checkpoint}
         append_row(args.results, row)
         print(f"{cfg.student} {recipe} ({args.checkpoint}): mean {100 * mean:.1f}, share "
@@ -484,13 +484,14 @@ def main(argv: Sequence[str]) -> int:
             recorded = json.loads(RunDir(path).config.read_text())
             cfg = DistillConfig.from_stored({k: v for k, v in recorded.items()
                                            if k in DistillConfig.__dataclass_fields__})
-            score(RunDir(path), cfg, old["recipe"], old["train_s"], old.get("best_val_cos"))
+            score(RunDir(path), cfg, old["recipe"], old["train_s"],
+                  old.get("best_metric", old.get("best_val_cos")))  # rows before the rename
     for recipe in [] if args.rescore else args.recipes:
         for student in args.students:
             cfg = recipe_config(recipe, student, args, teacher, audio)
             t0 = time.time()
             result = distill(cfg, progress=False)
-            score(result.run, cfg, recipe, time.time() - t0, result.best_val_cos)
+            score(result.run, cfg, recipe, time.time() - t0, result.best_metric)
     print_tables(read_rows(args.results))
     return 0
 

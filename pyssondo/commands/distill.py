@@ -191,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
               f"{final['val_cos']:.4f}, after removing the teacher's mean "
               f"{final['val_cos_centered']:.4f}; neighbours shared with the teacher "
               f"{final['knn_agree_backbone']:.1%}; CKA {final['cka_backbone']:.3f}")
-    if result.best_val_cos is not None:
-        print(f"best.pt      best {result.summary['best_metric']} {result.best_val_cos:.4f}")
+    if result.best_metric is not None:
+        print(f"best.pt      best {result.summary['best_metric']} {result.best_metric:.4f}")
     kept = result.summary.get("kept")
     if kept is not None:
         print(f"quality      the student keeps {kept:.1%} of the teacher's probe score on "

@@ -41,11 +41,12 @@ log = logging.getLogger("ssondo.train")
 
 @dataclass
 class RunResult:
-    """What a finished (or already complete) run produced."""
+    """What a finished (or already complete) run produced; ``best_metric`` is the best value of
+    the run's ``cfg.best_metric`` (None without validation segments)."""
 
     run: RunDir
     epochs_done: int
-    best_val_cos: Optional[float]
+    best_metric: Optional[float]
     export: Optional[Path]
     summary: Dict[str, Any] = field(default_factory=dict)
 
