@@ -1,6 +1,7 @@
 """--compile: which training-step variant StepVariants settles on, from the step times it is
-given (no clock), and what each variant does to the model (memory format, compiled network).
-The real variants on a real run: tests/test_distill.py::test_compile_auto_tries_each_variant."""
+given (no clock), what each variant does to the model (memory format, compiled network), and
+inductor's training step against eager. The variants on a real run:
+tests/test_distill.py::test_compile_auto_tries_each_variant_on_the_same_loss_curve."""
 from __future__ import annotations
 
 import pytest
@@ -100,3 +101,25 @@ def test_compile_setting_is_validated_and_not_hashed():
     with pytest.raises(ParameterError, match="compile='fast' is invalid"):
         DistillConfig(teacher="t.pt", audio=".", compile="fast").validate()
     assert DistillConfig(compile="on").hash() == DistillConfig(compile="off").hash()
+
+
+def test_compiled_network_trains_like_eager_with_the_same_dropout_masks():
+    """compile_network (inductor) of a small conv net with dropout: the same outputs in train
+    mode from the same torch seed (fallback_random) and the same gradients, as eager."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                        nn.LazyLinear(16), nn.Dropout(0.5)).train()
+    x = torch.randn(4, 1, 6, 6)
+    net(x)  # materialise the lazy layer
+    compiled = speed.compile_network(net)
+    outputs, grads = [], []
+    for forward in (net, compiled):
+        net.zero_grad()
+        torch.manual_seed(1)
+        y = forward(x)
+        y.square().sum().backward()
+        outputs.append(y.detach())
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert (outputs[0] == 0).any()  # dropout is on
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))

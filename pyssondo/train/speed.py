@@ -60,10 +60,11 @@ class StepVariants:
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, mode: str, *, tune: bool,
-                 compile_fn: Callable[[nn.Module], nn.Module] = compile_network) -> None:
+                 compile_fn: Optional[Callable[[nn.Module], nn.Module]] = None) -> None:
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode {mode!r}: expected one of {COMPILE_MODES}")
-        self.model, self.eager, self.compile_fn = model, net, compile_fn
+        self.model, self.eager = model, net
+        self.compile_fn = compile_fn or compile_network
         self._compiled: Optional[nn.Module] = None
         self.seconds: Dict[str, float] = {}
         self._times: List[float] = []
