@@ -169,7 +169,8 @@ def test_compile_auto_tries_each_variant_on_the_same_loss_curve(work, tmp_path, 
 
     monkeypatch.setattr(speed, "compile_network",
                         lambda net: torch.compile(net, backend="aot_eager"))
-    steps = 3 * (speed.TRIAL_STEPS + 1) + 2
+    trial = speed.WARMUP_STEPS + speed.TRIAL_STEPS + 2 + 3 * speed.ROUNDS
+    steps = trial + 2
     kw = dict(epochs=1, samples_per_epoch=8 * steps, min_steps_per_epoch=0, cache_mel="on",
               lr=3e-4)  # small steps: the rounding differences grow slowly
     eager = distill(config(work, tmp_path / "off", compile="off", **kw), progress=False,
@@ -186,7 +187,7 @@ def test_compile_auto_tries_each_variant_on_the_same_loss_curve(work, tmp_path, 
     worst = [abs(a - b) for a, b in zip(got, want)]
     assert np.allclose(got, want, rtol=1e-3, atol=1e-4), " ".join(f"{w:.1e}" for w in worst)
     record, = [r for r in tried.run.read_log() if r.get("kind") == "speed"]
-    assert record["step"] == 3 * (speed.TRIAL_STEPS + 1)
+    assert record["step"] == trial
     assert set(record["step_seconds"]) == set(speed.VARIANTS)
     assert record["choice"] in speed.VARIANTS
     assert not any(r.get("kind") == "speed" for r in eager.run.read_log())

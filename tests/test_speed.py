@@ -11,7 +11,7 @@ from torch import nn
 from pyssondo.errors import ParameterError
 from pyssondo.train import speed
 from pyssondo.train.config import DistillConfig
-from pyssondo.train.speed import MIN_GAIN, TRIAL_STEPS, StepVariants
+from pyssondo.train.speed import MIN_GAIN, StepVariants
 
 LONG = 10**9  # steps left: long enough for any step time
 
@@ -35,12 +35,17 @@ def _variants(mode: str = "auto", tune: bool = True):
     return model, StepVariants(model, model, mode, tune=tune, compile_fn=compile_fn), made
 
 
-def _run(v: StepVariants, seconds: float, steps_left: int = LONG) -> None:
-    """One untimed and TRIAL_STEPS timed steps of ``seconds`` (the untimed one 100x longer,
-    as a compile is)."""
-    v.observe(100 * seconds, steps_left)
-    for _ in range(TRIAL_STEPS):
-        v.observe(seconds, steps_left)
+def _trial(v: StepVariants, times, steps_left: int = LONG, drift: float = 0.0) -> list:
+    """Takes steps until ``v`` settles, each of ``times[variant on trial]`` seconds, x (1 +
+    drift x step) for a machine whose load grows; the untimed ones (the warm-up, the compile)
+    100x longer. Returns the variant of each step."""
+    taken = []
+    while not v.settled:
+        untimed = v._plan[0][1] is False
+        t = times[v.choice] * (1 + drift * len(taken)) * (100 if untimed else 1)
+        taken.append(v.choice)
+        v.observe(t, steps_left)
+    return taken
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -57,11 +62,11 @@ def _channels_last(model: nn.Module) -> bool:
 def test_auto_keeps_the_fastest_variant_when_it_gains_enough(times, want):
     model, v, made = _variants()
     assert not v.settled and v.choice == "eager" and v.net is model
-    _run(v, times[0])
-    assert v.choice == "channels_last" and _channels_last(model) and v.net is model
-    _run(v, times[1])
-    assert v.choice == "compile" and not _channels_last(model) and v.net is made[0]
-    _run(v, times[2])
+    taken = _trial(v, dict(zip(speed.VARIANTS, times)))
+    warm = speed.WARMUP_STEPS + speed.TRIAL_STEPS
+    assert taken[:warm] == ["eager"] * warm
+    assert taken[warm:warm + 2] == ["channels_last", "compile"]  # untimed: the compile
+    assert taken[warm + 2:] == list(speed.VARIANTS) * speed.ROUNDS  # interleaved rounds
     assert v.settled and v.choice == want
     assert v.seconds == dict(zip(speed.VARIANTS, times))  # the median of the timed steps
     assert _channels_last(model) == (want == "channels_last")
@@ -71,10 +76,30 @@ def test_auto_keeps_the_fastest_variant_when_it_gains_enough(times, want):
     assert v.choice == want
 
 
+def test_variant_on_trial_sets_the_model_up():
+    model, v, made = _variants()
+    formats = {}
+    while not v.settled:
+        formats.setdefault(v.choice, []).append((_channels_last(model), v.net))
+        v.observe({"eager": 1.0, "channels_last": 0.5, "compile": 0.9}[v.choice], LONG)
+    assert all(f == (False, model) for f in formats["eager"])
+    assert all(f == (True, model) for f in formats["channels_last"])
+    assert all(f == (False, made[0]) for f in formats["compile"])
+
+
+def test_interleaved_rounds_see_through_a_growing_load():
+    """The load grows 5% a step: timed one after the other, the last variant would look
+    slowest; interleaved, compile (0.7x eager) still wins."""
+    model, v, made = _variants()
+    _trial(v, {"eager": 1.0, "channels_last": 0.95, "compile": 0.7}, drift=0.05)
+    assert v.choice == "compile"
+
+
 def test_auto_stays_eager_on_a_run_too_short_to_repay_a_compile():
     model, v, made = _variants()
     left = int(speed.MIN_AUTO_SECONDS / 0.1) - 1  # 0.1 s a step: just under the bar
-    _run(v, 0.1, left)
+    taken = _trial(v, {"eager": 0.1}, left)
+    assert len(taken) == speed.WARMUP_STEPS + speed.TRIAL_STEPS
     assert v.settled and v.choice == "eager" and not made and v.seconds == {"eager": 0.1}
 
 
@@ -89,9 +114,8 @@ def test_on_compiles_from_the_start_and_off_or_untuned_auto_stay_eager():
 def test_a_failing_variant_on_trial_falls_back_to_eager():
     model, v, made = _variants()
     assert not v.failed(RuntimeError("eager itself failed"))  # the caller raises it
-    _run(v, 1.0)
-    _run(v, 0.5)
-    assert v.choice == "compile"
+    while v.choice != "compile":
+        v.observe(1.0, LONG)
     assert v.failed(RuntimeError("InductorError: no C++ compiler\nmore lines"))
     assert v.settled and v.choice == "eager" and v.net is model and not _channels_last(model)
     assert not v.failed(RuntimeError("later"))  # settled: not retried

@@ -4,11 +4,16 @@
 
 - ``off``: eager PyTorch.
 - ``on``: ``torch.compile`` (inductor) of the network from the first step.
-- ``auto`` (default): on CPU in one process, when the eager training left is long enough to
-  repay a compile (:data:`MIN_AUTO_SECONDS`), the first steps of the run time each variant of
-  :data:`VARIANTS` in turn (:data:`TRIAL_STEPS` timed steps after an untimed one, which for
-  ``compile`` is the compile itself) and the run keeps the fastest when it is at least
-  :data:`MIN_GAIN` x faster than eager, else eager. Elsewhere (CUDA, torchrun) it is eager.
+- ``auto`` (default): on CPU in one process, the first steps of a run time the variants of
+  :data:`VARIANTS` and the run keeps the fastest when it is at least :data:`MIN_GAIN` x faster
+  than eager, else eager. Elsewhere (CUDA, torchrun) it is eager. The trial:
+
+  1. :data:`WARMUP_STEPS` untimed and :data:`TRIAL_STEPS` timed eager steps. When the eager
+     training left is under :data:`MIN_AUTO_SECONDS`, too little to repay a compile, the run
+     stays eager here.
+  2. One untimed step of each other variant (for ``compile``, the compile itself).
+  3. :data:`ROUNDS` rounds of one timed step of each variant in turn, so that a machine whose
+     load drifts slows every variant alike; each variant's time is its median over the rounds.
 
 The trial steps are real training steps on the run's own batches: nothing is thrown away, and
 every variant computes the same step up to float rounding (inductor draws dropout masks from
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -33,7 +38,9 @@ log = logging.getLogger("ssondo.train")
 VARIANTS = ("eager", "channels_last", "compile")
 MIN_GAIN = 1.3            # a variant replaces eager only when at least this much faster
 MIN_AUTO_SECONDS = 600.0  # auto tries the variants only when the eager training left is longer
-TRIAL_STEPS = 4           # timed steps per variant, after one untimed step
+WARMUP_STEPS = 2          # untimed eager steps first (one-time costs of a new process)
+TRIAL_STEPS = 4           # timed eager steps behind the estimate of the training left
+ROUNDS = 5                # interleaved timed rounds of every variant
 
 
 def compile_network(net: nn.Module) -> nn.Module:
@@ -55,8 +62,8 @@ class StepVariants:
         compile_fn: builds the compiled network (default :func:`compile_network`).
 
     The trainer calls :meth:`observe` after every step with its wall time in seconds and the
-    steps left in the run; ``net`` may change there. ``choice`` is the variant in use and
-    ``seconds`` the median step time measured per variant (empty unless ``auto`` tried them).
+    steps left in the run; ``net`` may change there. ``choice`` is the variant in use (or on
+    trial) and ``seconds`` the median step time per variant that ``auto`` measured.
     """
 
     def __init__(self, model: nn.Module, net: nn.Module, mode: str, *, tune: bool,
@@ -67,62 +74,64 @@ class StepVariants:
         self.compile_fn = compile_fn or compile_network
         self._compiled: Optional[nn.Module] = None
         self.seconds: Dict[str, float] = {}
-        self._times: List[float] = []
-        self._trying: Optional[str] = None
+        self._times: Dict[str, List[float]] = {}
+        self._plan: List[Tuple[str, bool]] = []  # the trial's steps to take: (variant, timed)
+        self._estimated = False                  # whether step 1 of the trial is done
         self.choice = "eager"
         self.net = net
         if mode == "on":
             self._use("compile")
         elif mode == "auto" and tune:
-            self._trying = "eager"
+            self._plan = [("eager", False)] * WARMUP_STEPS + [("eager", True)] * TRIAL_STEPS
 
     @property
     def settled(self) -> bool:
         """Whether the choice is final (no variant is being timed)."""
-        return self._trying is None
+        return not self._plan
 
     def observe(self, seconds: float, steps_left: int) -> None:
-        """Records one step of ``seconds`` of the variant being tried; moves to the next
-        variant, or settles, when it has its timed steps."""
-        if self._trying is None:
+        """Records the step just taken (``seconds`` of wall time, ``steps_left`` in the run)
+        and sets up the next one: the trial's next variant, or the choice at its end."""
+        if not self._plan:
             return
-        self._times.append(seconds)
-        if len(self._times) < TRIAL_STEPS + 1:
+        variant, timed = self._plan.pop(0)
+        if timed:
+            self._times.setdefault(variant, []).append(seconds)
+        if not self._plan and not self._estimated:
+            self._estimated = True
+            eager = statistics.median(self._times.pop("eager"))
+            if eager * steps_left < MIN_AUTO_SECONDS:
+                self.seconds = {"eager": eager}
+                log.info("--compile auto: eager (%.0f s of training left at %.0f ms a step, "
+                         "too little to repay a compile)", eager * steps_left, 1e3 * eager)
+                self._settle("eager")
+                return
+            self._plan = ([(v, False) for v in VARIANTS[1:]]
+                          + [(v, True) for _ in range(ROUNDS) for v in VARIANTS])
+        if self._plan:
+            self._use(self._plan[0][0])
             return
-        self.seconds[self._trying] = statistics.median(self._times[1:])
-        self._times = []
-        if self._trying == "eager" and self.seconds["eager"] * steps_left < MIN_AUTO_SECONDS:
-            log.info("--compile auto: eager (%.0f s of training left at %.0f ms a step, too "
-                     "little to repay a compile)", self.seconds["eager"] * steps_left,
-                     1e3 * self.seconds["eager"])
-            self._settle("eager")
-            return
-        following = VARIANTS[VARIANTS.index(self._trying) + 1:]
-        if following:
-            self._trying = following[0]
-            self._use(self._trying)
-            return
+        self.seconds = {v: statistics.median(t) for v, t in self._times.items()}
         best = min(self.seconds, key=self.seconds.get)
-        gain = self.seconds["eager"] / self.seconds[best]
-        chosen = best if gain >= MIN_GAIN else "eager"
-        log.info("--compile auto: %s (step %s)", chosen, ", ".join(
-            f"{v} {1e3 * s:.0f} ms" for v, s in self.seconds.items()))
+        chosen = best if self.seconds["eager"] / self.seconds[best] >= MIN_GAIN else "eager"
+        log.info("--compile auto: %s (median step %s)", chosen, ", ".join(
+            f"{v} {1e3 * t:.0f} ms" for v, t in self.seconds.items()))
         self._settle(chosen)
 
     def failed(self, error: BaseException) -> bool:
         """Whether a step that raised ``error`` may be taken again eager: True (and eager from
-        now on, with a warning) when the variant on trial was not eager, e.g. inductor found
-        no C++ compiler; otherwise the error is the caller's to raise."""
-        if self._trying in (None, "eager"):
+        now on, with a warning) when the step was a trial of another variant, e.g. inductor
+        found no C++ compiler; otherwise the error is the caller's to raise."""
+        if not self._plan or self.choice == "eager":
             return False
-        log.warning("--compile auto: %s failed (%s: %s); training eager", self._trying,
+        log.warning("--compile auto: %s failed (%s: %s); training eager", self.choice,
                     type(error).__name__, (str(error).splitlines() or [""])[0])
-        self._times = []
+        self.seconds = {}
         self._settle("eager")
         return True
 
     def _settle(self, variant: str) -> None:
-        self._trying = None
+        self._plan = []
         self._use(variant)
 
     def _use(self, variant: str) -> None:
