@@ -16,14 +16,15 @@ per teacher on ../shared/data/pool (unlabeled), then scores on ../shared/data/no
 
 Prints a table per batch-norm mode and which wins, then the ensemble student's scores and
 whether the best merge beats it on the mean share; the target is a merge that keeps >= 85% of
-CREPE's pitch-class score and >= 85% of aisfx's program score at once. Every run keeps one view
-per segment (``views=1``, the 4x cheaper teacher cache) and one pass per epoch. The parent runs are
-kept under --work (default bench/.merge-work) and resumed, so a rerun only re-scores.
-With the defaults it took 96 minutes (35 training) on a 2-core machine shared with other
-jobs; scoring 26 models on 768 files dominates: --grid 0:1:0.2 halves it.
+CREPE's pitch-class score and >= 85% of aisfx's program score at once. Every run has
+distill's teacher-side views (4 per segment) and --samples-per-epoch segments per epoch
+(default 1440, 4 passes over the pool's 360 training segments: with distill's one pass the
+parents trained 110 steps and learned too little of their teachers to say anything). The
+runs are kept under --work (default bench/.merge-work) and resumed, so a rerun only re-scores.
+Cost: see the README's merge section (the teacher caches and the three runs dominate).
 
-    python bench/merge.py [--student mn01] [--epochs 40] [--grid 0:1:0.1] [--probe knn]
-                          [--threads 2] [--work DIR]
+    python bench/merge.py [--student mn01] [--epochs 20] [--samples-per-epoch 1440]
+                          [--grid 0:1:0.1] [--probe knn] [--threads 2] [--work DIR]
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def mel_config():
     return MelConfig(sample_rate=16000, f_max=8000.0, n_mels=64)
 
 
-def train_runs(work: Path, student: str, epochs: int, threads: int) -> list:
+def train_runs(work: Path, student: str, epochs: int, samples: int, threads: int) -> list:
     """Builds both teachers and the shared init under ``work``, distills (or resumes) one
     run per teacher, then the ensemble run of both; returns the run folders: TEACHERS order,
     then the ensemble's."""
@@ -72,7 +73,7 @@ def train_runs(work: Path, student: str, epochs: int, threads: int) -> list:
                             mel=mel_config(), window_s=WINDOW_S, epochs=epochs, batch_size=32,
                             clusters=20, lr=2e-3, val_fraction=0.1, workers=0, threads=threads,
                             seed=0, init=str(init), cache_dir=str(work / "cache"),
-                            out=str(work / f"runs-{name}"), views=1, min_steps_per_epoch=0)
+                            out=str(work / f"runs-{name}"), samples_per_epoch=samples)
         t0 = time.perf_counter()
         result = distill(cfg, resume="auto", progress=False, export=False)
         print(f"{name}: run {result.run.path.name}, {result.epochs_done} epochs, best "
@@ -92,7 +93,9 @@ def notes_tasks():
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--student", default="mn01", help="student of both runs (default mn01)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per parent run (default 10)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per run (default 20)")
+    p.add_argument("--samples-per-epoch", type=int, default=1440,
+                   help="segments per epoch of every run (default 1440)")
     p.add_argument("--grid", default="0:1:0.1", help="lambda grid of the CREPE run (default 0:1:0.1)")
     p.add_argument("--probe", choices=("knn", "linear", "both"), default="knn",
                    help="probes of the scores (default knn)")
@@ -115,7 +118,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
     t_start = time.perf_counter()
-    *runs, ensemble_run = train_runs(args.work, args.student, args.epochs, args.threads)
+    *runs, ensemble_run = train_runs(args.work, args.student, args.epochs,
+                                     args.samples_per_epoch, args.threads)
     t_train = time.perf_counter() - t_start
     init = str(args.work / f"init-{args.student}.pt")
     base, parents = load_parents(init, [str(r) for r in runs])
