@@ -63,7 +63,10 @@ OPTIONS = [
     ("--samples-per-epoch", "samples_per_epoch", int,
      "segments per epoch (default: one pass, raised for small data to --min-steps-per-epoch)"),
     ("--min-steps-per-epoch", "min_steps_per_epoch", int,
-     "small data: at least this many steps per epoch, at most 4 passes (0 = one pass)"),
+     "small data: at least this many steps per epoch, at most --max-passes passes over the "
+     "training segments (0 = one pass); sets under 1000 segments keep one pass"),
+    ("--max-passes", "max_passes", int, "passes over the training segments that "
+     "--min-steps-per-epoch may raise an epoch to"),
     ("--lr", "lr", float, "peak Adam learning rate"),
     ("--warmup-epochs", "warmup_epochs", int, "warm-up epochs (default min(8, epochs // 4))"),
     ("--final-lr-scale", "final_lr_scale", float, "lr at the end as a fraction of --lr"),

@@ -44,8 +44,7 @@ DEVICES = ("cpu", "cuda")
 COMPILE_MODES = ("auto", "on", "off")  # the training step's form (.speed)
 
 CLUSTER_METRICS = ("cosine", "euclidean")
-MAX_PASSES = 4  # the small-data floor of an epoch never draws more than 4 passes over the data
-MIN_PASS_SEGMENTS = 1000  # ... and sets of fewer training segments keep one pass per epoch
+MIN_PASS_SEGMENTS = 1000  # sets of fewer training segments keep one pass per epoch
 
 # Settings that change neither the data, the model nor the numbers a run produces: two
 # configs that differ only here are the same run for ``--resume auto``.
@@ -55,7 +54,7 @@ NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every", "eval_data"
 RUNTIME = ("out", "workers", "threads", "log_every", "eval_data", "eval_label_column",
            "teacher_batch_size", "compile")
 # Settings whose default changed, with the value a stored config that lacks them meant.
-STORED_BEFORE: Dict[str, Any] = {"views": 1, "min_steps_per_epoch": 0}
+STORED_BEFORE: Dict[str, Any] = {"views": 1, "min_steps_per_epoch": 0, "max_passes": 4}
 
 
 @dataclass
@@ -92,8 +91,8 @@ class DistillConfig:
     epochs: int = 30
     batch_size: int = 64
     samples_per_epoch: Optional[int] = None  # None = resolved_samples_per_epoch's rule
-    min_steps_per_epoch: int = 200       # small data: an epoch is at least this many steps, but
-                                         # at most MAX_PASSES passes over the data (0 = 1 pass)
+    min_steps_per_epoch: int = 400       # small data: an epoch is at least this many steps, but
+    max_passes: int = 8                  # at most this many passes over the data (0 = 1 pass)
     lr: float = 8e-4
     warmup_epochs: Optional[int] = None  # None = min(8, epochs // 4)
     final_lr_scale: float = 0.01         # lr at the last step, as a fraction of lr
@@ -151,19 +150,21 @@ class DistillConfig:
     def resolved_samples_per_epoch(self, n_train: int) -> int:
         """Segments drawn per epoch from ``n_train`` training segments: ``samples_per_epoch``
         when set, else one pass, raised to ``min_steps_per_epoch`` batches but never past
-        MAX_PASSES passes, and one pass for sets under MIN_PASS_SEGMENTS segments.
+        ``max_passes`` passes, and one pass for sets under MIN_PASS_SEGMENTS segments.
 
-        The schedule follows the data size: with 200 steps of 64 an epoch of 12,800 segments
-        or more is one pass, of 3,200 or fewer 4 passes. Measured with 4 teacher-side views
+        The schedule follows the data size: with 400 steps of 64 an epoch of 25,600 segments
+        or more is one pass, of 3,200 or fewer 8 passes. Measured with 4 teacher-side views
         and mn01 (share of the teacher on bench/quality.py; mean probe score on FSDD subsets):
-        on 2800 segments 30 epochs of 4 passes took 67.3% to 83.2% (without views 63.4% to
-        66.6%; mn04 with views 82.5% to 94.9%), on 1080 segments 8 epochs of 4 passes 44.4 to 47.9; on 360 segments they lost
-        (51.6 to 42.7; overfitting), hence the floor of MIN_PASS_SEGMENTS."""
+        on 2800 segments 30 epochs of 1, 4 and 8 passes (the last run as 60 epochs of 4)
+        kept 67.3%, 83.2% and 86.2% (without views 1 and 4 passes 63.4% and 66.6%; mn04 with
+        views 1 and 4 passes 82.5% and 94.9%); on 1080 segments 8 epochs of 4 passes took
+        44.4 to 47.9; on 360 segments they lost (51.6 to 42.7; overfitting), hence the floor
+        of MIN_PASS_SEGMENTS."""
         if self.samples_per_epoch:
             return int(self.samples_per_epoch)
         if n_train < MIN_PASS_SEGMENTS:
             return int(n_train)
-        floor = min(self.min_steps_per_epoch * self.batch_size, MAX_PASSES * n_train)
+        floor = min(self.min_steps_per_epoch * self.batch_size, self.max_passes * n_train)
         return max(int(n_train), int(floor))
 
     @property
@@ -190,6 +191,7 @@ class DistillConfig:
             ("epochs", self.epochs >= 1, "expected an integer >= 1"),
             ("batch_size", self.batch_size >= 2, "expected >= 2 (batch norm needs two items)"),
             ("min_steps_per_epoch", self.min_steps_per_epoch >= 0, "expected >= 0 (0 = off)"),
+            ("max_passes", self.max_passes >= 0, "expected >= 0 (0 or 1 = one pass)"),
             ("samples_per_epoch", self.samples_per_epoch is None or self.samples_per_epoch >= 1,
              "expected >= 1 or unset"),
             ("lr", self.lr > 0, "expected > 0"),
