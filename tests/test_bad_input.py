@@ -457,10 +457,13 @@ def test_ctrl_c_prints_the_command_that_resumes(box):
     (box.audio / "loop.wav").symlink_to("loop.wav")
     (box.audio / "gone.wav").symlink_to(box.audio / "missing.wav")
     out = box.work / "runs"
+    # As from a terminal: SIGINT at its default even when these tests run in the background
+    # of a shell, which starts them with SIGINT ignored (inherited, and Python then keeps it).
     proc = subprocess.Popen([sys.executable, "-m", "pyssondo", "distill", TINY, str(box.audio),
                              *DISTILL, "--epochs", "50", "--save-every", "1", "--out", str(out)],
                             cwd=box.work, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not list(out.glob("*/checkpoints/last.pt")):
         assert proc.poll() is None, proc.communicate()
