@@ -155,8 +155,8 @@ class DistillConfig:
         The schedule follows the data size: with 400 steps of 64 an epoch of 25,600 segments
         or more is one pass, of 3,200 or fewer 8 passes. Measured with 4 teacher-side views
         and mn01 (share of the teacher on bench/quality.py; mean probe score on FSDD subsets):
-        on 2800 segments 30 epochs of 1, 4 and 8 passes (the last run as 60 epochs of 4)
-        kept 67.3%, 83.2% and 86.2% (without views 1 and 4 passes 63.4% and 66.6%; mn04 with
+        on 2800 segments 30 epochs of 1, 4 and 8 passes kept 67.3%, 83.2% and 87.7% (60
+        epochs of 4: 86.2%; without views 1 and 4 passes 63.4% and 66.6%; mn04 with
         views 1 and 4 passes 82.5% and 94.9%); on 1080 segments 8 epochs of 4 passes took
         44.4 to 47.9; on 360 segments they lost (51.6 to 42.7; overfitting), hence the floor
         of MIN_PASS_SEGMENTS."""
