@@ -57,7 +57,7 @@ BASE: Dict[str, Any] = {"window_s": 2.0, "mel": {"sample_rate": 16000, "f_max": 
 # What 'ssondo distill' does by default, where it departs from BASE (the "defaults" recipe).
 PRODUCT = ("loss", "target_norm", "best_metric", "min_steps_per_epoch", "max_passes", "views")
 # The defaults before teacher-side views and the small-data passes (the "d-*" levers start
-# from them; "d-views4-8pass" is today's "defaults" on this benchmark's 2800 segments).
+# from them; "d-views4-4pass" is today's "defaults" on this benchmark's 2800 segments).
 DEFAULTS_V1: Dict[str, Any] = {"loss": "infonce", "target_norm": "none",
                                "best_metric": "knn_agree_backbone", "min_steps_per_epoch": 0}
 

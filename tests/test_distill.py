@@ -453,19 +453,21 @@ def test_checkpoint_round_trip_restores_rng(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
 
 
-def test_epochs_of_small_data_get_more_passes_up_to_eight():
-    cfg = DistillConfig()  # 400 steps of 64 at least, 8 passes at most, one below 1000 segments
-    assert (cfg.min_steps_per_epoch, cfg.max_passes, cfg.batch_size) == (400, 8, 64)
+def test_epochs_of_small_data_get_more_passes_up_to_four():
+    cfg = DistillConfig()  # 200 steps of 64 at least, 4 passes at most, one below 1000 segments
+    assert (cfg.min_steps_per_epoch, cfg.max_passes, cfg.batch_size) == (200, 4, 64)
     assert cfg.resolved_samples_per_epoch(999) == 999
-    assert cfg.resolved_samples_per_epoch(1000) == 8000
-    assert cfg.resolved_samples_per_epoch(2800) == 22400
-    assert cfg.resolved_samples_per_epoch(6400) == 25600
+    assert cfg.resolved_samples_per_epoch(1000) == 4000
+    assert cfg.resolved_samples_per_epoch(2800) == 11200
+    assert cfg.resolved_samples_per_epoch(6400) == 12800
     assert cfg.resolved_samples_per_epoch(50000) == 50000
-    assert cfg.replace(max_passes=4).resolved_samples_per_epoch(2800) == 11200
+    eight = cfg.replace(min_steps_per_epoch=400, max_passes=8)  # the smallest students' option
+    assert eight.resolved_samples_per_epoch(2800) == 22400
+    assert eight.resolved_samples_per_epoch(6400) == 25600
     assert cfg.replace(samples_per_epoch=100).resolved_samples_per_epoch(50000) == 100
     assert cfg.replace(min_steps_per_epoch=0).resolved_samples_per_epoch(2800) == 2800
-    stored = json.loads(cfg.to_json())
-    del stored["max_passes"]  # a run from the 4-pass defaults keeps them
+    stored = json.loads(eight.to_json())
+    del stored["max_passes"]  # a run stored before the setting had 4 passes at most
     assert DistillConfig.from_stored(stored).resolved_samples_per_epoch(2800) == 2800 * 4
     del stored["min_steps_per_epoch"], stored["views"]  # a run from before these defaults
     old = DistillConfig.from_stored(stored)

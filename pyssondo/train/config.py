@@ -91,8 +91,8 @@ class DistillConfig:
     epochs: int = 30
     batch_size: int = 64
     samples_per_epoch: Optional[int] = None  # None = resolved_samples_per_epoch's rule
-    min_steps_per_epoch: int = 400       # small data: an epoch is at least this many steps, but
-    max_passes: int = 8                  # at most this many passes over the data (0 = 1 pass)
+    min_steps_per_epoch: int = 200       # small data: an epoch is at least this many steps, but
+    max_passes: int = 4                  # at most this many passes over the data (0 = 1 pass)
     lr: float = 8e-4
     warmup_epochs: Optional[int] = None  # None = min(8, epochs // 4)
     final_lr_scale: float = 0.01         # lr at the last step, as a fraction of lr
@@ -152,14 +152,14 @@ class DistillConfig:
         when set, else one pass, raised to ``min_steps_per_epoch`` batches but never past
         ``max_passes`` passes, and one pass for sets under MIN_PASS_SEGMENTS segments.
 
-        The schedule follows the data size: with 400 steps of 64 an epoch of 25,600 segments
-        or more is one pass, of 3,200 or fewer 8 passes. Measured with 4 teacher-side views
-        and mn01 (share of the teacher on bench/quality.py; mean probe score on FSDD subsets):
-        on 2800 segments 30 epochs of 1, 4 and 8 passes kept 67.3%, 83.2% and 87.7% (60
-        epochs of 4: 86.2%; without views 1 and 4 passes 63.4% and 66.6%; mn04 with
-        views 1 and 4 passes 82.5% and 94.9%); on 1080 segments 8 epochs of 4 passes took
-        44.4 to 47.9; on 360 segments they lost (51.6 to 42.7; overfitting), hence the floor
-        of MIN_PASS_SEGMENTS."""
+        The schedule follows the data size: with 200 steps of 64 an epoch of 12,800 segments
+        or more is one pass, of 3,200 or fewer 4 passes. Measured with 4 teacher-side views
+        (share of the teacher on bench/quality.py; mean probe score on FSDD subsets): on 2800
+        segments 30 epochs of 1, 4 and 8 passes (8: min_steps_per_epoch=400, max_passes=8)
+        kept mn01 67.3%, 83.2% and 87.7%, but mn04 82.5%, 94.9% and 90.6%, so 8 passes are
+        an option for the smallest students, not the default (without views mn01 with 1 and 4
+        passes 63.4% and 66.6%); on 1080 segments 8 epochs of 4 passes took 44.4 to 47.9; on
+        360 segments they lost (51.6 to 42.7; overfitting), hence MIN_PASS_SEGMENTS."""
         if self.samples_per_epoch:
             return int(self.samples_per_epoch)
         if n_train < MIN_PASS_SEGMENTS:
