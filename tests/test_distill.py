@@ -87,6 +87,8 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     assert set(DistillConfig().to_dict()) <= set(stored)
     assert stored["mel"]["sample_rate"] == 16000 and stored["epochs"] == 3
     assert stored["cache_mel"] == "auto" and stored["mel_cached"] is True  # a small set: cached
+    assert stored["min_steps_per_epoch"] is None  # by student size: mn01 has 43k parameters
+    assert stored["schedule"] == {"min_steps_per_epoch": 400, "max_passes": 8}
     assert list(Path(stored["cache"]).glob("mel-*.npy"))
     epochs = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
               if r["kind"] == "epoch"]
@@ -453,22 +455,25 @@ def test_checkpoint_round_trip_restores_rng(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
 
 
-def test_epochs_of_small_data_get_more_passes_up_to_four():
-    cfg = DistillConfig()  # 200 steps of 64 at least, 4 passes at most, one below 1000 segments
-    assert (cfg.min_steps_per_epoch, cfg.max_passes, cfg.batch_size) == (200, 4, 64)
-    assert cfg.resolved_samples_per_epoch(999) == 999
-    assert cfg.resolved_samples_per_epoch(1000) == 4000
-    assert cfg.resolved_samples_per_epoch(2800) == 11200
-    assert cfg.resolved_samples_per_epoch(6400) == 12800
-    assert cfg.resolved_samples_per_epoch(50000) == 50000
-    eight = cfg.replace(min_steps_per_epoch=400, max_passes=8)  # the smallest students' option
-    assert eight.resolved_samples_per_epoch(2800) == 22400
-    assert eight.resolved_samples_per_epoch(6400) == 25600
-    assert cfg.replace(samples_per_epoch=100).resolved_samples_per_epoch(50000) == 100
-    assert cfg.replace(min_steps_per_epoch=0).resolved_samples_per_epoch(2800) == 2800
-    stored = json.loads(eight.to_json())
+def test_epochs_of_small_data_get_more_passes_by_student_size():
+    cfg = DistillConfig()  # one pass below 1000 segments; above, by student size:
+    big, small = 516_128, 43_384  # mn04: 200 steps of 64 at least, 4 passes at most; mn01: 400, 8
+    assert (cfg.min_steps_per_epoch, cfg.max_passes, cfg.batch_size) == (None, None, 64)
+    assert cfg.resolved_schedule(big) == (200, 4) and cfg.resolved_schedule(small) == (400, 8)
+    assert cfg.resolved_schedule(99_999) == (400, 8) and cfg.resolved_schedule(100_000) == (200, 4)
+    for n, want_big, want_small in [(999, 999, 999), (1000, 4000, 8000), (2800, 11200, 22400),
+                                    (6400, 12800, 25600), (50000, 50000, 50000)]:
+        assert cfg.resolved_samples_per_epoch(n, big) == want_big, n
+        assert cfg.resolved_samples_per_epoch(n, small) == want_small, n
+    # A setting given wins over the rule, for either size.
+    assert cfg.replace(max_passes=4).resolved_samples_per_epoch(2800, small) == 11200
+    assert cfg.replace(min_steps_per_epoch=400, max_passes=8).resolved_schedule(big) == (400, 8)
+    assert cfg.replace(samples_per_epoch=100).resolved_samples_per_epoch(50000, small) == 100
+    assert cfg.replace(min_steps_per_epoch=0).resolved_samples_per_epoch(2800, small) == 2800
+    stored = json.loads(cfg.replace(min_steps_per_epoch=400).to_json())
     del stored["max_passes"]  # a run stored before the setting had 4 passes at most
-    assert DistillConfig.from_stored(stored).resolved_samples_per_epoch(2800) == 2800 * 4
+    assert DistillConfig.from_stored(stored).resolved_samples_per_epoch(2800, small) == 2800 * 4
     del stored["min_steps_per_epoch"], stored["views"]  # a run from before these defaults
     old = DistillConfig.from_stored(stored)
     assert (old.min_steps_per_epoch, old.views) == (0, 1)
+    assert DistillConfig.from_stored(json.loads(cfg.to_json())).resolved_schedule(small) == (400, 8)

@@ -234,7 +234,8 @@ def plan_epochs(cfg, segments: int, seconds: float) -> int:
         opt.step()
         times.append(time.perf_counter() - t0)
     per_step = min(times[1:]) * 2.0  # data loading, validation and checkpoints on top
-    train = cfg.resolved_samples_per_epoch(int(segments * (1 - cfg.val_fraction)))
+    train = cfg.resolved_samples_per_epoch(int(segments * (1 - cfg.val_fraction)),
+                                           sum(p.numel() for p in model.student.parameters()))
     steps_per_epoch = max(1, -(-train // cfg.batch_size))
     return int(max(4, min(15, seconds / (per_step * steps_per_epoch))))  # 15: past the plateau
 

@@ -64,9 +64,11 @@ OPTIONS = [
      "segments per epoch (default: one pass, raised for small data to --min-steps-per-epoch)"),
     ("--min-steps-per-epoch", "min_steps_per_epoch", int,
      "small data: at least this many steps per epoch, at most --max-passes passes over the "
-     "training segments (0 = one pass); sets under 1000 segments keep one pass"),
+     "training segments (0 = one pass); sets under 1000 segments keep one pass (default: by "
+     "student size, 400 under 100k parameters (mn01), else 200)"),
     ("--max-passes", "max_passes", int, "passes over the training segments that "
-     "--min-steps-per-epoch may raise an epoch to"),
+     "--min-steps-per-epoch may raise an epoch to (default: by student size, 8 under 100k "
+     "parameters, else 4)"),
     ("--lr", "lr", float, "peak Adam learning rate"),
     ("--warmup-epochs", "warmup_epochs", int, "warm-up epochs (default min(8, epochs // 4))"),
     ("--final-lr-scale", "final_lr_scale", float, "lr at the end as a fraction of --lr"),
@@ -121,7 +123,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         parse, metavar = ((_floats, "W,W,...") if typ == "floats"
                           else (typ, typ.__name__.upper().replace("STR", "TEXT")))
         p.add_argument(flag, dest=name, type=parse, default=argparse.SUPPRESS, metavar=metavar,
-                       help=f"{text} (default: {getattr(defaults, name)})")
+                       help=text if getattr(defaults, name) is None  # the text says
+                       else f"{text} (default: {getattr(defaults, name)})")
     for flag, name, text in FLAGS:
         p.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
     p.add_argument("--cache-mel", dest="cache_mel", nargs="?", const="on",

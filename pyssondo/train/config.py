@@ -16,8 +16,8 @@ ranked the students as their probe scores did; the raw validation cosine ranked 
 other way round). InfoNCE fixes directions, not the teacher's space: for ``--projected``
 exports, pick a regression loss (``--loss cosine --target-norm whiten``). The teacher sees
 4 views of every segment (``views``, :mod:`pyssondo.views`), and an epoch of a small set
-(1000 to 12,800 segments) is raised to 200 steps, at most 4 passes
-(:meth:`DistillConfig.resolved_samples_per_epoch`). The README's distillation section has the
+(1000 to 12,800 segments) is raised to 200 steps, at most 4 passes, for students under 100k
+parameters to 400 steps, at most 8 passes (:meth:`DistillConfig.resolved_schedule`). The README's distillation section has the
 table of every recipe tried.
 
 Warm-up: S-SONDO warms up for 8 epochs of a long run. ``warmup_epochs = None`` resolves to
@@ -32,7 +32,7 @@ import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import ParameterError, check_known_settings
 from ..frontend import MelConfig
@@ -45,6 +45,12 @@ COMPILE_MODES = ("auto", "on", "off")  # the training step's form (.speed)
 
 CLUSTER_METRICS = ("cosine", "euclidean")
 MIN_PASS_SEGMENTS = 1000  # sets of fewer training segments keep one pass per epoch
+# The small-data schedule by student size (DistillConfig.resolved_schedule): students of fewer
+# parameters than SMALL_STUDENT_PARAMS get SMALL_SCHEDULE, the others SCHEDULE, each
+# (min_steps_per_epoch, max_passes).
+SMALL_STUDENT_PARAMS = 100_000
+SMALL_SCHEDULE = (400, 8)
+SCHEDULE = (200, 4)
 
 # Settings that change neither the data, the model nor the numbers a run produces: two
 # configs that differ only here are the same run for ``--resume auto``.
@@ -91,8 +97,9 @@ class DistillConfig:
     epochs: int = 30
     batch_size: int = 64
     samples_per_epoch: Optional[int] = None  # None = resolved_samples_per_epoch's rule
-    min_steps_per_epoch: int = 200       # small data: an epoch is at least this many steps, but
-    max_passes: int = 4                  # at most this many passes over the data (0 = 1 pass)
+    min_steps_per_epoch: Optional[int] = None  # small data: an epoch is at least this many
+    max_passes: Optional[int] = None     # steps, but at most this many passes over the data
+    #                                      (0 = 1 pass); None = by student size (SCHEDULE)
     lr: float = 8e-4
     warmup_epochs: Optional[int] = None  # None = min(8, epochs // 4)
     final_lr_scale: float = 0.01         # lr at the last step, as a fraction of lr
@@ -147,24 +154,36 @@ class DistillConfig:
         """The teacher-side view settings (ParameterError when invalid)."""
         return ViewConfig.from_spec(self.views, self.view_augment)
 
-    def resolved_samples_per_epoch(self, n_train: int) -> int:
-        """Segments drawn per epoch from ``n_train`` training segments: ``samples_per_epoch``
-        when set, else one pass, raised to ``min_steps_per_epoch`` batches but never past
-        ``max_passes`` passes, and one pass for sets under MIN_PASS_SEGMENTS segments.
+    def resolved_schedule(self, student_params: int) -> Tuple[int, int]:
+        """(min_steps_per_epoch, max_passes) for a student of ``student_params`` parameters:
+        the settings, and where one is unset SMALL_SCHEDULE below SMALL_STUDENT_PARAMS
+        parameters, else SCHEDULE.
 
-        The schedule follows the data size: with 200 steps of 64 an epoch of 12,800 segments
-        or more is one pass, of 3,200 or fewer 4 passes. Measured with 4 teacher-side views
-        (share of the teacher on bench/quality.py; mean probe score on FSDD subsets): on 2800
-        segments 30 epochs of 1, 4 and 8 passes (8: min_steps_per_epoch=400, max_passes=8)
-        kept mn01 67.3%, 83.2% and 87.7%, but mn04 82.5%, 94.9% and 90.6%, so 8 passes are
-        an option for the smallest students, not the default (without views mn01 with 1 and 4
-        passes 63.4% and 66.6%); on 1080 segments 8 epochs of 4 passes took 44.4 to 47.9; on
-        360 segments they lost (51.6 to 42.7; overfitting), hence MIN_PASS_SEGMENTS."""
+        Measured with 4 teacher-side views on bench/quality.py (2800 training segments, 30
+        epochs; share of the teacher kept): 1, 4 and 8 passes (8: 400 steps at least) kept
+        mn01 (43k parameters) 67.3%, 83.2% and 87.7%, but mn04 (516k) 82.5%, 94.9% and
+        90.6%: the smallest students underfit with 4 passes, larger ones overfit with 8."""
+        small_steps, small_passes = SMALL_SCHEDULE if student_params < SMALL_STUDENT_PARAMS \
+            else SCHEDULE
+        return (small_steps if self.min_steps_per_epoch is None else self.min_steps_per_epoch,
+                small_passes if self.max_passes is None else self.max_passes)
+
+    def resolved_samples_per_epoch(self, n_train: int, student_params: int) -> int:
+        """Segments drawn per epoch from ``n_train`` training segments by a student of
+        ``student_params`` parameters: ``samples_per_epoch`` when set, else one pass, raised
+        to ``min_steps_per_epoch`` batches but never past ``max_passes`` passes (both from
+        :meth:`resolved_schedule`), and one pass for sets under MIN_PASS_SEGMENTS segments.
+
+        With 200 steps of 64 an epoch of 12,800 segments or more is one pass, of 3,200 or
+        fewer 4 passes. Without views mn01 with 1 and 4 passes kept 63.4% and 66.6%; on 1080
+        segments 8 epochs of 4 passes took the mean probe score on FSDD subsets from 44.4 to
+        47.9; on 360 segments they lost (51.6 to 42.7; overfitting), hence MIN_PASS_SEGMENTS."""
         if self.samples_per_epoch:
             return int(self.samples_per_epoch)
         if n_train < MIN_PASS_SEGMENTS:
             return int(n_train)
-        floor = min(self.min_steps_per_epoch * self.batch_size, self.max_passes * n_train)
+        min_steps, max_passes = self.resolved_schedule(student_params)
+        floor = min(min_steps * self.batch_size, max_passes * n_train)
         return max(int(n_train), int(floor))
 
     @property
@@ -190,8 +209,10 @@ class DistillConfig:
             ("val_fraction", 0.0 <= self.val_fraction < 1.0, "expected 0 <= fraction < 1"),
             ("epochs", self.epochs >= 1, "expected an integer >= 1"),
             ("batch_size", self.batch_size >= 2, "expected >= 2 (batch norm needs two items)"),
-            ("min_steps_per_epoch", self.min_steps_per_epoch >= 0, "expected >= 0 (0 = off)"),
-            ("max_passes", self.max_passes >= 0, "expected >= 0 (0 or 1 = one pass)"),
+            ("min_steps_per_epoch", self.min_steps_per_epoch is None
+             or self.min_steps_per_epoch >= 0, "expected >= 0 (0 = off) or unset"),
+            ("max_passes", self.max_passes is None or self.max_passes >= 0,
+             "expected >= 0 (0 or 1 = one pass) or unset"),
             ("samples_per_epoch", self.samples_per_epoch is None or self.samples_per_epoch >= 1,
              "expected >= 1 or unset"),
             ("lr", self.lr > 0, "expected > 0"),

@@ -118,7 +118,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     k = min(cfg.clusters, len(segments))
     with main_first():
         labels = load_or_fit_clusters(paths[0], k=k, metric=cfg.cluster_metric, seed=cfg.seed)
-    samples = cfg.resolved_samples_per_epoch(len(train_rows))
+    student_params = sum(p.numel() for p in model.student.parameters())
+    samples = cfg.resolved_samples_per_epoch(len(train_rows), student_params)
     steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
     sampler = BalancedSampler(labels[train_rows], steps_per_epoch * cfg.batch_size,
                               alpha=cfg.balance_alpha, seed=cfg.seed)
@@ -143,6 +144,8 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
               "targets": [s.to_dict() for s in specs],
               "train_segments": int(len(train_rows)), "val_segments": int(len(val_rows)),
               "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached),
+              "schedule": dict(zip(("min_steps_per_epoch", "max_passes"),
+                                   cfg.resolved_schedule(student_params))),
               "init_fingerprint": weights_fingerprint(model.student.state_dict())})
     extra = {"targets": [s.to_dict() for s in specs],
              **({"target_norm": targets.state_dict()} if cfg.target_norm != "none" else {})}
