@@ -166,7 +166,7 @@ def main(argv=None) -> int:
                     line += (f"{tr * 1e3:10.2f} {tr / tf:8.1f}x {cr / max(cf, 1e-9):8.1f}x "
                              f"{mf / 2**20:9.1f} {mr / 2**20:9.1f} {mem_ratio}")
                 print(line, flush=True)
-                del s, t
+                s = t = None  # freed before the next pair is allocated
     return 0
 
 
