@@ -10,7 +10,8 @@ every clip almost alike (tiny spread), so only a trained student makes that numb
 Latency: median of --repeats forwards of one 10 s clip, batch 1.
 
 Prints per student: int8 / fp32 file size (target <= 0.35) and latency at 1 thread (target
-<= 0.7), cosine to fp32, for TorchScript and ONNX (QDQ); ONNX Runtime / TorchScript latency
+<= 0.7), cosine to fp32, for TorchScript and ONNX (QDQ), or the export's refusal when int8 breaks the
+student (its agreement check, pyssondo.export.choose_int8); ONNX Runtime / TorchScript latency
 at 1 and 2 threads; DFT / FFT front end latency in both; and the teacher's forward latency
 (aisfx, built from its wheel into --teacher) over the student's.
 
@@ -87,7 +88,7 @@ def main() -> None:
     for name in args.students:
         torch.set_num_threads(1)
         student = student_with_real_statistics(name, every[:8])
-        rows = {}
+        rows, refused = {}, {}
         for fmt, save, ext in (("torchscript", save_export, "pt"), ("onnx", save_onnx, "onnx")):
             for fe in ("fft", "dft"):
                 module = wrap(student, None, MEL, WINDOW_S, frontend=fe)
@@ -96,8 +97,11 @@ def main() -> None:
                 rows[fmt, fe] = path
             module = wrap(student, None, MEL, WINDOW_S)
             path = tmp / f"{name}-int8.{ext}"
-            save(module, path, {}, int8=calib, measure=False)
-            rows[fmt, "int8"] = path
+            try:
+                save(module, path, {}, int8=calib, measure=False)
+                rows[fmt, "int8"] = path
+            except RuntimeError as e:  # the export's agreement check refused every rung
+                refused[fmt] = str(e)
         models = {k: (OnnxStudent(p) if k[0] == "onnx" else torch.jit.load(str(p)))
                   for k, p in rows.items()}
         print(f"\n{name}: {sum(p.numel() for p in student.parameters()) / 1e6:.2f} M params, "
@@ -111,6 +115,9 @@ def main() -> None:
                 lat[name, k, threads] = latency_ms(m, MEL.sample_rate, repeats=args.repeats)
         torch.set_num_threads(1)
         for fmt in ("torchscript", "onnx"):
+            if fmt in refused:
+                print(f"  {fmt:11s} int8 refused: {refused[fmt]}")
+                continue
             fp32, q = rows[fmt, "fft"], rows[fmt, "int8"]
             size = q.stat().st_size / fp32.stat().st_size
             speed = lat[name, (fmt, "int8"), 1] / lat[name, (fmt, "fft"), 1]
