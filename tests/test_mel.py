@@ -208,6 +208,24 @@ def test_batch_equals_rows_and_threads_do_not_change_results():
     assert log_mel(np.zeros((0, 2000), np.float32), cfg).shape == (0, 128, cfg.num_frames(2000))
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_band_blocks_cover_every_filter(name):
+    """The banded product (band_blocks) equals numpy's dense fb @ power on random power, and
+    every non-zero filter entry lies inside its group's bin range."""
+    from pyssondo.frontend.torch_mel import band_blocks
+
+    fb = mel_filterbank(CONFIGS[name]).astype(np.float64)
+    blocks = band_blocks(fb)
+    inside = np.zeros(fb.shape, bool)
+    for r0, r1, c0, c1 in blocks:
+        inside[r0:r1, c0:c1] = True
+    assert [b[0] for b in blocks] == list(range(0, fb.shape[0], 16)) and blocks[-1][1] == fb.shape[0]
+    assert not fb[~inside].any() and inside.sum() < fb.size / 2
+    power = np.random.default_rng(0).random((fb.shape[1], 7))
+    banded = np.concatenate([fb[r0:r1, c0:c1] @ power[c0:c1] for r0, r1, c0, c1 in blocks])
+    np.testing.assert_allclose(banded, fb @ power, rtol=1e-12)
+
+
 def test_logmel_module_interface():
     cfg = CONFIGS["center-reflect"]
     m = LogMel(cfg)
