@@ -53,9 +53,10 @@ sys.path.insert(0, str(ROOT))
 # The setting (S-SONDO's raw cosine, best.pt by raw cosine); every recipe starts from it.
 BASE: Dict[str, Any] = {"window_s": 2.0, "mel": {"sample_rate": 16000, "f_max": 8000.0},
                         "loss": "cosine", "best_metric": "val_cos", "views": 1,
-                        "min_steps_per_epoch": 0}
+                        "min_steps_per_epoch": 0, "rounding_noise": 0.0}
 # What 'ssondo distill' does by default, where it departs from BASE (the "defaults" recipe).
-PRODUCT = ("loss", "target_norm", "best_metric", "min_steps_per_epoch", "max_passes", "views")
+PRODUCT = ("loss", "target_norm", "best_metric", "min_steps_per_epoch", "max_passes", "views",
+           "rounding_noise")
 # The defaults before teacher-side views and the small-data passes (the "d-*" levers start
 # from them; "d-views4-4pass" is today's "defaults" on this benchmark's 2800 segments).
 DEFAULTS_V1: Dict[str, Any] = {"loss": "infonce", "target_norm": "none",
@@ -106,6 +107,10 @@ def _product_defaults() -> Dict[str, Any]:
 
 
 RECIPES["defaults"] = _product_defaults()
+# Robustness to int8 rounding (#17) around today's defaults (rounding noise in int8 steps).
+RECIPES["defaults-noise1"] = {**RECIPES["defaults"], "rounding_noise": 1.0}
+RECIPES["defaults-noise3"] = {**RECIPES["defaults"], "rounding_noise": 3.0}
+RECIPES["defaults-wd"] = {**RECIPES["defaults"], "weight_decay": 1e-4}
 # Levers on top of the defaults before views and passes.
 RECIPES["defaults-v1"] = DEFAULTS_V1
 RECIPES.update({

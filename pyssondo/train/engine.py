@@ -36,6 +36,7 @@ from .config import DistillConfig
 from .distributed import (all_gather_object, is_main, mean_floats, on_main, sync_batchnorm,
                           world, wrap)
 from .rundir import RunDir, find_resumable
+from .rounding_noise import add_rounding_noise
 from .speed import StepVariants
 
 log = logging.getLogger("ssondo.train")
@@ -122,6 +123,8 @@ class Trainer:
         names = {id(m): name for name, m in model.named_modules()}
         frozen_names = [names[id(m)] for m in frozen]
         model = sync_batchnorm(model, device)
+        if cfg.rounding_noise > 0:
+            add_rounding_noise(model.student, cfg.rounding_noise)
         self.run, self.cfg, self.model, self.sampler = run, cfg, model, sampler
         self.variants = StepVariants(model, wrap(model, device), cfg.compile,
                                      tune=device.type == "cpu" and self.world.size == 1)
