@@ -60,8 +60,7 @@ NOT_HASHED = ("out", "cache_dir", "workers", "threads", "log_every", "eval_data"
 RUNTIME = ("out", "workers", "threads", "log_every", "eval_data", "eval_label_column",
            "teacher_batch_size", "compile")
 # Settings whose default changed, with the value a stored config that lacks them meant.
-STORED_BEFORE: Dict[str, Any] = {"views": 1, "min_steps_per_epoch": 0, "max_passes": 4,
-                                 "rounding_noise": 0.0}
+STORED_BEFORE: Dict[str, Any] = {"views": 1, "min_steps_per_epoch": 0, "max_passes": 4}
 
 
 @dataclass
