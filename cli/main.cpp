@@ -2,216 +2,55 @@
 //
 //   ssondo-embed student.pt a.wav [b.wav ...] [--threads N] [--out emb.npy | --csv] [-v]
 //
-// Reads each WAV (16/24/32-bit PCM, 32-bit float; channels mixed to mono) with the ssondo core,
-// resamples it to the rate in the export's ssondo.json with the same C++ resampler the Python
-// package uses, runs the student and prints one embedding per file (or writes .npy / CSV).
-// Every input is read and checked before any output is written: on error the program prints one
-// line naming the file and the problem, exits with status 1 and leaves no output file behind.
+// The command line, reading and resampling, timing and output are app.cpp's (shared with
+// ssondo-embed-onnx); this file loads the TorchScript export and runs one forward.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
-#include <chrono>
-#include <cstdio>
 #include <fstream>
-#include <iostream>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
-#include "metadata.hpp"
-#include "parallel.hpp"
-#include "resample.hpp"
-#include "wav.hpp"
+#include "app.hpp"
 
 namespace {
 
-struct Options {
-  std::string model;
-  std::vector<std::string> inputs;
-  std::string out;  // .npy path; empty = print
-  bool csv = false;
-  bool verbose = false;
-  int threads = 0;
-};
-
-const char* kUsage =
-    "usage: ssondo-embed MODEL.pt INPUT.wav [INPUT.wav ...] [--threads N] [--out emb.npy | --csv] [-v]\n"
-    "\n"
-    "Embeds WAV files with a student exported by 'ssondo export'. Prints one line per file\n"
-    "(path then the embedding), or writes an [N, D] float32 .npy with --out, or CSV with --csv.\n"
-    "\n"
-    "  --threads N   threads for libtorch and the resampler (default: all cores)\n"
-    "  --out PATH    write embeddings to PATH (.npy), rows in input order\n"
-    "  --csv         print CSV: path,e0,e1,...\n"
-    "  -v            print the time per file to stderr\n";
-
-Options parse_args(int argc, char** argv) {
-  Options o;
-  std::vector<std::string> positional;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&](const std::string& name) -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(name + " needs a value");
-      return argv[++i];
-    };
-    if (a == "-h" || a == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    } else if (a == "--threads") {
-      const std::string v = value(a);
-      try {
-        o.threads = std::stoi(v);
-      } catch (const std::exception&) {
-        throw std::invalid_argument("--threads " + v + ": expected a positive integer");
-      }
-      if (o.threads < 1) throw std::invalid_argument("--threads " + v + ": expected a positive integer");
-    } else if (a == "--out" || a == "-o") {
-      o.out = value(a);
-    } else if (a == "--csv") {
-      o.csv = true;
-    } else if (a == "-v" || a == "--verbose") {
-      o.verbose = true;
-    } else if (a.size() > 1 && a[0] == '-') {
-      throw std::invalid_argument("unknown option " + a);
-    } else {
-      positional.push_back(a);
-    }
-  }
-  if (positional.size() < 2) throw std::invalid_argument("expected MODEL.pt and at least one WAV file");
-  if (o.csv && !o.out.empty()) throw std::invalid_argument("--csv and --out are exclusive");
-  o.model = positional[0];
-  o.inputs.assign(positional.begin() + 1, positional.end());
-  return o;
-}
-
-struct Student {
-  torch::jit::Module module;
-  int sample_rate = 0;
-};
-
-Student load_student(const std::string& path) {
+ssondo_app::Student load_torchscript(const std::string& path, int threads) {
+  if (threads > 0) at::set_num_threads(threads);
   {
     std::ifstream probe(path, std::ios::binary);
     if (!probe) throw std::invalid_argument(path + ": cannot open model file");
   }
   std::unordered_map<std::string, std::string> extra{{"ssondo.json", ""}};
-  Student s;
+  auto module = std::make_shared<torch::jit::Module>();
   try {
-    s.module = torch::jit::load(path, torch::kCPU, extra);
+    *module = torch::jit::load(path, torch::kCPU, extra);
   } catch (const std::exception&) {
     throw std::invalid_argument(path + ": not a TorchScript file");
   }
-  const std::string& meta = extra["ssondo.json"];
-  if (meta.empty()) throw std::invalid_argument(path + ": not a ssondo export (no ssondo.json inside)");
-  try {
-    s.sample_rate = static_cast<int>(ssondo::json_number(meta, "sample_rate"));
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(path + ": bad ssondo.json (" + e.what() + ")");
-  }
-  if (s.sample_rate <= 0) throw std::invalid_argument(path + ": bad sample_rate in ssondo.json");
-  s.module.eval();
-  return s;
-}
-
-// Mono float32 samples at `sample_rate`, read, mixed down and resampled with the ssondo core.
-std::vector<float> read_mono(const std::string& path, int sample_rate) {
-  const ssondo::WavAudio wav = ssondo::read_wav_file(path);  // throws naming the file and the problem
-  std::vector<float> mono = ssondo::mix_to_mono(wav);
-  if (wav.sample_rate == sample_rate) return mono;
-  return ssondo::resample(mono.data(), 1, wav.frames, wav.sample_rate, sample_rate);
-}
-
-void write_npy_atomically(const std::string& path, const std::vector<std::vector<float>>& rows) {
-  const std::size_t n = rows.size();
-  const std::size_t d = n ? rows[0].size() : 0;
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(n) +
-                       ", " + std::to_string(d) + "), }";
-  const std::size_t preamble = 10;  // magic (6) + version (2) + header length (2)
-  header.append(63 - (preamble + header.size()) % 64, ' ');  // pad so data starts 64-aligned
-  header.push_back('\n');
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw std::invalid_argument(path + ": cannot write output");
-    const unsigned char magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
-    f.write(reinterpret_cast<const char*>(magic), 8);
-    const unsigned short len = static_cast<unsigned short>(header.size());
-    const unsigned char len_le[2] = {static_cast<unsigned char>(len & 0xff),
-                                     static_cast<unsigned char>(len >> 8)};
-    f.write(reinterpret_cast<const char*>(len_le), 2);
-    f.write(header.data(), static_cast<std::streamsize>(header.size()));
-    for (const auto& r : rows) {
-      f.write(reinterpret_cast<const char*>(r.data()), static_cast<std::streamsize>(r.size() * 4));
-    }
-    f.flush();
-    if (!f) {
-      f.close();
-      std::remove(tmp.c_str());
-      throw std::invalid_argument(path + ": write failed (disk full?)");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw std::invalid_argument(path + ": cannot rename the finished output into place");
-  }
-}
-
-int run(const Options& o) {
-  if (o.threads > 0) {
-    at::set_num_threads(o.threads);
-    ssondo::set_num_threads(o.threads);
-  }
-  Student student = load_student(o.model);
-  // Read every input first: a bad file stops the run before any output exists.
-  std::vector<std::vector<float>> audio;
-  audio.reserve(o.inputs.size());
-  for (const auto& path : o.inputs) audio.push_back(read_mono(path, student.sample_rate));
-
-  torch::NoGradGuard no_grad;
-  std::vector<std::vector<float>> rows;
-  for (std::size_t i = 0; i < audio.size(); ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    torch::Tensor wav = torch::from_blob(audio[i].data(), {1, static_cast<long>(audio[i].size())},
+  ssondo_app::Student s;
+  s.sample_rate = ssondo_app::checked_sample_rate(path, extra["ssondo.json"]);
+  module->eval();
+  s.embed = [module, path](std::vector<float>& mono) {
+    torch::NoGradGuard no_grad;
+    torch::Tensor wav = torch::from_blob(mono.data(), {1, static_cast<long>(mono.size())},
                                          torch::kFloat32);
-    torch::Tensor emb = student.module.forward({wav}).toTensor().contiguous().to(torch::kFloat32);
+    torch::Tensor emb = module->forward({wav}).toTensor().contiguous().to(torch::kFloat32);
     if (emb.dim() != 2 || emb.size(0) != 1) {
-      throw std::invalid_argument(o.model + ": forward returned shape " +
-                                  c10::str(emb.sizes()) + ", expected [1, D]");
+      throw std::invalid_argument(path + ": forward returned shape " + c10::str(emb.sizes()) +
+                                  ", expected [1, D]");
     }
-    rows.emplace_back(emb.data_ptr<float>(), emb.data_ptr<float>() + emb.size(1));
-    if (o.verbose) {
-      const double ms = std::chrono::duration<double, std::milli>(
-                            std::chrono::steady_clock::now() - t0).count();
-      std::fprintf(stderr, "%s: %.1f ms (%.2f s of audio)\n", o.inputs[i].c_str(), ms,
-                   audio[i].size() / static_cast<double>(student.sample_rate));
-    }
-  }
-
-  if (!o.out.empty()) {
-    write_npy_atomically(o.out, rows);
-    return 0;
-  }
-  std::cout.precision(9);
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    std::cout << o.inputs[i];
-    const char sep = o.csv ? ',' : ' ';
-    for (float v : rows[i]) std::cout << sep << v;
-    std::cout << '\n';
-  }
-  return 0;
+    return std::vector<float>(emb.data_ptr<float>(), emb.data_ptr<float>() + emb.size(1));
+  };
+  return s;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(parse_args(argc, argv));
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "ssondo-embed: error: %s\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "ssondo-embed: error: %s\n", e.what());
-    return 2;
-  }
+  return ssondo_app::run_app(argc, argv, {"ssondo-embed", "MODEL.pt", "libtorch"},
+                             load_torchscript);
 }
