@@ -5,23 +5,17 @@ Skipped only when no C++ compiler or CMake is present (CI has both and runs it).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.app_helpers import (ROOT, assert_fails_cleanly, assert_same_embeddings, bad_inputs,
+                               export_untrained, needs_toolchain, run_py_embed)
 
-pytestmark = [
-    pytest.mark.app,
-    pytest.mark.skipif(shutil.which("cmake") is None or shutil.which(os.environ.get("CXX", "c++")) is None,
-                       reason="the C++ app needs CMake and a C++ compiler"),
-]
+pytestmark = [pytest.mark.app, needs_toolchain]
 
 
 @pytest.fixture(scope="session")
@@ -37,21 +31,6 @@ def app(tmp_path_factory) -> Path:
     exe = build / "ssondo-embed"
     assert exe.is_file()
     return exe
-
-
-def export_untrained(name: str, folder: Path) -> Path:
-    """An (untrained, seeded) student exported with its front end at 32 kHz, 2 s windows."""
-    import torch
-
-    from pyssondo.frontend import MelConfig
-    from pyssondo.export import save_export, wrap
-    from pyssondo.students import create_student
-
-    torch.manual_seed(0)
-    module = wrap(create_student(name), None, MelConfig(), window_s=2.0)
-    out = folder / f"{name}.pt"
-    save_export(module, out, {"teacher": "none (untrained test student)"}, measure=False)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -79,13 +58,6 @@ def wav_files(tmp_path_factory, shared_data) -> list:
     return files
 
 
-def run_py_embed(model: Path, files, out: Path) -> np.ndarray:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "pyssondo", "embed", str(model), *map(str, files),
-                    "-o", str(out)], check=True, env=env, capture_output=True)
-    return np.load(out)
-
-
 def test_app_matches_ssondo_embed(app, student_file, wav_files, tmp_path):
     expected = run_py_embed(student_file, wav_files, tmp_path / "py.npy")
     out = tmp_path / "app.npy"
@@ -94,7 +66,7 @@ def test_app_matches_ssondo_embed(app, student_file, wav_files, tmp_path):
     assert r.returncode == 0, r.stderr
     got = np.load(out)
     assert got.shape == expected.shape == (len(wav_files), expected.shape[1])
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert_same_embeddings(got, expected)
     assert r.stderr.count(" ms (") == len(wav_files)  # -v: one timing line per file
 
 
@@ -109,7 +81,7 @@ def test_app_runs_the_hearables_students(app, wav_files, tmp_path, name):
     r = subprocess.run([str(app), str(model), *map(str, files), "--threads", "1",
                         "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    np.testing.assert_allclose(np.load(out), expected, atol=1e-4, rtol=0)
+    assert_same_embeddings(np.load(out), expected)
 
 
 def test_app_prints_csv_rows_in_input_order(app, student_file, wav_files, tmp_path):
@@ -118,34 +90,16 @@ def test_app_prints_csv_rows_in_input_order(app, student_file, wav_files, tmp_pa
                        capture_output=True, text=True, check=True)
     rows = [line.split(",") for line in r.stdout.strip().splitlines()]
     assert [row[0] for row in rows] == [str(f) for f in wav_files[:2]]
-    np.testing.assert_allclose(np.array([[float(v) for v in row[1:]] for row in rows]), expected,
-                               atol=1e-4, rtol=0)
-
-
-def _bad_inputs(folder: Path, good_wav: Path):
-    data = good_wav.read_bytes()
-    (folder / "truncated_header.wav").write_bytes(data[:30])
-    (folder / "empty.wav").write_bytes(b"")
-    (folder / "not_wav.wav").write_bytes(b"OggS" + bytes(100))
-    sf.write(str(folder / "zero_frames.wav"), np.zeros((0,), np.float32), 16000)
-    return {
-        "missing.wav": folder / "missing.wav",
-        "truncated_header.wav": folder / "truncated_header.wav",
-        "empty.wav": folder / "empty.wav",
-        "not_wav.wav": folder / "not_wav.wav",
-        "zero_frames.wav": folder / "zero_frames.wav",
-    }
+    assert_same_embeddings(np.array([[float(v) for v in row[1:]] for row in rows], np.float32),
+                           expected)
 
 
 def test_bad_audio_fails_with_one_line_and_no_output(app, student_file, wav_files, tmp_path):
-    for name, bad in _bad_inputs(tmp_path, wav_files[0]).items():
+    for name, bad in bad_inputs(tmp_path, wav_files[0]).items():
         out = tmp_path / f"out_{name}.npy"
         r = subprocess.run([str(app), str(student_file), str(wav_files[0]), str(bad), "--out", str(out)],
                            capture_output=True, text=True)
-        assert r.returncode != 0, name
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and name in lines[0], (name, r.stderr)
-        assert not out.exists() and not list(tmp_path.glob(f"out_{name}*")), name
+        assert_fails_cleanly(r, name, out)
 
 
 def test_a_model_that_is_not_a_ssondo_export_is_refused(app, wav_files, tmp_path):
