@@ -108,7 +108,8 @@ def _product_defaults() -> Dict[str, Any]:
 
 RECIPES["defaults"] = _product_defaults()
 # Robustness to int8 rounding (#17) around today's defaults (rounding noise in int8 steps).
-RECIPES["defaults-noise1"] = {**RECIPES["defaults"], "rounding_noise": 1.0}
+RECIPES["defaults-noise1"] = {**RECIPES["defaults"], "rounding_noise": 1.0}  # = defaults here
+RECIPES["defaults-noise0"] = {**RECIPES["defaults"], "rounding_noise": 0.0}
 RECIPES["defaults-noise3"] = {**RECIPES["defaults"], "rounding_noise": 3.0}
 RECIPES["defaults-wd"] = {**RECIPES["defaults"], "weight_decay": 1e-4}
 # Levers on top of the defaults before views and passes.

@@ -50,13 +50,13 @@ def work(tmp_path_factory, shared_data):
 
 def config(root: Path, out: Path, **kw) -> DistillConfig:
     """Small settings as in test_distill: mn01, 2 s windows, 16 kHz 64 mels; a linear head (no
-    dropout, whose masks cannot match across process counts); cosine + a relational term, so
-    the gathered global batch is exercised."""
+    dropout) and no rounding noise, whose draws cannot match across process counts; cosine +
+    a relational term, so the gathered global batch is exercised."""
     base = dict(teacher=str(root / "crepe-tiny.pt"), audio=str(root / "audio"), student="mn01",
                 head="linear", loss="cosine:1,rkd-dist:1", mel=MEL, window_s=2.0, clusters=4,
                 batch_size=8, epochs=2, samples_per_epoch=16, lr=3e-3, val_fraction=0.25,
                 workers=0, threads=1, cache_dir=str(root / "cache"), out=str(out), log_every=1,
-                views=1)
+                views=1, rounding_noise=0.0)
     base.update(kw)
     return DistillConfig(**base)
 
@@ -69,7 +69,8 @@ def torchrun_args(cfg: DistillConfig, n: int = 2):
             "--batch-size", str(cfg.batch_size), "--epochs", str(cfg.epochs),
             "--samples-per-epoch", str(cfg.samples_per_epoch), "--lr", str(cfg.lr),
             "--val-fraction", str(cfg.val_fraction), "--workers", "0", "--threads", "1",
-            "--cache-dir", cfg.cache_dir, "--out", cfg.out, "--log-every", "1", "--views", "1"]
+            "--cache-dir", cfg.cache_dir, "--out", cfg.out, "--log-every", "1", "--views", "1",
+            "--rounding-noise", "0"]
 
 
 

@@ -88,7 +88,9 @@ def test_end_to_end_export_beats_untrained_student(work, tmp_path):
     assert stored["mel"]["sample_rate"] == 16000 and stored["epochs"] == 3
     assert stored["cache_mel"] == "auto" and stored["mel_cached"] is True  # a small set: cached
     assert stored["min_steps_per_epoch"] is None  # by student size: mn01 has 43k parameters
-    assert stored["schedule"] == {"min_steps_per_epoch": 400, "max_passes": 8}
+    # and no rounding noise: under MIN_PASS_SEGMENTS training segments
+    assert stored["schedule"] == {"min_steps_per_epoch": 400, "max_passes": 8,
+                                  "rounding_noise": 0.0}
     assert list(Path(stored["cache"]).glob("mel-*.npy"))
     epochs = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
               if r["kind"] == "epoch"]

@@ -64,7 +64,8 @@ def test_default_recipe_beats_raw_cosine_on_a_held_out_probe(quality_work, tmp_p
                 threads=1, cache_dir=str(root / "cache"), seed=0)
     defaults = DistillConfig(**base, out=str(tmp_path / "defaults"))
     raw = DistillConfig(**base, out=str(tmp_path / "raw"), loss="cosine", target_norm="none",
-                        best_metric="val_cos", min_steps_per_epoch=0, views=1)
+                        best_metric="val_cos", min_steps_per_epoch=0, views=1,
+                        rounding_noise=0.0)
     assert (defaults.loss, defaults.views) != (raw.loss, 1)  # not S-SONDO's raw cosine
     scores = {name: probe_mean(distill(cfg, progress=False).export, quality_work["task"])
               for name, cfg in (("defaults", defaults), ("raw", raw))}

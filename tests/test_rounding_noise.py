@@ -45,11 +45,23 @@ def test_bad_settings_are_refused(caplog):
         add_rounding_noise(_net(), 0.0)
     with pytest.raises(ParameterError, match="rounding_noise"):
         DistillConfig(rounding_noise=-1.0).validate()
-    # off by default (not yet equal under DDP); off is not part of the hash, and a run stored before the setting existed
-    # reads as off (so it keeps its hash and resumes as it trained)
-    assert DistillConfig().rounding_noise == 0.0
+    # unset = by data size; off is not part of the hash, and a run stored before the setting
+    # existed reads as off (so it keeps its hash and resumes as it trained)
+    assert DistillConfig().rounding_noise is None
     assert "rounding_noise" not in DistillConfig(rounding_noise=0.0).hashed_settings()
     old = {k: v for k, v in DistillConfig(rounding_noise=0.0).to_dict().items()
            if k != "rounding_noise"}
     assert DistillConfig.from_stored(old).rounding_noise == 0.0
     assert DistillConfig.from_stored(old).hash() == DistillConfig(rounding_noise=0.0).hash()
+
+
+def test_noise_by_data_size_unless_set():
+    """One int8 step from MIN_PASS_SEGMENTS training segments on (where it won on
+    bench/quality.py and a 1090-segment FSDD set), none below (a 360-segment set: no gain)."""
+    from pyssondo.train.config import MIN_PASS_SEGMENTS
+
+    cfg = DistillConfig()
+    assert cfg.resolved_rounding_noise(MIN_PASS_SEGMENTS) == 1.0
+    assert cfg.resolved_rounding_noise(MIN_PASS_SEGMENTS - 1) == 0.0
+    assert cfg.replace(rounding_noise=0.0).resolved_rounding_noise(10**6) == 0.0
+    assert cfg.replace(rounding_noise=3.0).resolved_rounding_noise(10) == 3.0

@@ -284,6 +284,7 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
               "threshold_rule": ("given" if cfg.grow_threshold is not None else
                                  f"{GROW_PERCENTILE:g}th percentile of the old embeddings' "
                                  f"cosine to their centroid")}
+    noise = train.resolved_rounding_noise(len(rows))
     run = job.run or create_run(
         lambda: new_run_dir(train.out, train.student, f"adapt-{Path(cfg.new_audio).name}"),
         train, {"config_hash": cfg.hash(), "adapt": json.loads(cfg.to_json()),
@@ -293,7 +294,8 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
                 "train_segments_old": int(len(old_train)), "val_segments_old": int(len(old_val)),
                 "train_segments_new": int(len(new_train)), "val_segments_new": int(len(new_val)),
                 "replay_per_batch": sampler.n_a, "new_per_batch": sampler.n_b,
-                "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached)})
+                "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached),
+                "rounding_noise": noise})
     targets: Any = teacher_rows
     if cfg.self_weight:
         key = hashlib.sha256(f"{parent.checkpoint}:{old.digest}:{new.digest}:"
@@ -317,7 +319,8 @@ def adapt(cfg: AdaptConfig, *, resume: Optional[str] = None, progress: bool = Tr
     trainer = Trainer(run, train, model, sampler, steps_per_epoch, device,
                       teacher_record(old.meta, dim),
                       config_hash=cfg.hash(), extra={"adapt": cfg.to_json(), **kept},
-                      frozen=frozen if cfg.self_weight else (), command="adapt")
+                      frozen=frozen if cfg.self_weight else (), command="adapt",
+                      rounding_noise=noise)
 
     # The label-free measures of distill on each domain's held-out files; best.pt follows
     # the parent's --best-metric, averaged over the two domains.

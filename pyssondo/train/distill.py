@@ -136,6 +136,7 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
     if not job.fresh and "target_norm" in job.state:
         targets.load_state_dict(job.state["target_norm"])
 
+    noise = cfg.resolved_rounding_noise(len(train_rows))
     run = job.run or create_run(
         lambda: new_run_dir(cfg.out, cfg.student, teacher_name(teachers[0]) if teachers[0]
                             else "cache"),
@@ -144,13 +145,14 @@ def distill(cfg: DistillConfig, *, resume: Optional[str] = None, progress: bool 
               "targets": [s.to_dict() for s in specs],
               "train_segments": int(len(train_rows)), "val_segments": int(len(val_rows)),
               "steps_per_epoch": steps_per_epoch, "mel_cached": bool(cached),
-              "schedule": dict(zip(("min_steps_per_epoch", "max_passes"),
-                                   cfg.resolved_schedule(student_params))),
+              "schedule": {**dict(zip(("min_steps_per_epoch", "max_passes"),
+                                      cfg.resolved_schedule(student_params))),
+                           "rounding_noise": noise},
               "init_fingerprint": weights_fingerprint(model.student.state_dict())})
     extra = {"targets": [s.to_dict() for s in specs],
              **({"target_norm": targets.state_dict()} if cfg.target_norm != "none" else {})}
     trainer = Trainer(run, cfg, model, sampler, steps_per_epoch, device, specs[0].record,
-                      extra=extra)
+                      extra=extra, rounding_noise=noise)
     if not job.fresh:
         trainer.restore(job.state)
     weights = torch.tensor([s.weight for s in specs])

@@ -108,6 +108,9 @@ class Trainer:
         frozen: sub-modules kept in eval mode while the rest trains (e.g. batch-norm layers
             that keep their running statistics).
         command: the command named in error messages.
+        rounding_noise: int8 steps of noise on the student's batch-norm outputs while
+            training (:func:`.rounding_noise.add_rounding_noise`; 0 = none), as the caller
+            resolved it (:meth:`DistillConfig.resolved_rounding_noise`).
 
     ``net`` is the model to call in the loss (DistributedDataParallel under torchrun, else
     ``model``; compiled or with channels-last weights as ``cfg.compile`` decides,
@@ -118,13 +121,14 @@ class Trainer:
     def __init__(self, run: RunDir, cfg: DistillConfig, model: nn.Module, sampler: Any,
                  steps_per_epoch: int, device: torch.device, teacher: Dict[str, Any], *,
                  config_hash: Optional[str] = None, extra: Optional[Dict[str, Any]] = None,
-                 frozen: Sequence[nn.Module] = (), command: str = "distill") -> None:
+                 frozen: Sequence[nn.Module] = (), command: str = "distill",
+                 rounding_noise: float = 0.0) -> None:
         self.world = world()
         names = {id(m): name for name, m in model.named_modules()}
         frozen_names = [names[id(m)] for m in frozen]
         model = sync_batchnorm(model, device)
-        if cfg.rounding_noise > 0:
-            add_rounding_noise(model.student, cfg.rounding_noise)
+        if rounding_noise > 0:
+            add_rounding_noise(model.student, rounding_noise)
         self.run, self.cfg, self.model, self.sampler = run, cfg, model, sampler
         self.variants = StepVariants(model, wrap(model, device), cfg.compile,
                                      tune=device.type == "cpu" and self.world.size == 1)

@@ -52,6 +52,9 @@ def add_rounding_noise(student: nn.Module, steps: float) -> List[RemovableHandle
         if not module.training:
             return None  # the output as it is
         step = (out.detach().amax() - out.detach().amin()) / INT8_LEVELS
-        return out + (torch.rand_like(out) - 0.5) * (steps * step)
+        # drawn in logical order, not memory order: channels-last and contiguous runs of the
+        # same step (``--compile auto`` tries both) add the same noise
+        noise = torch.rand(out.shape, dtype=out.dtype, device=out.device) - 0.5
+        return out + noise * (steps * step)
 
     return [m.register_forward_hook(noisy) for m in norms]
