@@ -20,6 +20,7 @@ The ONNX counterpart (QDQ, onnxruntime's ``quantize_static``) is in :mod:`pysson
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -103,8 +104,6 @@ def _float_products(mapping):
     ``quantized::mul`` broadcasts over a channels-last map runs 7x slower than that round trip
     (mn04 at 10 s, [1, 48, 16, 78] x [1, 48, 1, 1]: 140 vs 19 us, 1 thread), with the same
     result (``bench/export.py`` prints the int8 latency)."""
-    import operator
-
     return mapping.set_object_type(operator.mul, None).set_object_type(torch.mul, None)
 
 
