@@ -199,7 +199,7 @@ class DistillConfig:
         segments on and 0 below.
 
         Measured (share of the teacher kept, or the mean FSDD probe score, without / with one
-        step): bench/quality.py (2800 segments, 30 epochs) mn01 86.5 / 90.7%, mn04 95.0 /
+        step): bench/quality.py (2800 segments, 30 epochs) mn01 86.5 / 88.4-90.7%, mn04 95.0 /
         95.8%, micronet-m0 91.3 / 93.4% (one seed each); 1200 FSDD clips (1090 segments, 8
         epochs, mn01) 67.2 / 67.7 over 2 seeds (spread +-4); 400 FSDD clips (360 segments,
         one pass) 48.0 / 47.3 over 4 seeds (spread +-7), and tests/test_quality.py's small
