@@ -125,6 +125,8 @@ RECIPES.update({
     "d-center": {**DEFAULTS_V1, "target_norm": "center"},
     "d-tau05": {**DEFAULTS_V1, "loss": "infonce@tau=0.05"},
     "d-bs256": {**DEFAULTS_V1, "batch_size": 256, "lr": 1.6e-3},
+    # Rounding noise without views or passes: the cheapest int8-robust run (eres2net16, #17).
+    "d-noise1": {**DEFAULTS_V1, "rounding_noise": 1.0},
 })
 
 DATA = Path(os.environ.get("SSONDO_DATA", ROOT.parent / "shared" / "data"))

@@ -13,9 +13,10 @@ training summary) is stored as ssondo.json inside (ONNX: in metadata_props). The
 reloaded (ONNX: in onnxruntime) and compared with eager output before success is reported;
 size, parameters and latency for 10 s of audio are printed.
 
---frontend dft computes the STFT as a convolution with a fixed DFT basis, for runtimes without
+--frontend dft computes the STFT as matrix products of a factored DFT, for runtimes without
 FFT ops (ONNX opsets < 17, CoreML, TFLite, ExecuTorch); the default is the fastest each format
-supports (fft for both: torch.stft, the ONNX STFT op), and the choice is printed and stored.
+supports (TorchScript: fft, torch.stft; ONNX: dft, 4x faster in onnxruntime than its STFT op),
+and the choice is printed and stored.
 --int8 quantises the convolutions and linears statically (int8 weights and activations),
 calibrated on the run's cached log-mel (ONNX: its segments' audio) or on --calibrate AUDIO_DIR,
 keeping the fewest leading blocks float32 whose embeddings agree with float32 (mean centred
@@ -27,7 +28,7 @@ pip install 'ssondo[onnx]'.
 examples:
   ssondo export runs/20260101-120000-mn10-teacher -o student.pt
   ssondo export runs/20260101-120000-mn10-teacher -o student.onnx
-  ssondo export runs/20260101-120000-mn10-teacher -o student-dft.onnx --frontend dft
+  ssondo export runs/20260101-120000-mn10-teacher -o student-dft.pt --frontend dft
   ssondo export runs/20260101-120000-mn10-teacher -o student-proj.pt --projected
   ssondo export runs/20260101-120000-mn10-teacher -o student-int8.pt --int8 --threads 1
   ssondo export runs/20260101-120000-mn10-teacher -o student-int8.onnx --int8 --calibrate audio/
@@ -44,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("torchscript", "onnx"), default=None,
                    help="file format (default: onnx when --output ends in .onnx, else torchscript)")
     p.add_argument("--frontend", choices=FRONTENDS, default=None,
-                   help="STFT as FFT or as a DFT convolution (default: the fastest the format "
-                        "supports, fft)")
+                   help="STFT as FFT or as factored DFT matrix products (default: the fastest "
+                        "the format supports: fft for TorchScript, dft for ONNX)")
     p.add_argument("--projected", action="store_true",
                    help="keep the mapping head: output embeddings in the teacher's space")
     p.add_argument("--int8", action="store_true",

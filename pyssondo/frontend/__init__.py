@@ -16,12 +16,12 @@ import importlib
 from typing import Any
 
 from .config import FRONTENDS, MelConfig
-from .filters import dft_basis, mel_filterbank, window
+from .filters import dft_factors, factored_dft, mel_filterbank, window
 from .mel import log_mel
 
 _TORCH = ("LogMel", "DftLogMel", "make_frontend")
 
-__all__ = ["FRONTENDS", "MelConfig", "dft_basis", "log_mel", "mel_filterbank", "window", *_TORCH]
+__all__ = ["FRONTENDS", "MelConfig", "dft_factors", "factored_dft", "log_mel", "mel_filterbank", "window", *_TORCH]
 
 
 def __getattr__(name: str) -> Any:

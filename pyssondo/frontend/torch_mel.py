@@ -4,8 +4,8 @@ It is the front end inside exported students and the torch twin of
 :func:`pyssondo.frontend.log_mel` (C++): same window and filterbank
 (:mod:`pyssondo.frontend.filters`), same padding and framing
 (:meth:`MelConfig.num_frames`), same numbers within 1e-3. :class:`DftLogMel` computes the same
-log-mel with the STFT as a strided 1-D convolution over a fixed DFT basis
-(:func:`pyssondo.frontend.filters.dft_basis`), for runtimes without FFT ops (ONNX opsets < 17,
+log-mel with the STFT as matrix products of a factored DFT
+(:func:`pyssondo.frontend.filters.factored_dft`), for runtimes without FFT ops (ONNX opsets < 17,
 CoreML, TFLite, ExecuTorch); :func:`make_frontend` picks one by name (:data:`FRONTENDS`).
 """
 from typing import List
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import ParameterError
 from .config import FRONTENDS, MelConfig
-from .filters import dft_basis, mel_filterbank, window
+from .filters import dft_factors, factored_dft, mel_filterbank, window
 
 # Mel bands per block of the banded filterbank product (:func:`band_blocks`): 16 of 128 bands
 # per matmul cut the mel step from 0.52 to 0.19 ms per 10 s at 32 kHz (1 thread); 8 and 32
@@ -123,27 +123,64 @@ class LogMel(nn.Module):
 
 
 class DftLogMel(LogMel):
-    """:class:`LogMel` with the STFT computed as ``conv1d(x, basis, stride=hop_length)``.
+    """:class:`LogMel` with the STFT as matrix products of a factored DFT, for runtimes without
+    FFT ops (ONNX opsets < 17, CoreML, TFLite, ExecuTorch); in onnxruntime it is also about 4x
+    faster than the STFT op (bench/export.py).
 
-    ``basis`` (buffer, float32 [2K, 1, n_fft], K = n_fft // 2 + 1) is
-    :func:`pyssondo.frontend.filters.dft_basis`: the same window as :class:`LogMel`, folded into
-    the cosine and sine rows. Same input, output, padding and framing as :class:`LogMel`; equal to
-    it within float32 rounding (about 1e-5 on log-mel). Costs 2K * n_fft multiply-adds per
-    frame instead of an FFT's O(n_fft log n_fft), but needs only Conv, Mul, Add, MatMul and Log.
+    Windowed frames [B, F, n_fft] are cut from the padded signal (slices of hop-length blocks
+    when the hop divides n_fft, else a gather) and transformed by
+    :func:`pyssondo.frontend.filters.factored_dft` (n_fft = N1 * N2): one [2 N2, N2] matrix
+    product over n2, then one [2 K1, 2 N1] product over n1 for each k2 (the twiddle factors
+    folded in; built from the small stored factors on every call, so a file holds about 5K
+    numbers, not 70K). Same input, output, padding and framing as :class:`LogMel`; equal to it
+    within float32 rounding (about 1e-5 on log-mel). Needs only MatMul, Mul, Add, Slice,
+    Concat, Reshape, Transpose (Gather when the hop does not divide n_fft) and Log.
     """
 
     def __init__(self, cfg: MelConfig = MelConfig()) -> None:
         super().__init__(cfg)
         self.bins = cfg.n_fft // 2 + 1
-        self.register_buffer("basis", torch.from_numpy(dft_basis(cfg)).unsqueeze(1))
+        self.n1, self.n2 = dft_factors(cfg.n_fft)
+        first, outer, twiddle = factored_dft(cfg)
+        self.register_buffer("dft_first", torch.from_numpy(first))
+        self.register_buffer("dft_outer", torch.from_numpy(outer))
+        self.register_buffer("dft_twiddle", torch.from_numpy(twiddle))
+
+    def _outer_matrices(self) -> Tensor:
+        """[N2, 2 K1, 2 N1]: for each k2, the outer sum as a real matrix from (re|im, n1) to
+        (re|im, k1) of W_N1^(n1 k1) W_N^(n1 k2)."""
+        f, t = self.dft_outer.unsqueeze(1), self.dft_twiddle.unsqueeze(2)  # [2,1,k1,n1], [2,k2,1,n1]
+        re = t[0] * f[0] - t[1] * f[1]
+        im = t[0] * f[1] + t[1] * f[0]
+        # (re + i im)(a + i b) = (re a - im b) + i (im a + re b)
+        return torch.cat([torch.cat([re, -im], dim=2), torch.cat([im, re], dim=2)], dim=1)
+
+    def _frames(self, x: Tensor) -> Tensor:
+        """Padded signals [B, T'] (T' >= n_fft) -> windowed frames [B, F, n_fft]."""
+        b, n, hop = x.size(0), self.n_fft, self.hop_length
+        frames = (x.size(1) - n) // hop + 1
+        if n % hop == 0:
+            r = n // hop
+            blocks = x[:, :(frames + r - 1) * hop].reshape(b, frames + r - 1, hop)
+            cut = torch.cat([blocks[:, i:i + frames] for i in range(r)], dim=2)
+        else:
+            index = (torch.arange(frames, device=x.device) * hop).unsqueeze(1) \
+                + torch.arange(n, device=x.device)
+            cut = x.index_select(1, index.flatten()).reshape(b, frames, n)
+        return cut * self.window
 
     def _power(self, x: Tensor) -> Tensor:
-        spec = nn.functional.conv1d(x.unsqueeze(1), self.basis, stride=self.hop_length)
-        re, im = spec[:, :self.bins], spec[:, self.bins:]
-        power = re.square() + im.square()
+        frames = self._frames(x)
+        b, f = frames.size(0), frames.size(1)
+        cols = frames.reshape(b * f, self.n_fft).t().reshape(self.n2, -1)  # [n2, n1 B F]
+        inner = torch.matmul(self.dft_first, cols).reshape(self.n2, 2 * self.n1, b * f)
+        spec = torch.matmul(self._outer_matrices(), inner)  # [k2, (re|im, k1), B F]
+        k1 = self.dft_outer.size(1)
+        power = spec[:, :k1].square() + spec[:, k1:].square()  # [k2, k1, B F], k = N2 k1 + k2
+        power = power.transpose(0, 1).reshape(k1 * self.n2, b, f)[:self.bins]
         if self.magnitude:
-            return power.sqrt()
-        return power
+            power = power.sqrt()
+        return power.permute(1, 0, 2)
 
 
 def make_frontend(cfg: MelConfig, name: str = "fft") -> LogMel:
