@@ -139,11 +139,13 @@ class ExportReport:
 
 
 def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
-                int8: Optional["Calibration"] = None, measure: bool = True) -> ExportReport:
+                int8: Optional["Calibration"] = None, measure: bool = True,
+                min_agreement: float = MIN_INT8_AGREEMENT) -> ExportReport:
     """Scripts ``module`` (int8-quantised with these calibration windows when ``int8`` is
     given, :func:`quantize_student`), writes it atomically with ``ssondo.json`` (an
     :class:`~pyssondo.export_meta.ExportMeta` of ``module`` and the caller's fields ``meta``),
-    reloads the file and checks it against eager output.
+    reloads the file and checks it against eager output. ``min_agreement``: the int8 search's
+    bar (:func:`choose_int8`; 0 takes every block int8, to measure a student that fails it).
 
     Raises:
         RuntimeError: the reloaded export disagrees with eager output beyond
@@ -151,7 +153,8 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     """
     out = Path(out)
     fp32 = module.eval()
-    model, check = choose_int8(fp32, int8) if int8 is not None else (fp32, None)
+    model, check = (choose_int8(fp32, int8, min_agreement) if int8 is not None
+                    else (fp32, None))
     info = ExportMeta.of(fp32, int8=int8 is not None, int8_check=check, **meta)
     scripted = torch.jit.script(model)
     buf = io.BytesIO()
@@ -213,10 +216,11 @@ def quantize_student(module: ExportedStudent, calibration: "Calibration", float_
                            module.embed_dim, module.chunk).eval()
 
 
-def choose_int8(module: ExportedStudent, calibration: "Calibration"
+def choose_int8(module: ExportedStudent, calibration: "Calibration",
+                min_agreement: float = MIN_INT8_AGREEMENT
                 ) -> Tuple[ExportedStudent, Dict[str, Any]]:
     """The int8 student with the fewest float32 front units (FLOAT_FRONT_LADDER) whose
-    embeddings agree with float32 (:func:`agreement`) >= MIN_INT8_AGREEMENT on the windows of
+    embeddings agree with float32 (:func:`agreement`) >= ``min_agreement`` on the windows of
     ``calibration`` it was not calibrated on (:meth:`Calibration.halves`).
 
     Trained students amplify rounding in their first layers (mn04 at 30 epochs, all layers
@@ -243,13 +247,13 @@ def choose_int8(module: ExportedStudent, calibration: "Calibration"
         with torch.no_grad():
             got = torch.cat([q.head(q.backbone(m)) for m in mels])
         tried.append((k, agreement(got, want)))
-        if tried[-1][1] >= MIN_INT8_AGREEMENT:
+        if tried[-1][1] >= min_agreement:
             return q, {"float_front": k, "float_units": kept,
                        "agreement": round(tried[-1][1], 6),
-                       "threshold": MIN_INT8_AGREEMENT, "windows": int(len(want)),
+                       "threshold": min_agreement, "windows": int(len(want)),
                        "tried": [[a, round(b, 6)] for a, b in tried]}
     raise RuntimeError(f"int8: the student's embeddings agree with float32 at most "
-                       f"{max((b for _, b in tried), default=0.0):.3f} (< {MIN_INT8_AGREEMENT}) on {len(want)} "
+                       f"{max((b for _, b in tried), default=0.0):.3f} (< {min_agreement}) on {len(want)} "
                        f"held-out windows of {calibration.source}, with "
                        + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)
                        + "; quantisation breaks this student, nothing was written")

@@ -212,14 +212,16 @@ def quantize_qdq(data: bytes, calibration: np.ndarray, float_units: Sequence[str
 
 
 def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
-              int8: Optional["Calibration"] = None, measure: bool = True) -> ExportReport:
+              int8: Optional["Calibration"] = None, measure: bool = True,
+              min_agreement: float = MIN_INT8_AGREEMENT) -> ExportReport:
     """Writes ``module`` as ONNX (int8 QDQ calibrated on ``int8``'s waveform windows when
     given), reloads it in onnxruntime and checks it against the eager module.
 
     ``meta`` (the caller's :class:`~pyssondo.export_meta.ExportMeta` fields) is completed
-    like :func:`pyssondo.export.save_export` does and stored in metadata_props. Checks: float32, max relative difference <= RELATIVE_TOLERANCE on
-    :func:`pyssondo.export.probe_signals`; int8, the output shapes and finite values (its
-    distance to float32 is reported as ``int8["cosine_to_fp32"]``).
+    like :func:`pyssondo.export.save_export` does and stored in metadata_props;
+    ``min_agreement`` is its int8 bar too. Checks: float32, max relative difference <=
+    RELATIVE_TOLERANCE on :func:`pyssondo.export.probe_signals`; int8, the output shapes and
+    finite values (its distance to float32 is reported as ``int8["cosine_to_fp32"]``).
 
     Raises:
         RuntimeError: the check failed (nothing is left at ``out`` then).
@@ -235,7 +237,7 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     float_data = _finish(_load(traced), info)
     data = float_data
     if int8 is not None:
-        data, check = _int8_onnx(fp32, traced, int8)
+        data, check = _int8_onnx(fp32, traced, int8, min_agreement)
         info = replace(info, int8_check=check)
         data = _finish(_load(data), info)
     atomic_write_bytes(out, data)
@@ -251,18 +253,18 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     return export_report(out, len(data), info, fp32, diff, loaded, measure, reference)
 
 
-def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration"
-               ) -> Tuple[bytes, Dict[str, Any]]:
+def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration",
+               min_agreement: float) -> Tuple[bytes, Dict[str, Any]]:
     """The QDQ int8 model of ``traced`` and its check, like
     :func:`pyssondo.export.choose_int8`: the fewest float32 front units, starting from those
-    that torch needs, whose ONNX output agrees with float32 >= MIN_INT8_AGREEMENT on the
+    that torch needs, whose ONNX output agrees with float32 >= ``min_agreement`` on the
     held-out half of ``calibration``'s windows (onnxruntime's int8 activations round more
     coarsely than torch's, so it may need more).
 
     Raises:
         RuntimeError: no rung agrees enough (nothing is written then).
     """
-    _, check = choose_int8(fp32, calibration)
+    _, check = choose_int8(fp32, calibration, min_agreement)
     fit, held = calibration.halves()
     x = torch.from_numpy(np.ascontiguousarray(held.waveforms, dtype=np.float32))
     with torch.no_grad():
@@ -276,13 +278,13 @@ def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration"
         data = quantize_qdq(traced, fit.waveforms, units)
         got = torch.from_numpy(_session_of(data).run(x)[0])
         tried.append([k, round(agreement(got, want), 6)])
-        if tried[-1][1] >= MIN_INT8_AGREEMENT:
+        if tried[-1][1] >= min_agreement:
             return data, {**check, "float_front": k, "float_units": units,
                           "agreement": tried[-1][1], "tried": tried,
                           "torch": {"float_front": check["float_front"],
                                     "agreement": check["agreement"]}}
     raise RuntimeError(f"int8: the ONNX student's embeddings agree with float32 at most "
-                       f"{max((b for _, b in tried), default=0.0):.3f} (< {MIN_INT8_AGREEMENT}) "
+                       f"{max((b for _, b in tried), default=0.0):.3f} (< {min_agreement}) "
                        f"on {len(want)} held-out windows of {calibration.source}, with "
                        + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)
                        + f" (torch int8: {check['agreement']:.3f}); nothing was written")

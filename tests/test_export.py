@@ -205,3 +205,32 @@ def test_agreement_is_the_centred_cosine():
     noisy = flat + 1e-3 * torch.randn(6, 5, generator=g)
     raw = float(torch.nn.functional.cosine_similarity(noisy, flat, dim=-1).mean())
     assert agreement(noisy, flat) == pytest.approx(raw, abs=1e-6)
+
+
+def test_int8_that_breaks_the_student_is_refused_unless_the_bar_is_lowered(tmp_path,
+                                                                             shared_data):
+    """A random ERes2Net with real batch-norm statistics is chaotic (rounding its input alone
+    moves its embedding anywhere): the agreement search refuses it on every rung and writes
+    nothing; ``min_agreement=0`` (bench/export.py, to measure size and speed) takes every
+    block int8 and records the agreement it got."""
+    from pyssondo.calibration import from_audio_dir
+
+    calibration = from_audio_dir(shared_data / "pool", 16000, 16000, n=8)
+    torch.manual_seed(0)
+    student = create_student("eres2net16", n_mels=MEL.n_mels, embed_dim=64)
+    for m in student.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    student.train()
+    with torch.no_grad():
+        student(LogMel(MEL)(torch.from_numpy(calibration.waveforms)))
+    module = wrap(student.eval(), None, MEL, WINDOW_S)
+    out = tmp_path / "int8.pt"
+    with pytest.raises(RuntimeError, match=r"agree with float32 at most .* nothing was written"):
+        save_export(module, out, {}, int8=calibration, measure=False)
+    assert not out.exists()
+    report = save_export(module, out, {}, int8=calibration, measure=False, min_agreement=0.0)
+    check = report.meta.int8_check
+    assert check["float_front"] == 0 and check["threshold"] == 0.0
+    assert check["agreement"] < 0.95 and out.is_file()
