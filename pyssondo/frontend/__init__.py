@@ -1,7 +1,7 @@
 """The log-mel front end: one settings object, one window and filterbank, two backends.
 
 - :mod:`.config`: :class:`MelConfig`, every front-end setting (and the valid choices).
-- :mod:`.filters`: the window, the mel filterbank and the DFT basis of a config, in numpy.
+- :mod:`.filters`: the window, the mel filterbank and the factored DFT of a config, in numpy.
 - :mod:`.mel`: :func:`log_mel`, the C++ core's log-mel (numpy in, numpy out; training data,
   evaluation baselines).
 - :mod:`.torch_mel`: :class:`LogMel` / :class:`DftLogMel`, the same log-mel as a TorchScript-able

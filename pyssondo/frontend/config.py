@@ -17,7 +17,7 @@ WINDOWS = ("hann", "hamming", "rectangular")
 MEL_SCALES = ("slaney", "htk")
 MEL_NORMS = ("slaney", "none")
 PAD_MODES = ("reflect", "constant")
-FRONTENDS = ("fft", "dft")  # the torch module's STFT: torch.stft, or a conv with a DFT basis
+FRONTENDS = ("fft", "dft")  # the torch module's STFT: torch.stft, or factored DFT matrix products
 
 
 @dataclass(frozen=True)
