@@ -1,5 +1,5 @@
-"""The exception types of pyssondo. ParameterError and AudioError are ValueErrors so callers
-may catch either; DiskFull is the OSError (ENOSPC) of a write that found no space."""
+"""The exception types of pyssondo. ParameterError, AudioError and Int8Refused are ValueErrors
+so callers may catch either; DiskFull is the OSError (ENOSPC) of a write that found no space."""
 from __future__ import annotations
 
 import errno
@@ -15,6 +15,12 @@ class ParameterError(ValueError):
 
 class AudioError(ValueError):
     """An audio file cannot be used; the message names the file and the problem."""
+
+
+class Int8Refused(ValueError):
+    """Static int8 breaks this student: on no rung of the float32-front ladder do its
+    embeddings agree with float32 enough; the message gives each rung's agreement. Nothing was
+    written."""
 
 
 class DiskFull(OSError):

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
+from .errors import Int8Refused
 from .export_meta import ExportMeta
 from .loading import META_FILE
 
@@ -150,6 +151,7 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     Raises:
         RuntimeError: the reloaded export disagrees with eager output beyond
             RELATIVE_TOLERANCE (nothing is left at ``out`` then).
+        Int8Refused: int8 breaks the student (:func:`choose_int8`; nothing is written).
     """
     out = Path(out)
     fp32 = module.eval()
@@ -232,7 +234,7 @@ def choose_int8(module: ExportedStudent, calibration: "Calibration",
         agreement, threshold, windows, tried: [float_front, agreement] pairs).
 
     Raises:
-        RuntimeError: no rung of the ladder agrees enough (the message gives each agreement).
+        Int8Refused: no rung of the ladder agrees enough (the message gives each agreement).
     """
     fit, held = calibration.halves()
     with torch.no_grad():
@@ -252,7 +254,7 @@ def choose_int8(module: ExportedStudent, calibration: "Calibration",
                        "agreement": round(tried[-1][1], 6),
                        "threshold": min_agreement, "windows": int(len(want)),
                        "tried": [[a, round(b, 6)] for a, b in tried]}
-    raise RuntimeError(f"int8: the student's embeddings agree with float32 at most "
+    raise Int8Refused(f"int8: the student's embeddings agree with float32 at most "
                        f"{max((b for _, b in tried), default=0.0):.3f} (< {min_agreement}) on {len(want)} "
                        f"held-out windows of {calibration.source}, with "
                        + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)

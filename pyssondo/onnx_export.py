@@ -36,6 +36,7 @@ from .atomic import atomic_write_bytes
 from .export import (FLOAT_FRONT_LADDER, MIN_INT8_AGREEMENT, ExportedStudent, ExportReport,
                      agreement, choose_int8, export_report, probe_signals, quantize_student,
                      relative_difference)
+from .errors import Int8Refused
 from .export_meta import ExportMeta
 from .loading import META_FILE
 from .onnx_model import INPUT, OUTPUTS, OnnxStudent, import_onnxruntime
@@ -225,6 +226,7 @@ def save_onnx(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
 
     Raises:
         RuntimeError: the check failed (nothing is left at ``out`` then).
+        Int8Refused: int8 breaks the student (nothing is written).
         ImportError: onnx / onnxruntime / onnxscript are not installed.
     """
     out = Path(out)
@@ -262,7 +264,7 @@ def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration",
     coarsely than torch's, so it may need more).
 
     Raises:
-        RuntimeError: no rung agrees enough (nothing is written then).
+        Int8Refused: no rung agrees enough (nothing is written then).
     """
     _, check = choose_int8(fp32, calibration, min_agreement)
     fit, held = calibration.halves()
@@ -283,7 +285,7 @@ def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration",
                           "agreement": tried[-1][1], "tried": tried,
                           "torch": {"float_front": check["float_front"],
                                     "agreement": check["agreement"]}}
-    raise RuntimeError(f"int8: the ONNX student's embeddings agree with float32 at most "
+    raise Int8Refused(f"int8: the ONNX student's embeddings agree with float32 at most "
                        f"{max((b for _, b in tried), default=0.0):.3f} (< {min_agreement}) "
                        f"on {len(want)} held-out windows of {calibration.source}, with "
                        + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)

@@ -214,6 +214,7 @@ def test_int8_that_breaks_the_student_is_refused_unless_the_bar_is_lowered(tmp_p
     nothing; ``min_agreement=0`` (bench/export.py, to measure size and speed) takes every
     block int8 and records the agreement it got."""
     from pyssondo.calibration import from_audio_dir
+    from pyssondo.errors import Int8Refused
 
     calibration = from_audio_dir(shared_data / "pool", 16000, 16000, n=8)
     torch.manual_seed(0)
@@ -227,7 +228,7 @@ def test_int8_that_breaks_the_student_is_refused_unless_the_bar_is_lowered(tmp_p
         student(LogMel(MEL)(torch.from_numpy(calibration.waveforms)))
     module = wrap(student.eval(), None, MEL, WINDOW_S)
     out = tmp_path / "int8.pt"
-    with pytest.raises(RuntimeError, match=r"agree with float32 at most .* nothing was written"):
+    with pytest.raises(Int8Refused, match=r"agree with float32 at most .* nothing was written"):
         save_export(module, out, {}, int8=calibration, measure=False)
     assert not out.exists()
     report = save_export(module, out, {}, int8=calibration, measure=False, min_agreement=0.0)
