@@ -207,31 +207,23 @@ def test_agreement_is_the_centred_cosine():
     assert agreement(noisy, flat) == pytest.approx(raw, abs=1e-6)
 
 
-def test_int8_that_breaks_the_student_is_refused_unless_the_bar_is_lowered(tmp_path,
-                                                                             shared_data):
-    """A random ERes2Net with real batch-norm statistics is chaotic (rounding its input alone
-    moves its embedding anywhere): the agreement search refuses it on every rung and writes
-    nothing; ``min_agreement=0`` (bench/export.py, to measure size and speed) takes every
-    block int8 and records the agreement it got."""
+def test_int8_is_refused_below_the_bar_and_written_above_it(module, tmp_path, shared_data):
+    """No rung of the float32-front ladder reaching ``min_agreement`` is Int8Refused (a
+    ValueError, so ``ssondo export`` prints one line) naming each rung's agreement, and nothing
+    is written; ``min_agreement=0`` (bench/export.py measures random students so) takes every
+    block int8 and records the bar it met."""
     from pyssondo.calibration import from_audio_dir
     from pyssondo.errors import Int8Refused
+    from pyssondo.export import FLOAT_FRONT_LADDER
 
-    calibration = from_audio_dir(shared_data / "pool", 16000, 16000, n=8)
-    torch.manual_seed(0)
-    student = create_student("eres2net16", n_mels=MEL.n_mels, embed_dim=64)
-    for m in student.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    student.train()
-    with torch.no_grad():
-        student(LogMel(MEL)(torch.from_numpy(calibration.waveforms)))
-    module = wrap(student.eval(), None, MEL, WINDOW_S)
+    calibration = from_audio_dir(shared_data / "notes", 16000, module.window, n=8)
     out = tmp_path / "int8.pt"
-    with pytest.raises(Int8Refused, match=r"agree with float32 at most .* nothing was written"):
-        save_export(module, out, {}, int8=calibration, measure=False)
-    assert not out.exists()
+    with pytest.raises(Int8Refused, match=r"agree with float32 at most .* nothing was written") \
+            as refused:
+        save_export(module, out, {}, int8=calibration, measure=False, min_agreement=1.01)
+    assert isinstance(refused.value, ValueError) and not out.exists()
+    assert all(f"{k} float front units" in str(refused.value) for k in (0, 1, 2, 4, 8))
     report = save_export(module, out, {}, int8=calibration, measure=False, min_agreement=0.0)
     check = report.meta.int8_check
-    assert check["float_front"] == 0 and check["threshold"] == 0.0
-    assert check["agreement"] < 0.95 and out.is_file()
+    assert check["float_front"] == FLOAT_FRONT_LADDER[0] == 0 and check["threshold"] == 0.0
+    assert out.is_file()
