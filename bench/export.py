@@ -82,8 +82,9 @@ def export_all(student: torch.nn.Module, calib: Calibration, tmp: Path, name: st
     return rows
 
 
-def load(key, path: Path, threads: int):
-    return OnnxStudent(path, threads=threads) if key[0] == "onnx" else torch.jit.load(str(path))
+def load(fmt: str, path: Path, threads: int):
+    """The export at ``path`` in its runtime, at ``threads`` intra-op threads (ONNX)."""
+    return OnnxStudent(path, threads=threads) if fmt == "onnx" else torch.jit.load(str(path))
 
 
 def main() -> None:
@@ -108,7 +109,7 @@ def main() -> None:
               f"latency per 10 s clip, batch 1")
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            models = {k: load(k, p, threads) for k, p in rows.items()}
+            models = {k: load(k[0], p, threads) for k, p in rows.items()}
             for _ in range(3):  # rounds: each model in turn, the best of each
                 for k, m in models.items():
                     t = latency_ms(m, MEL.sample_rate, repeats=args.repeats)
@@ -120,7 +121,7 @@ def main() -> None:
             size = q.stat().st_size / fp32.stat().st_size
             a, b = lat[name, (fmt, "int8"), 1], lat[name, (fmt, fe), 1]
             with torch.no_grad():
-                got, want = load((fmt,), q, 1)(held), load((fmt,), fp32, 1)(held)
+                got, want = load(fmt, q, 1)(held), load(fmt, fp32, 1)(held)
             cos = float(torch.nn.functional.cosine_similarity(got, want, dim=-1).mean())
             print(f"  {fmt:11s} int8/fp32 ({fe} front end): size {size:.3f}x "
                   f"({q.stat().st_size / 1e6:.2f} / {fp32.stat().st_size / 1e6:.2f} MB, target "

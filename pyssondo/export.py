@@ -258,10 +258,10 @@ def choose_int8(module: ExportedStudent, calibration: "Calibration",
                        "threshold": min_agreement, "windows": int(len(want)),
                        "tried": [[a, round(b, 6)] for a, b in tried]}
     raise Int8Refused(f"int8: the student's embeddings agree with float32 at most "
-                       f"{max((b for _, b in tried), default=0.0):.3f} (< {min_agreement}) on {len(want)} "
-                       f"held-out windows of {calibration.source}, with "
-                       + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)
-                       + "; quantisation breaks this student, nothing was written")
+                      f"{max((b for _, b in tried), default=0.0):.3f} (< {min_agreement}) on "
+                      f"{len(want)} held-out windows of {calibration.source}, with "
+                      + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)
+                      + "; quantisation breaks this student, nothing was written")
 
 
 def agreement(got: torch.Tensor, want: torch.Tensor) -> float:

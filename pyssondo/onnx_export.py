@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
+from .errors import Int8Refused
 from .export import (FLOAT_FRONT_LADDER, MIN_INT8_AGREEMENT, ExportedStudent, ExportReport,
                      agreement, choose_int8, export_report, probe_signals, quantize_student,
                      relative_difference)
-from .errors import Int8Refused
 from .export_meta import ExportMeta
 from .loading import META_FILE
 from .onnx_model import INPUT, OUTPUTS, OnnxStudent, import_onnxruntime
@@ -286,10 +286,10 @@ def _int8_onnx(fp32: ExportedStudent, traced: bytes, calibration: "Calibration",
                           "torch": {"float_front": check["float_front"],
                                     "agreement": check["agreement"]}}
     raise Int8Refused(f"int8: the ONNX student's embeddings agree with float32 at most "
-                       f"{max((b for _, b in tried), default=0.0):.3f} (< {min_agreement}) "
-                       f"on {len(want)} held-out windows of {calibration.source}, with "
-                       + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)
-                       + f" (torch int8: {check['agreement']:.3f}); nothing was written")
+                      f"{max((b for _, b in tried), default=0.0):.3f} (< {min_agreement}) "
+                      f"on {len(want)} held-out windows of {calibration.source}, with "
+                      + ", ".join(f"{a} float front units: {b:.3f}" for a, b in tried)
+                      + f" (torch int8: {check['agreement']:.3f}); nothing was written")
 
 
 def _load(data: bytes) -> Any:

@@ -21,7 +21,8 @@ from .mel import log_mel
 
 _TORCH = ("LogMel", "DftLogMel", "make_frontend")
 
-__all__ = ["FRONTENDS", "MelConfig", "dft_factors", "factored_dft", "log_mel", "mel_filterbank", "window", *_TORCH]
+__all__ = ["FRONTENDS", "MelConfig", "dft_factors", "factored_dft", "log_mel", "mel_filterbank",
+           "window", *_TORCH]
 
 
 def __getattr__(name: str) -> Any:

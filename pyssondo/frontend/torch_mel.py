@@ -149,7 +149,8 @@ class DftLogMel(LogMel):
     def _outer_matrices(self) -> Tensor:
         """[N2, 2 K1, 2 N1]: for each k2, the outer sum as a real matrix from (re|im, n1) to
         (re|im, k1) of W_N1^(n1 k1) W_N^(n1 k2)."""
-        f, t = self.dft_outer.unsqueeze(1), self.dft_twiddle.unsqueeze(2)  # [2,1,k1,n1], [2,k2,1,n1]
+        f = self.dft_outer.unsqueeze(1)    # [2, 1, k1, n1]
+        t = self.dft_twiddle.unsqueeze(2)  # [2, k2, 1, n1]
         re = t[0] * f[0] - t[1] * f[1]
         im = t[0] * f[1] + t[1] * f[0]
         # (re + i im)(a + i b) = (re a - im b) + i (im a + re b)
