@@ -32,6 +32,7 @@ from torch import nn
 from .atomic import atomic_write_bytes
 from .errors import Int8Refused
 from .export_meta import ExportMeta
+from .folding import fold_batch_norm
 from .loading import META_FILE
 
 if TYPE_CHECKING:
@@ -146,9 +147,11 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
                 int8: Optional["Calibration"] = None, measure: bool = True,
                 min_agreement: float = MIN_INT8_AGREEMENT) -> ExportReport:
     """Scripts ``module`` (int8-quantised with these calibration windows when ``int8`` is
-    given, :func:`quantize_student`), writes it atomically with ``ssondo.json`` (an
-    :class:`~pyssondo.export_meta.ExportMeta` of ``module`` and the caller's fields ``meta``),
-    reloads the file and checks it against eager output. ``min_agreement``: the int8 search's
+    given, :func:`quantize_student`; else with its batch norms folded into the convolutions
+    before them, :func:`pyssondo.folding.fold_batch_norm`), writes it atomically with
+    ``ssondo.json`` (an :class:`~pyssondo.export_meta.ExportMeta` of ``module`` and the
+    caller's fields ``meta``), reloads the file and checks it against the eager ``module``
+    (the int8 one's against the eager int8 model). ``min_agreement``: the int8 search's
     bar (:func:`choose_int8`; 0 takes every block int8, to measure a student that fails it).
 
     Raises:
@@ -159,7 +162,7 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     out = Path(out)
     fp32 = module.eval()
     model, check = (choose_int8(fp32, int8, min_agreement) if int8 is not None
-                    else (fp32, None))
+                    else (fold_batch_norm(fp32), None))
     info = ExportMeta.of(fp32, int8=int8 is not None, int8_check=check, **meta)
     scripted = torch.jit.script(model)
     buf = io.BytesIO()
@@ -171,13 +174,13 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
         loaded = torch.jit.load(str(out), _extra_files=extra)
         if ExportMeta.from_json(extra[META_FILE], str(out)) != info:
             raise RuntimeError(f"{out}: {META_FILE} did not survive the round trip")
-        diff = check_against_eager(loaded, model)
+        diff = check_against_eager(loaded, model if int8 is not None else fp32)
     except BaseException:
         out.unlink(missing_ok=True)
         raise
     reference = None
     if int8 is not None:
-        ref = torch.jit.script(fp32)
+        ref = torch.jit.script(fold_batch_norm(fp32))
         fbuf = io.BytesIO()
         torch.jit.save(ref, fbuf)
         reference = (ref, len(fbuf.getvalue()))
