@@ -3,16 +3,16 @@
 :func:`quantize_static` uses torch.ao's FX graph mode (``prepare_fx`` / ``convert_fx``, the
 static qconfig mapping of :func:`engine`, x86 on x86 CPUs, with per-channel 7-bit weights and
 per-tensor full-range uint8 activations with histogram observers, :func:`_qconfig`) on the
-largest sub-modules that FX can trace: a
-student's own ``forward`` usually starts with an input-shape check, which FX cannot trace, so
-its children (MobileNetV3's ``features``, ERes2Net's stages, ...) are quantised instead; parts
+largest sub-modules that FX can trace: a student's own ``forward`` usually starts with an
+input-shape check, which FX cannot trace, so its children (MobileNetV3's ``features``,
+ERes2Net's stages, ...) are quantised instead, each behind a :class:`ChannelsLast` step; parts
 that ``convert_fx`` cannot lower stay float32 (with a warning). Tested on MobileNetV3 and
 ERes2Net; DyMN's dynamic convolutions do not survive it (the export then refuses, see
-:data:`pyssondo.export.MIN_INT8_AGREEMENT`). The shape checks,
-poolings and anything untraceable stay float32. Activation ranges come from calibration
-log-mel batches [N, n_mels, frames] run through the float model. The result scripts with
-``torch.jit.script`` and runs on CPU. torch 2.13 marks torch.ao.quantization as deprecated (its
-successor, pt2e with torchao, is not a dependency here); the deprecation warnings are silenced.
+:data:`pyssondo.export.MIN_INT8_AGREEMENT`). The shape checks, poolings and anything
+untraceable stay float32. Activation ranges come from calibration log-mel batches
+[N, n_mels, frames] run through the float model. The result scripts with ``torch.jit.script``
+and runs on CPU. torch 2.13 marks torch.ao.quantization as deprecated (its successor, pt2e
+with torchao, is not a dependency here); the deprecation warnings are silenced.
 
 The ONNX counterpart (QDQ, onnxruntime's ``quantize_static``) is in :mod:`pyssondo.onnx_export`;
 :mod:`pyssondo.calibration` gathers the calibration data for both.
@@ -151,15 +151,30 @@ def _prepare(module: nn.Module, inputs: Dict[nn.Module, Tuple], prepare, front: 
             continue  # all of it stays float32
         if keep:  # a float32 front, then the prepared rest
             rest = child[keep:]
-            prepared = nn.Sequential(*child[:keep], prepare(copy.deepcopy(rest),
-                                                            inputs[child[keep]]))
-            rest_name = str(keep)
+            prepared, original = prepare(copy.deepcopy(rest), inputs[child[keep]]), rest
+        elif len(inputs[child]) > 1:  # not a Sequential's single input: replaced as it is
             setattr(module, name, prepared)
-            done.append((prepared, rest_name, rest))
+            done.append((module, name, child))
             continue
-        setattr(module, name, prepared)
-        done.append((module, name, child))
+        else:
+            original = child
+        wrapper = nn.Sequential(*child[:keep], ChannelsLast(), prepared)
+        setattr(module, name, wrapper)
+        done.append((wrapper, str(keep + 1), original))
     return done
+
+
+class ChannelsLast(nn.Module):
+    """Feature maps [N, C, H, W] to channels-last memory, other tensors as they are (a no-op
+    for maps already channels-last or with C = 1). Put before each quantised part: its
+    quantised convolutions return channels-last maps, and fbgemm's ``quantized::add`` of a
+    residual that entered in contiguous (float32-front) memory and a channels-last one takes
+    a slow path (mn04 with its first block float32: 1.5 of 10 ms on one [1, 8, 64, 312] add)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 def _has_weights(module: nn.Module) -> bool:

@@ -15,6 +15,7 @@ from pyssondo.export import ExportedStudent, quantize_student, save_export, wrap
 from pyssondo.frontend import LogMel
 from pyssondo.heads import make_head
 from pyssondo.loading import load_model
+from pyssondo.quantize import ChannelsLast
 from pyssondo.students import create_student
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -175,18 +176,30 @@ def test_float_front_keeps_the_first_blocks_float(module, shared_data):
     kept = []
     q = quantize_student(module, calibration, float_front=3, kept=kept)
     assert kept == ["backbone.features.0", "backbone.features.1", "backbone.features.2"]
-    features = q.backbone.features  # 3 float32 blocks, then one quantised graph of the rest
+    features = q.backbone.features  # 3 float32 blocks, channels-last, one quantised graph
 
     def kinds(m):
         return {type(x) for x in m.modules()}
 
     assert all(torch.nn.Conv2d in kinds(features[i]) for i in range(3))
-    assert torch.nn.Conv2d not in kinds(features[3])
-    assert any("quantized" in k.__module__ for k in kinds(features[3]))
+    assert isinstance(features[3], ChannelsLast) and len(features) == 5
+    assert torch.nn.Conv2d not in kinds(features[4])
+    assert any("quantized" in k.__module__ for k in kinds(features[4]))
     wav = torch.from_numpy(calibration.waveforms[:2])
     with torch.no_grad():  # still the same function, to rounding
         cos = torch.nn.functional.cosine_similarity(torch.jit.script(q)(wav), module(wav))
     assert float(cos.min()) > 0.99
+
+
+def test_channels_last_step_keeps_values_and_only_moves_feature_maps():
+    step = torch.jit.script(ChannelsLast())
+    maps = torch.randn(2, 8, 5, 7)
+    moved = step(maps)
+    assert moved.is_contiguous(memory_format=torch.channels_last)
+    assert not maps.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(moved, maps)
+    frames = torch.randn(2, 8, 5)
+    assert step(frames).data_ptr() == frames.data_ptr()
 
 
 def test_agreement_is_the_centred_cosine():
