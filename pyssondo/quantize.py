@@ -149,16 +149,17 @@ def _prepare(module: nn.Module, inputs: Dict[nn.Module, Tuple], prepare, front: 
             kept.append(path)
         if keep == units:
             continue  # all of it stays float32
+        front_units: List[nn.Module] = []
         if keep:  # a float32 front, then the prepared rest
-            rest = child[keep:]
-            prepared, original = prepare(copy.deepcopy(rest), inputs[child[keep]]), rest
+            front_units, original = list(child[:keep]), child[keep:]
+            prepared = prepare(copy.deepcopy(original), inputs[child[keep]])
         elif len(inputs[child]) > 1:  # not a Sequential's single input: replaced as it is
             setattr(module, name, prepared)
             done.append((module, name, child))
             continue
         else:
             original = child
-        wrapper = nn.Sequential(*child[:keep], ChannelsLast(), prepared)
+        wrapper = nn.Sequential(*front_units, ChannelsLast(), prepared)
         setattr(module, name, wrapper)
         done.append((wrapper, str(keep + 1), original))
     return done

@@ -161,6 +161,33 @@ def test_new_families_export(name, tmp_path, shared_data, one_thread):
     assert load_model(report.path, role="student").meta["embed_dim"] == 32
 
 
+@pytest.mark.parametrize("float_front", [0, 1, 3])
+def test_int8_eres2net_whose_children_are_not_sequential(float_front, shared_data, one_thread):
+    """ERes2Net traces child by child (stem conv, its batch norm, ..., stages): with 0, 1 or 3
+    leading units float32 every other convolution is quantised behind a channels-last step,
+    and the scripted student stays close to float32 (raw cosine; random weights)."""
+    from pyssondo.calibration import from_audio_dir
+
+    torch.manual_seed(0)
+    student = create_student("eres2net16", n_mels=MEL.n_mels)
+    student.train()
+    with torch.no_grad():
+        student(torch.randn(8, MEL.n_mels, 30))
+    module = wrap(student, None, MEL, WINDOW_S)
+    calibration = from_audio_dir(shared_data / "notes", MEL.sample_rate, module.window, n=8)
+    kept = []
+    q = quantize_student(module, calibration, float_front=float_front, kept=kept)
+    assert len(kept) == float_front
+    convs = [m for m in q.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == sum(isinstance(m, torch.nn.Conv2d) for name in kept
+                             for m in module.get_submodule(name).modules())
+    assert sum(isinstance(m, ChannelsLast) for m in q.modules()) >= 1
+    wav = torch.from_numpy(calibration.waveforms[:4])
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(torch.jit.script(q)(wav), module(wav))
+    assert float(cos.min()) > 0.9, cos
+
+
 def test_embed_rejects_missing_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pyssondo", "embed", "nope.pt", "x.wav", "-o",
                            str(tmp_path / "e.npy")], capture_output=True, text=True,
