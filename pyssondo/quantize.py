@@ -5,8 +5,9 @@ static qconfig mapping of :func:`engine`, x86 on x86 CPUs, with per-channel 7-bi
 per-tensor full-range uint8 activations with histogram observers, :func:`_qconfig`) on the
 largest sub-modules that FX can trace: a student's own ``forward`` usually starts with an
 input-shape check, which FX cannot trace, so its children (MobileNetV3's ``features``,
-ERes2Net's stages, ...) are quantised instead, each behind a :class:`ChannelsLast` step; parts
-that ``convert_fx`` cannot lower stay float32 (with a warning). Tested on MobileNetV3 and
+ERes2Net's stages, ...) are quantised instead, each behind a :class:`ChannelsLast` step, with
+concatenations on a common range (:func:`cat_on_common_range`); parts that ``convert_fx``
+cannot lower stay float32 (with a warning). Tested on MobileNetV3 and
 ERes2Net; DyMN's dynamic convolutions do not survive it (the export then refuses, see
 :data:`pyssondo.export.MIN_INT8_AGREEMENT`). The shape checks, poolings and anything
 untraceable stay float32. Activation ranges come from calibration log-mel batches
@@ -75,12 +76,42 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], *,
                 model(batch)
         for parent, name, original in prepared:
             try:
-                setattr(parent, name, convert_fx(getattr(parent, name)))
+                setattr(parent, name, _cats_on_common_range(convert_fx(getattr(parent, name))))
             except Exception as e:  # an op pattern convert_fx cannot lower: keep it float32
                 setattr(parent, name, original)
                 warnings.warn(f"int8: {type(original).__name__} {name!r} stays float32 "
                               f"({type(e).__name__}: {e})")
     return model
+
+
+def _cats_on_common_range(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph_module`` with each ``torch.cat`` call replaced by :func:`cat_on_common_range`
+    (FX leaves a cat of quantised maps with their own ranges, e.g. ERes2Net's two Res2Net
+    branches, to torch's quantised cat)."""
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.cat:
+            node.target = cat_on_common_range
+    graph_module.recompile()
+    return graph_module
+
+
+def cat_on_common_range(tensors: List[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat(tensors, dim)``; quint8 tensors with different (scale, zero point) are first
+    requantised to one range that covers all of theirs. torch's quantised cat would use the
+    first tensor's range (clipping the others to it) and warn on every call."""
+    first = tensors[0]
+    if not first.is_quantized or first.dtype != torch.quint8:
+        return torch.cat(tensors, dim)
+    scales = [t.q_scale() for t in tensors]
+    zeros = [t.q_zero_point() for t in tensors]
+    if all(s == scales[0] for s in scales) and all(z == zeros[0] for z in zeros):
+        return torch.cat(tensors, dim)
+    low = min(min(-z * s for s, z in zip(scales, zeros)), 0.0)
+    high = max(max((255 - z) * s for s, z in zip(scales, zeros)), 0.0)
+    scale = max(high - low, 1e-12) / 255.0
+    zero = min(max(int(round(-low / scale)), 0), 255)
+    return torch.cat([torch.quantize_per_tensor(t.dequantize(), scale, zero, torch.quint8)
+                      for t in tensors], dim)
 
 
 def _qconfig():

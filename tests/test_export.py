@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -165,7 +166,9 @@ def test_new_families_export(name, tmp_path, shared_data, one_thread):
 def test_int8_eres2net_whose_children_are_not_sequential(float_front, shared_data, one_thread):
     """ERes2Net traces child by child (stem conv, its batch norm, ..., stages): with 0, 1 or 3
     leading units float32 every other convolution is quantised behind a channels-last step,
-    and the scripted student stays close to float32 (raw cosine; random weights)."""
+    the scripted student stays close to float32 (raw cosine; random weights), and its Res2Net
+    branches are concatenated in float32 (a quantised cat of inputs with different ranges
+    clips them to the first one's and warns on every call)."""
     from pyssondo.calibration import from_audio_dir
 
     torch.manual_seed(0)
@@ -183,9 +186,11 @@ def test_int8_eres2net_whose_children_are_not_sequential(float_front, shared_dat
                              for m in module.get_submodule(name).modules())
     assert sum(isinstance(m, ChannelsLast) for m in q.modules()) >= 1
     wav = torch.from_numpy(calibration.waveforms[:4])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cos = torch.nn.functional.cosine_similarity(torch.jit.script(q)(wav), module(wav))
     assert float(cos.min()) > 0.9, cos
+    assert not [w for w in caught if "cat operator" in str(w.message)]
 
 
 def test_embed_rejects_missing_file(tmp_path):
@@ -227,6 +232,28 @@ def test_channels_last_step_keeps_values_and_only_moves_feature_maps():
     assert torch.equal(moved, maps)
     frames = torch.randn(2, 8, 5)
     assert step(frames).data_ptr() == frames.data_ptr()
+
+
+def test_cat_on_common_range_keeps_every_input_range():
+    """Two uint8 maps with their own ranges ([0, 2.55] and [-5.12, 5.08]): the result holds both
+    within one step of the common range (torch's quantised cat clips the second to the first's
+    range); equal ranges and float tensors are a plain cat."""
+    from pyssondo.quantize import cat_on_common_range
+
+    g = torch.Generator().manual_seed(0)
+    a_f, b_f = torch.rand(2, 3, 4, generator=g) * 2.5, torch.randn(2, 5, 4, generator=g) * 2
+    a = torch.quantize_per_tensor(a_f, 0.01, 0, torch.quint8)
+    b = torch.quantize_per_tensor(b_f.clamp(-5.1, 5.1), 0.04, 128, torch.quint8)
+    got = torch.jit.script(cat_on_common_range)([a, b], 1)
+    want = torch.cat([a.dequantize(), b.dequantize()], 1)
+    step = (5.12 + 5.08) / 255  # the union of [0, 2.55] and [-5.12, 5.08]
+    assert got.q_scale() == pytest.approx(step, rel=1e-3)
+    assert float((got.dequantize() - want).abs().max()) <= step / 2 + 1e-6
+    assert float(want.abs().max()) > 2.6  # the first input's range would have clipped this
+    same = torch.quantize_per_tensor(b_f, 0.04, 128, torch.quint8)
+    assert torch.equal(cat_on_common_range([b, same], 0).int_repr(),
+                       torch.cat([b, same], 0).int_repr())
+    assert torch.equal(cat_on_common_range([a_f, b_f], 1), torch.cat([a_f, b_f], 1))
 
 
 def test_agreement_is_the_centred_cosine():
