@@ -14,8 +14,9 @@ What int8 keeps of a trained student is bench/int8_quality.py's job. Latency: th
 
 Prints per student: int8 / fp32 file size (target <= 0.35) and latency at 1 thread (target
 <= 0.7) for TorchScript and ONNX (QDQ); ONNX Runtime / TorchScript latency at 1 and 2 threads
-(each with its default front end); DFT / FFT front end latency in both; and the teacher's
-forward latency (aisfx, built from its wheel into --teacher) over the student's.
+(each with its default front end); DFT / FFT front end latency in both; TorchScript float32
+with batch norm folded (what the export writes) over the student scripted as written; and the
+teacher's forward latency (aisfx, built from its wheel into --teacher) over the student's.
 
 usage: python bench/export.py [--students mn04 eres2net16] [--repeats 5] [--teacher /tmp/aisfx.pt]
 """
@@ -67,7 +68,8 @@ def student_with_real_statistics(name: str, windows: np.ndarray) -> torch.nn.Mod
 
 def export_all(student: torch.nn.Module, calib: Calibration, tmp: Path, name: str) -> dict:
     """{(format, "fft" | "dft" | "int8"): path} of the float32 exports with each front end and
-    the int8 export with the format's default front end."""
+    the int8 export with the format's default front end, and ("torchscript", "unfolded"): the
+    float32 student scripted as written, batch norms unfolded."""
     rows = {}
     for fmt, (save, ext) in SAVE.items():
         for fe in ("fft", "dft"):
@@ -79,6 +81,9 @@ def export_all(student: torch.nn.Module, calib: Calibration, tmp: Path, name: st
         module = wrap(student, None, MEL, WINDOW_S, frontend=DEFAULT_FRONTEND[fmt])
         save(module, path, {}, int8=calib, measure=False, min_agreement=0.0)
         rows[fmt, "int8"] = path
+    path = tmp / f"{name}-unfolded.pt"  # what float32 exports were before batch-norm folding
+    torch.jit.save(torch.jit.script(wrap(student, None, MEL, WINDOW_S)), str(path))
+    rows["torchscript", "unfolded"] = path
     return rows
 
 
@@ -139,6 +144,11 @@ def main() -> None:
             print(f"  {fmt:11s} DFT / FFT front end latency at 1 thread {d / f:.3f}x "
                   f"({d:.1f} / {f:.1f} ms; files {rows[fmt, 'dft'].stat().st_size / 1e6:.2f} / "
                   f"{rows[fmt, 'fft'].stat().st_size / 1e6:.2f} MB)")
+        f, u = lat[name, ("torchscript", "fft"), 1], lat[name, ("torchscript", "unfolded"), 1]
+        print(f"  torchscript fp32 batch norm folded / as written: latency at 1 thread "
+              f"{f / u:.3f}x ({f:.1f} / {u:.1f} ms; files "
+              f"{rows['torchscript', 'fft'].stat().st_size / 1e6:.2f} / "
+              f"{rows['torchscript', 'unfolded'].stat().st_size / 1e6:.2f} MB)")
 
     teacher_path = Path(args.teacher)
     if not teacher_path.is_file():
