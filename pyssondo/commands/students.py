@@ -51,19 +51,20 @@ def _human(n: float) -> str:
 
 def measure_export(student, mel_cfg) -> tuple:
     """(latency in ms of a 10 s clip at 1 thread, size in bytes) of ``student`` exported as
-    TorchScript with its front end (:func:`pyssondo.export.wrap`), saved and reloaded."""
+    TorchScript with its front end (:func:`pyssondo.export.wrap`) as ``ssondo export`` writes
+    it (:func:`pyssondo.export.script_float32`), saved and reloaded."""
     import io
     import warnings
 
     import torch
 
-    from pyssondo.export import latency_ms, wrap
+    from pyssondo.export import latency_ms, script_float32, wrap
 
     module = wrap(student, None, mel_cfg, window_s=10.0)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* is deprecated in 2.13
-        torch.jit.save(torch.jit.script(module), buf)
+        torch.jit.save(script_float32(module), buf)
         size = len(buf.getvalue())
         buf.seek(0)
         loaded = torch.jit.load(buf)
