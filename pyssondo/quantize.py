@@ -106,9 +106,9 @@ def cat_on_common_range(tensors: List[torch.Tensor], dim: int = 0) -> torch.Tens
     zeros = [t.q_zero_point() for t in tensors]
     if all(s == scales[0] for s in scales) and all(z == zeros[0] for z in zeros):
         return torch.cat(tensors, dim)
-    low = min(min(-z * s for s, z in zip(scales, zeros)), 0.0)
-    high = max(max((255 - z) * s for s, z in zip(scales, zeros)), 0.0)
-    scale = max(high - low, 1e-12) / 255.0
+    low = min(-z * s for s, z in zip(scales, zeros))  # <= 0 <= high: zero points lie in [0, 255]
+    high = max((255 - z) * s for s, z in zip(scales, zeros))
+    scale = (high - low) / 255.0
     zero = min(max(int(round(-low / scale)), 0), 255)
     return torch.cat([torch.quantize_per_tensor(t.dequantize(), scale, zero, torch.quint8)
                       for t in tensors], dim)
