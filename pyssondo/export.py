@@ -163,8 +163,10 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
     out = Path(out)
     fp32 = module.eval()
     if int8 is not None:
+        from .quantize import with_compact_weights
+
         model, check = choose_int8(fp32, int8, min_agreement)
-        scripted = torch.jit.script(model)
+        scripted = torch.jit.script(with_compact_weights(model))
     else:
         model, check = fp32, None
         scripted = script_float32(fp32)

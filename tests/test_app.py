@@ -84,6 +84,30 @@ def test_app_runs_the_hearables_students(app, wav_files, tmp_path, name):
     assert_same_embeddings(np.load(out), expected)
 
 
+def test_app_runs_an_int8_export(app, wav_files, shared_data, tmp_path):
+    """libtorch in C++ loads an int8 export (its compactly stored weights are rebuilt by the
+    file's own ``__setstate__``) and equals `ssondo embed`."""
+    import torch
+
+    from pyssondo.calibration import from_audio_dir
+    from pyssondo.export import save_export, wrap
+    from pyssondo.frontend import MelConfig
+    from pyssondo.students import create_student
+
+    torch.manual_seed(0)
+    module = wrap(create_student("mn01"), None, MelConfig(), window_s=2.0)
+    calibration = from_audio_dir(shared_data / "notes", 32000, module.window, n=4)
+    model = tmp_path / "int8.pt"
+    save_export(module, model, {}, int8=calibration, measure=False, min_agreement=0.0)
+    files = wav_files[-2:]
+    expected = run_py_embed(model, files, tmp_path / "py.npy")
+    out = tmp_path / "app.npy"
+    r = subprocess.run([str(app), str(model), *map(str, files), "--threads", "1",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert_same_embeddings(np.load(out), expected)
+
+
 def test_app_prints_csv_rows_in_input_order(app, student_file, wav_files, tmp_path):
     expected = run_py_embed(student_file, wav_files[:2], tmp_path / "py.npy")
     r = subprocess.run([str(app), str(student_file), *map(str, wav_files[:2]), "--csv"],

@@ -224,6 +224,59 @@ def test_float_front_keeps_the_first_blocks_float(module, shared_data):
     assert float(cos.min()) > 0.99
 
 
+def test_compact_weights_reload_every_weight_exactly_in_a_smaller_file(module, shared_data):
+    """The int8 export's weights saved as int8 values and float32 scales: every reloaded weight
+    equals the eager int8 model's (values, scales, zero points, bias), so do the embeddings,
+    and the file saves at least 12 of torch's 16 bytes per output channel (a float64 scale and
+    an int64 zero point) of every quantised conv and linear; weights whose zero points are not
+    all 0 keep torch's own class."""
+    import io
+
+    from torch.ao.nn.quantized.modules.conv import _ConvNd
+    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+    from pyssondo.calibration import from_audio_dir
+    from pyssondo.quantize import with_compact_weights
+
+    def weighted(model):  # torch's holders of int8 weights, by name
+        return {n: m for n, m in model.named_modules()
+                if isinstance(m, (_ConvNd, LinearPackedParams))}
+
+    calibration = from_audio_dir(shared_data / "notes", 16000, module.window, n=4)
+    q = quantize_student(module, calibration)
+    compact = with_compact_weights(q)
+    assert weighted(q).keys() == weighted(compact).keys() and len(weighted(q)) > 10
+    assert all(type(m).__name__.startswith("Compact") for m in weighted(compact).values())
+    assert not any(type(m).__name__.startswith("Compact") for m in q.modules())  # a copy
+
+    def saved(m) -> bytes:
+        buf = io.BytesIO()
+        torch.jit.save(torch.jit.script(m), buf)
+        return buf.getvalue()
+
+    plain, small = saved(q), saved(compact)
+    channels = sum(m._weight_bias()[0].shape[0] for m in weighted(q).values())
+    assert len(plain) - len(small) >= 12 * channels, (len(plain), len(small), channels)
+    loaded = torch.jit.load(io.BytesIO(small))
+    reloaded = dict(loaded.named_modules())
+    for name, m in weighted(q).items():
+        (w, b), (w2, b2) = m._weight_bias(), reloaded[name]._weight_bias()
+        assert torch.equal(w.int_repr(), w2.int_repr()), name
+        assert torch.equal(w.q_per_channel_scales(), w2.q_per_channel_scales()), name
+        assert not w2.q_per_channel_zero_points().any(), name
+        assert torch.equal(b, b2), name
+    wav = torch.from_numpy(calibration.waveforms[:3])
+    with torch.no_grad():
+        assert torch.equal(loaded(wav), q(wav))
+
+    conv = next(m for m in weighted(q).values() if type(m).__name__ == "Conv2d")
+    w, b = conv._weight_bias()
+    shifted = torch._make_per_channel_quantized_tensor(  # zero points 1: not held compactly
+        w.int_repr(), w.q_per_channel_scales(), torch.ones(w.shape[0], dtype=torch.long), 0)
+    conv.set_weight_bias(shifted, b)
+    assert type(with_compact_weights(conv)) is type(conv)
+
+
 def test_channels_last_step_keeps_values_and_only_moves_feature_maps():
     step = torch.jit.script(ChannelsLast())
     maps = torch.randn(2, 8, 5, 7)
