@@ -70,18 +70,24 @@ def test_app_matches_ssondo_embed(app, student_file, wav_files, tmp_path):
     assert r.stderr.count(" ms (") == len(wav_files)  # -v: one timing line per file
 
 
-@pytest.mark.parametrize("name", ["micronet-m0", "mobilevitv2-050"])
-def test_app_runs_the_hearables_students(app, wav_files, tmp_path, name):
-    """The C++ app runs the new families' exports (Dynamic Shift-Max's roll, separable
-    attention, GroupNorm, padding to the patch size) and equals `ssondo embed`."""
-    model = export_untrained(name, tmp_path)
-    files = wav_files[-2:]  # a float WAV note and the 5 s 44.1 kHz file (3 windows)
+def assert_app_equals_embed(app: Path, model: Path, wav_files: list, tmp_path: Path) -> None:
+    """The app at 1 thread and `ssondo embed` give the same embeddings of a float WAV note and
+    the 5 s 44.1 kHz file (3 windows)."""
+    files = wav_files[-2:]
     expected = run_py_embed(model, files, tmp_path / "py.npy")
     out = tmp_path / "app.npy"
     r = subprocess.run([str(app), str(model), *map(str, files), "--threads", "1",
                         "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert_same_embeddings(np.load(out), expected)
+
+
+@pytest.mark.parametrize("name", ["micronet-m0", "mobilevitv2-050"])
+def test_app_runs_the_hearables_students(app, wav_files, tmp_path, name):
+    """The C++ app runs the new families' exports (Dynamic Shift-Max's roll, separable
+    attention, GroupNorm, padding to the patch size) and equals `ssondo embed`."""
+    model = export_untrained(name, tmp_path)
+    assert_app_equals_embed(app, model, wav_files, tmp_path)
 
 
 def test_app_runs_an_int8_export(app, wav_files, shared_data, tmp_path):
@@ -99,13 +105,7 @@ def test_app_runs_an_int8_export(app, wav_files, shared_data, tmp_path):
     calibration = from_audio_dir(shared_data / "notes", 32000, module.window, n=4)
     model = tmp_path / "int8.pt"
     save_export(module, model, {}, int8=calibration, measure=False, min_agreement=0.0)
-    files = wav_files[-2:]
-    expected = run_py_embed(model, files, tmp_path / "py.npy")
-    out = tmp_path / "app.npy"
-    r = subprocess.run([str(app), str(model), *map(str, files), "--threads", "1",
-                        "--out", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert_same_embeddings(np.load(out), expected)
+    assert_app_equals_embed(app, model, wav_files, tmp_path)
 
 
 def test_app_prints_csv_rows_in_input_order(app, student_file, wav_files, tmp_path):
