@@ -9,8 +9,9 @@ its default front end (pyssondo.export.DEFAULT_FRONTEND), calibrated on 16 pool 
 every block int8: random students are chaotic (a rounding of the first layer moves their
 embedding anywhere), so the export's agreement search (pyssondo.export.choose_int8) would
 refuse them; their agreement with float32 on 8 other pool windows is printed but means little.
-What int8 keeps of a trained student is bench/int8_quality.py's job. Latency: the best of
---repeats forwards of one 10 s clip, batch 1, each model measured in turn, three rounds.
+What int8 keeps of a trained student is bench/int8_quality.py's job. Latency: the median of
+--repeats forwards of one 10 s clip, batch 1, the best of three rounds in which each model is
+measured in turn (pyssondo.export.latencies_ms).
 
 Prints per student: int8 / fp32 file size (target <= 0.35) and latency at 1 thread (target
 <= 0.7) for TorchScript and ONNX (QDQ); ONNX Runtime / TorchScript latency at 1 and 2 threads
@@ -35,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pyssondo.calibration import Calibration, from_audio_dir  # noqa: E402
-from pyssondo.export import (DEFAULT_FRONTEND, agreement, latency_ms, save_export,  # noqa: E402
-                             wrap)
+from pyssondo.export import (DEFAULT_FRONTEND, agreement, latencies_ms, latency_ms,  # noqa: E402
+                             save_export, wrap)
 from pyssondo.frontend import LogMel, MelConfig  # noqa: E402
 from pyssondo.loading import load_model  # noqa: E402
 from pyssondo.onnx_export import save_onnx  # noqa: E402
@@ -115,10 +116,8 @@ def main() -> None:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             models = {k: load(k[0], p, threads) for k, p in rows.items()}
-            for _ in range(3):  # rounds: each model in turn, the best of each
-                for k, m in models.items():
-                    t = latency_ms(m, MEL.sample_rate, repeats=args.repeats)
-                    lat[name, k, threads] = min(t, lat.get((name, k, threads), t))
+            for k, t in latencies_ms(models, MEL.sample_rate, repeats=args.repeats).items():
+                lat[name, k, threads] = t
         torch.set_num_threads(1)
         for fmt in SAVE:
             fe = DEFAULT_FRONTEND[fmt]

@@ -66,7 +66,8 @@ def main() -> None:
                 print(f"{run.name} {fmt}: float32 front {check['float_units']}, agreement "
                       f"{check['agreement']:.3f} (tried {check['tried']}); size "
                       f"{q.size_bytes / f32.size_bytes:.2f}x, latency "
-                      f"{q.latency_ms / f32.latency_ms:.2f}x ({args.threads} thread(s))",
+                      f"{q.latency_ms / q.int8['fp32_latency_ms']:.2f}x ({args.threads} "
+                      f"thread(s), best of 3 alternating rounds)",
                       flush=True)
                 for probe, v in compare(report, "int8", "fp32")["probes"].items():
                     per = ", ".join(f"{t} {x['percent']:.1f}% ({100 * x['student']:.1f} vs "

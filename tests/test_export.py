@@ -327,6 +327,32 @@ def test_latency_times_only_calls_after_two_warm_ups():
     assert calls == [(1, 10)] * 5
 
 
+def test_latencies_take_turns_and_keep_each_best_round():
+    """Models are measured in turns, in alternating order, and each keeps its fastest round:
+    a slow spell in round 1 (model "a" 80 ms a call after its warm-ups) does not count
+    against it."""
+    from pyssondo.export import latencies_ms
+
+    order, spell = [], {"a": [0.0, 0.08, 0.0]}
+
+    def timed(name):
+        calls = []
+
+        def model(wav):
+            calls.append(1)
+            if (len(calls) - 1) % 5 == 0:  # the first warm-up call of each round
+                order.append(name)
+            rnd = (len(calls) - 1) // 5
+            if (len(calls) - 1) % 5 >= 2:  # timed calls only
+                time.sleep(spell.get(name, [0.02] * 3)[rnd])
+            return wav
+        return model
+
+    got = latencies_ms({"a": timed("a"), "b": timed("b")}, 1000, rounds=3, repeats=3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert got["a"] < 10 and 20 <= got["b"] < 40, got
+
+
 def test_agreement_is_the_centred_cosine():
     from pyssondo.export import MIN_SPREAD, agreement
 
