@@ -42,7 +42,8 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], *,
     Args:
         model: a module mapping log-mel [N, n_mels, frames] to anything.
         calibration: log-mel batches, float32 [N, n_mels, frames]; the first is also the
-            example input that tracing uses. About 32 windows are enough.
+            example input that tracing uses. The histogram ranges settle with about 128
+            windows (:data:`pyssondo.calibration.DEFAULT_WINDOWS`).
         float_front: how many leading units stay float32 (>= 0). A unit is one item of a
             traced ``nn.Sequential`` (MobileNetV3's and MicroNet's ``features`` blocks) or one
             other traced child, in definition order: trained students are most sensitive to
