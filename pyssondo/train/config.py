@@ -204,7 +204,8 @@ class DistillConfig:
         epochs, mn01) 67.2 / 67.7 over 2 seeds (spread +-4); 400 FSDD clips (360 segments,
         one pass) 48.0 / 47.3 over 4 seeds (spread +-7), and tests/test_quality.py's small
         set lost its margin over raw cosine with it. It also lets int8 exports keep 1
-        float32 block instead of 4 (mn04 int8 keeps 99.7% of the float32 probe score)."""
+        float32 block instead of 4 with 32 calibration windows, none with 128 (mn04 int8
+        keeps 99.7% of the float32 probe score)."""
         if self.rounding_noise is not None:
             return float(self.rounding_noise)
         return ROUNDING_NOISE if n_train >= MIN_PASS_SEGMENTS else 0.0
