@@ -356,8 +356,8 @@ def latencies_ms(models: Dict[str, Any], sample_rate: int, rounds: int = 3,
                  repeats: int = 5) -> Dict[str, float]:
     """Each model's best :func:`latency_ms` over ``rounds`` rounds in which every model is
     measured in turn (in alternating order), so that a shared machine's slow spells reach them
-    all: measured one after the other, a trained mn04's int8 export read 1.29x its float32
-    one at 1 thread, in turns 0.72x."""
+    all (a trained mn04's int8 export, timed after its float32 one and after the checks'
+    other input shapes, read 1.11-1.29x its latency at 1 thread; fresh and in turns, 0.72x)."""
     best: Dict[str, float] = {}
     for r in range(rounds):
         for name in (list(models) if r % 2 == 0 else list(models)[::-1]):

@@ -13,8 +13,9 @@ ERes2Net; DyMN's dynamic convolutions do not survive it (the export then refuses
 untraceable stay float32. Activation ranges come from calibration log-mel batches
 [N, n_mels, frames] run through the float model. The result scripts with ``torch.jit.script``
 and runs on CPU; :func:`with_compact_weights` makes the scripted file store each int8 weight
-tensor's per-channel scales as float32 and no zero points. torch 2.13 marks torch.ao.quantization as deprecated (its successor, pt2e
-with torchao, is not a dependency here); the deprecation warnings are silenced.
+tensor's per-channel scales as float32 and no zero points. torch 2.13 marks
+torch.ao.quantization as deprecated (its successor, pt2e with torchao, is not a dependency
+here); the deprecation warnings are silenced.
 
 The ONNX counterpart (QDQ, onnxruntime's ``quantize_static``) is in :mod:`pyssondo.onnx_export`;
 :mod:`pyssondo.calibration` gathers the calibration data for both.
