@@ -209,8 +209,9 @@ def export_report(out: Path, size: int, info: ExportMeta, fp32: "ExportedStudent
     freshly loaded, its file's bytes), and the report adds the size, cosine and (with
     ``measure``) latency of float32. Latency: a 10 s clip at the current threads (int8 and
     float32 in turns, :func:`latencies_ms`), of ``timed`` (default ``loaded``): a fresh load
-    of a TorchScript file, since one that has run other input shapes (the checks) runs its
-    less specialised graph (a trained mn04 int8 export: 7.0 instead of 5.1 ms)."""
+    of a TorchScript file, since torch's int8 convolutions keep what they prepared for the
+    first input shape they run and take a slower path for others (eager too), and the checks
+    run several (a trained mn04 int8 export at 10 s: 7.0 instead of 5.1 ms)."""
     report = ExportReport(out, size, info.params, fp32.embed_dim, fp32.sample_rate, diff,
                           meta=info)
     if reference is not None:
@@ -356,8 +357,9 @@ def latencies_ms(models: Dict[str, Any], sample_rate: int, rounds: int = 3,
                  repeats: int = 5) -> Dict[str, float]:
     """Each model's best :func:`latency_ms` over ``rounds`` rounds in which every model is
     measured in turn (in alternating order), so that a shared machine's slow spells reach them
-    all (a trained mn04's int8 export, timed after its float32 one and after the checks'
-    other input shapes, read 1.11-1.29x its latency at 1 thread; fresh and in turns, 0.72x)."""
+    all (a trained mn04's int8 export, timed after its float32 one and after running the
+    checks' other input shapes, read 1.11-1.29x its latency at 1 thread; fresh and in turns,
+    0.72x)."""
     best: Dict[str, float] = {}
     for r in range(rounds):
         for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
