@@ -289,6 +289,8 @@ def test_zero_settings_are_rejected_up_front(box, labeled):
     assert_error(ssondo("eval", "logmel", labeled, "--folds", "0", cwd=box.work), "--folds 0")
     assert_error(ssondo("embed", TINY, box.audio, "-o", box.work / "e.npy", "--sr", "0",
                         cwd=box.work), "sample rate 0")
+    assert_error(ssondo("embed", TINY, box.audio, "-o", box.work / "e.npy", "--batch", "0",
+                        cwd=box.work), "--batch 0 must be >= 1")
     root = box.work / "cache"
     assert_error(ssondo("cache", TINY, box.audio, "--out", root, "--teacher-sr", "0",
                         cwd=box.work), "sample rate 0")

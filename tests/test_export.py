@@ -99,18 +99,24 @@ def test_save_reload_metadata_and_embed_cli(module, tmp_path):
         sf.write(path, (0.2 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000,
                  subtype="FLOAT")
         files.append(path)
-    emb = tmp_path / "emb.npy"
-    proc = subprocess.run([sys.executable, "-m", "pyssondo", "embed", str(out), *map(str, files),
-                           "-o", str(emb), "-v", "--threads", "1"], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr
-    assert sum(line.endswith(" ms") for line in proc.stdout.splitlines()) == 2
-    got = np.load(emb)
     with torch.no_grad():
         want = np.stack([module(torch.from_numpy(sf.read(f, dtype="float32")[0])[None])[0].numpy()
                          for f in files])
-    assert got.shape == (2, 32)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    # 1 + 3 windows: one call of 4 windows by default; with --batch 3, two calls of 3 windows
+    # (the second padded), the first file's windows sharing a call with the second file's.
+    for batch in ("16", "3"):
+        emb = tmp_path / f"emb{batch}.npy"
+        proc = subprocess.run([sys.executable, "-m", "pyssondo", "embed", str(out),
+                               *map(str, files), "-o", str(emb), "-v", "--threads", "1",
+                               "--batch", batch], capture_output=True, text=True,
+                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert [line.split(":")[0] for line in lines[:2]] == list(map(str, files))
+        assert f"{batch} windows per call" in lines[2]
+        got = np.load(emb)
+        assert got.shape == (2, 32)
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_int8_reports_size_and_cosine(module, tmp_path, shared_data):

@@ -1,0 +1,96 @@
+"""Embedding many files with an exported student, the windows of different files sharing calls.
+
+An exported student (``ssondo export``, TorchScript or ONNX) cuts its input into windows of W
+samples (``segment_samples`` in its ssondo.json), embeds each window (its ``segments``) and
+averages them, each weighted by its real samples over the input's (its ``pool``).
+:func:`embed_files` does the same for many files: it cuts every file into those windows
+(:func:`pyssondo.segments.plan_segments`, hop = W, the tail zero-padded), embeds them in calls
+of exactly ``batch`` windows whatever file they come from, and pools each file's windows with
+the same weights. The result equals calling the student on each file, within float rounding.
+
+Why: one call per file runs a short clip as a batch of one window, the slowest way to run a
+small CNN; and every call here has the same shape (only a job's single, partial call differs),
+which int8 TorchScript students need to stay fast: torch's int8 convolutions prepare for the
+input shape of their first call and take a slower path for other shapes (README, "int8").
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .export_meta import is_student_meta
+from .segments import cut_segment, plan_segments
+
+DEFAULT_BATCH = 16  # windows per call: the export's own chunk (pyssondo.export.ExportedStudent)
+
+
+def student_window(meta: Dict[str, Any], module: Any) -> Optional[int]:
+    """The window W in samples of an exported student with a ``segments`` method (its
+    ``meta`` being its ssondo.json); None for any other model."""
+    if not is_student_meta(meta) or not hasattr(module, "segments"):
+        return None
+    return int(meta["segment_samples"])
+
+
+def embed_files(segments: Callable[[np.ndarray, List[Any]], np.ndarray],
+                files: Iterable[Tuple[Any, np.ndarray]], window: int,
+                batch: int = DEFAULT_BATCH) -> Iterator[Tuple[Any, np.ndarray]]:
+    """Yields ``(key, embedding float32 [D])`` for each ``(key, waveform float32 [T])`` of
+    ``files``, in their order, as soon as all of a file's windows are embedded.
+
+    Args:
+        segments: float32 [B, W] windows and the keys of the files they come from (for
+            messages) -> their embeddings float32 [B, D]; called with B = ``batch`` windows,
+            except for a job's only call, which has as many windows as the job. The last call
+            of a longer job is padded with silent windows to ``batch``.
+        window: W, the student's window in samples.
+        batch: windows per call (>= 1).
+
+    Raises:
+        ValueError: a file has no samples (the message names it), or ``batch`` < 1.
+    """
+    if batch < 1:
+        raise ValueError(f"embed: --batch {batch} must be >= 1 window per call")
+    windows: List[np.ndarray] = []
+    owners: List[Tuple[int, float]] = []  # per pending window: (file number, weight)
+    keys: Dict[int, Any] = {}
+    sums: Dict[int, np.ndarray] = {}
+    left: Dict[int, int] = {}             # windows of a file not embedded yet
+    queue: Deque[int] = deque()           # file numbers not yielded yet, in order
+    full_call_done = False
+
+    def run(n: int) -> None:
+        nonlocal full_call_done
+        x = np.stack(windows[:n])
+        if n < batch and full_call_done:
+            x = np.concatenate([x, np.zeros((batch - n, window), np.float32)])
+        out = np.asarray(segments(x, [keys[i] for i, _ in owners[:n]]), dtype=np.float64)
+        for row, (i, weight) in zip(out, owners[:n]):
+            sums[i] = sums[i] + weight * row if i in sums else weight * row
+            left[i] -= 1
+        del windows[:n], owners[:n]
+        full_call_done = full_call_done or n == batch
+
+    def finished() -> Iterator[Tuple[Any, np.ndarray]]:
+        while queue and left[queue[0]] == 0:
+            i = queue.popleft()
+            del left[i]
+            yield keys.pop(i), sums.pop(i).astype(np.float32)
+
+    for number, (key, wav) in enumerate(files):
+        plan = plan_segments(int(wav.shape[0]), window, window)
+        if not plan:
+            raise ValueError(f"{key}: no samples to embed")
+        keys[number], left[number] = key, len(plan)
+        queue.append(number)
+        for start, real in plan:
+            windows.append(cut_segment(wav, start, window))
+            owners.append((number, real / wav.shape[0]))
+        while len(windows) >= batch:
+            run(batch)
+            yield from finished()
+    if windows:
+        run(len(windows))
+        yield from finished()
