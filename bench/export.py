@@ -50,18 +50,19 @@ WINDOW_S = 10.0
 SAVE = {"torchscript": (save_export, "pt"), "onnx": (save_onnx, "onnx")}
 
 
-def student_with_real_statistics(name: str, windows: np.ndarray) -> torch.nn.Module:
+def student_with_real_statistics(name: str, windows: np.ndarray,
+                                 mel: MelConfig = MEL) -> torch.nn.Module:
     """A random-weight student whose batch-norm statistics average two training-mode passes
-    over the log-mel of ``windows``."""
+    over the ``mel`` log-mel of ``windows``."""
     torch.manual_seed(0)
-    student = create_student(name, n_mels=MEL.n_mels)
+    student = create_student(name, n_mels=mel.n_mels)
     for m in student.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
             m.momentum = None  # a cumulative average
     student.train()
     with torch.no_grad():
-        x = LogMel(MEL)(torch.from_numpy(windows))
+        x = LogMel(mel)(torch.from_numpy(windows))
         for _ in range(2):
             student(x)
     return student.eval()
