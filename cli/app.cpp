@@ -1,6 +1,8 @@
-// The command line, input reading, timing and output shared by the two C++ apps (see app.hpp).
+// The command line, input reading, batching, timing and output shared by the two C++ apps (see
+// app.hpp).
 #include "app.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -23,19 +25,21 @@ struct Options {
   bool csv = false;
   bool verbose = false;
   int threads = 0;
+  int batch = 8;  // windows per call: pyssondo/window_batches.py DEFAULT_BATCH
 };
 
 std::string usage(const AppInfo& info) {
   return std::string("usage: ") + info.name + " " + info.model +
-         " INPUT.wav [INPUT.wav ...] [--threads N] [--out emb.npy | --csv] [-v]\n"
+         " INPUT.wav [INPUT.wav ...] [--threads N] [--batch N] [--out emb.npy | --csv] [-v]\n"
          "\n"
          "Embeds WAV files with a student exported by 'ssondo export'. Prints one line per file\n"
          "(path then the embedding), or writes an [N, D] float32 .npy with --out, or CSV with --csv.\n"
          "\n"
          "  --threads N   threads for " + info.runtime + " and the resampler (default: all cores)\n"
+         "  --batch N     windows per model call, the windows of all files sharing calls (default 8)\n"
          "  --out PATH    write embeddings to PATH (.npy), rows in input order\n"
          "  --csv         print CSV: path,e0,e1,...\n"
-         "  -v            print the time per file to stderr\n";
+         "  -v            print when each file is done to stderr\n";
 }
 
 Options parse_args(int argc, char** argv, const AppInfo& info) {
@@ -47,17 +51,23 @@ Options parse_args(int argc, char** argv, const AppInfo& info) {
       if (i + 1 >= argc) throw std::invalid_argument(name + " needs a value");
       return argv[++i];
     };
+    auto positive = [&](const std::string& name) -> int {
+      const std::string v = value(name);
+      int n = 0;
+      try {
+        n = std::stoi(v);
+      } catch (const std::exception&) {
+      }
+      if (n < 1) throw std::invalid_argument(name + " " + v + ": expected a positive integer");
+      return n;
+    };
     if (a == "-h" || a == "--help") {
       std::cout << usage(info);
       std::exit(0);
     } else if (a == "--threads") {
-      const std::string v = value(a);
-      try {
-        o.threads = std::stoi(v);
-      } catch (const std::exception&) {
-        throw std::invalid_argument("--threads " + v + ": expected a positive integer");
-      }
-      if (o.threads < 1) throw std::invalid_argument("--threads " + v + ": expected a positive integer");
+      o.threads = positive(a);
+    } else if (a == "--batch") {
+      o.batch = positive(a);
     } else if (a == "--out" || a == "-o") {
       o.out = value(a);
     } else if (a == "--csv") {
@@ -122,6 +132,67 @@ void write_npy_atomically(const std::string& path, const std::vector<std::vector
   }
 }
 
+// The embedding of every input (rows in input order), as pyssondo/window_batches.py computes it:
+// each file cut into windows of student.window samples from 0 (the last one zero padded), the
+// windows of all files in calls of exactly o.batch windows (the last call padded with silent
+// windows, unless the whole job is one call), each file's embedding its windows' embeddings
+// weighted by their real samples over the file's.
+std::vector<std::vector<float>> embed_all(const Options& o, const Student& student,
+                                          const std::vector<std::vector<float>>& audio) {
+  const std::size_t w = static_cast<std::size_t>(student.window);
+  struct Window {
+    std::size_t file, start, real;
+  };
+  std::vector<Window> windows;
+  std::vector<std::size_t> last(audio.size());  // index of each file's last window
+  for (std::size_t f = 0; f < audio.size(); ++f) {
+    const std::size_t t = audio[f].size();
+    if (t == 0) throw std::invalid_argument(o.inputs[f] + ": no samples to embed");
+    for (std::size_t start = 0; start < t; start += w) {
+      windows.push_back({f, start, std::min(w, t - start)});
+    }
+    last[f] = windows.size() - 1;
+  }
+  const std::size_t batch = static_cast<std::size_t>(o.batch);
+  const std::size_t rows = std::min(batch, windows.size());  // every call's windows
+  std::vector<std::vector<double>> sums(audio.size());
+  std::vector<float> buf;
+  std::size_t dim = 0, next_done = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (std::size_t i = 0; i < windows.size(); i += batch) {
+    const std::size_t n = std::min(batch, windows.size() - i);
+    buf.assign(rows * w, 0.0f);
+    for (std::size_t j = 0; j < n; ++j) {
+      const Window& win = windows[i + j];
+      std::copy_n(audio[win.file].begin() + win.start, win.real, buf.begin() + j * w);
+    }
+    const std::vector<float> out = student.embed_windows(buf, static_cast<int>(rows));
+    if (i == 0) dim = out.size() / rows;
+    if (dim == 0 || out.size() != rows * dim) {
+      throw std::invalid_argument(o.model + ": embeddings of different sizes (" +
+                                  std::to_string(dim) + " and " +
+                                  std::to_string(out.size() / rows) + ")");
+    }
+    for (std::size_t j = 0; j < n; ++j) {
+      const Window& win = windows[i + j];
+      std::vector<double>& sum = sums[win.file];
+      sum.resize(dim, 0.0);
+      const double weight = static_cast<double>(win.real) / audio[win.file].size();
+      for (std::size_t d = 0; d < dim; ++d) sum[d] += weight * out[j * dim + d];
+    }
+    for (; o.verbose && next_done < audio.size() && last[next_done] < i + n; ++next_done) {
+      const double ms = std::chrono::duration<double, std::milli>(
+                            std::chrono::steady_clock::now() - t0).count();
+      std::fprintf(stderr, "%s: done at %.1f ms (%.2f s of audio)\n",
+                   o.inputs[next_done].c_str(), ms,
+                   audio[next_done].size() / static_cast<double>(student.sample_rate));
+    }
+  }
+  std::vector<std::vector<float>> embeddings;
+  for (const auto& sum : sums) embeddings.emplace_back(sum.begin(), sum.end());
+  return embeddings;
+}
+
 int run(const Options& o, const LoadStudent& load) {
   if (o.threads > 0) ssondo::set_num_threads(o.threads);
   Student student = load(o.model, o.threads);
@@ -129,23 +200,7 @@ int run(const Options& o, const LoadStudent& load) {
   std::vector<std::vector<float>> audio;
   audio.reserve(o.inputs.size());
   for (const auto& path : o.inputs) audio.push_back(read_mono(path, student.sample_rate));
-
-  std::vector<std::vector<float>> rows;
-  for (std::size_t i = 0; i < audio.size(); ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    rows.push_back(student.embed(audio[i]));
-    if (rows.back().size() != rows.front().size()) {
-      throw std::invalid_argument(o.model + ": embeddings of different sizes (" +
-                                  std::to_string(rows.front().size()) + " and " +
-                                  std::to_string(rows.back().size()) + ")");
-    }
-    if (o.verbose) {
-      const double ms = std::chrono::duration<double, std::milli>(
-                            std::chrono::steady_clock::now() - t0).count();
-      std::fprintf(stderr, "%s: %.1f ms (%.2f s of audio)\n", o.inputs[i].c_str(), ms,
-                   audio[i].size() / static_cast<double>(student.sample_rate));
-    }
-  }
+  const std::vector<std::vector<float>> rows = embed_all(o, student, audio);
 
   if (!o.out.empty()) {
     write_npy_atomically(o.out, rows);
@@ -177,6 +232,20 @@ int checked_sample_rate(const std::string& path, const std::string& ssondo_json)
     throw std::invalid_argument(path + ": bad sample_rate in ssondo.json");
   }
   return static_cast<int>(rate);
+}
+
+int checked_window(const std::string& path, const std::string& ssondo_json) {
+  double window = 0;
+  try {
+    window = ssondo::json_number(ssondo_json, "segment_samples");
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(path + ": bad ssondo.json (" + e.what() + ")");
+  }
+  if (!(window >= 1 && window <= 1e9) ||
+      window != static_cast<double>(static_cast<int>(window))) {
+    throw std::invalid_argument(path + ": bad segment_samples in ssondo.json");
+  }
+  return static_cast<int>(window);
 }
 
 int run_app(int argc, char** argv, const AppInfo& info, const LoadStudent& load) {

@@ -1,9 +1,10 @@
 // ssondo-embed: embeds WAV files with an exported ssondo student (TorchScript + libtorch).
 //
-//   ssondo-embed student.pt a.wav [b.wav ...] [--threads N] [--out emb.npy | --csv] [-v]
+//   ssondo-embed student.pt a.wav [b.wav ...] [--threads N] [--batch N] [--out emb.npy | --csv] [-v]
 //
-// The command line, reading and resampling, timing and output are app.cpp's (shared with
-// ssondo-embed-onnx); this file loads the TorchScript export and runs one forward.
+// The command line, reading and resampling, batching, timing and output are app.cpp's (shared
+// with ssondo-embed-onnx); this file loads the TorchScript export and embeds a batch of windows
+// with its `segments` method.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
@@ -33,17 +34,22 @@ ssondo_app::Student load_torchscript(const std::string& path, int threads) {
   }
   ssondo_app::Student s;
   s.sample_rate = ssondo_app::checked_sample_rate(path, extra["ssondo.json"]);
+  s.window = ssondo_app::checked_window(path, extra["ssondo.json"]);
+  if (!module->find_method("segments")) {
+    throw std::invalid_argument(path + ": not a ssondo student (no segments method)");
+  }
   module->eval();
-  s.embed = [module, path](std::vector<float>& mono) {
+  const int window = s.window;
+  s.embed_windows = [module, path, window](std::vector<float>& windows, int n) {
     torch::NoGradGuard no_grad;
-    torch::Tensor wav = torch::from_blob(mono.data(), {1, static_cast<long>(mono.size())},
-                                         torch::kFloat32);
-    torch::Tensor emb = module->forward({wav}).toTensor().contiguous().to(torch::kFloat32);
-    if (emb.dim() != 2 || emb.size(0) != 1) {
-      throw std::invalid_argument(path + ": forward returned shape " + c10::str(emb.sizes()) +
-                                  ", expected [1, D]");
+    torch::Tensor wav = torch::from_blob(windows.data(), {n, window}, torch::kFloat32);
+    torch::Tensor emb =
+        module->get_method("segments")({wav}).toTensor().contiguous().to(torch::kFloat32);
+    if (emb.dim() != 3 || emb.size(0) != n || emb.size(1) != 1) {
+      throw std::invalid_argument(path + ": segments returned shape " + c10::str(emb.sizes()) +
+                                  ", expected [" + std::to_string(n) + ", 1, D]");
     }
-    return std::vector<float>(emb.data_ptr<float>(), emb.data_ptr<float>() + emb.size(1));
+    return std::vector<float>(emb.data_ptr<float>(), emb.data_ptr<float>() + emb.numel());
   };
   return s;
 }

@@ -1,10 +1,11 @@
 // ssondo-embed-onnx: embeds WAV files with an ONNX ssondo student (onnxruntime, no libtorch).
 //
-//   ssondo-embed-onnx student.onnx a.wav [b.wav ...] [--threads N] [--out emb.npy | --csv] [-v]
+//   ssondo-embed-onnx student.onnx a.wav [b.wav ...] [--threads N] [--batch N] [--out emb.npy | --csv] [-v]
 //
-// The command line, reading and resampling, timing and output are app.cpp's (shared with the
-// libtorch ssondo-embed); this file loads the ONNX export (input "wav" float32 [B, T], output
-// "embedding" [B, D], ssondo.json in the model's metadata_props) and runs one forward.
+// The command line, reading and resampling, batching, timing and output are app.cpp's (shared
+// with the libtorch ssondo-embed); this file loads the ONNX export (input "wav" float32 [B, T],
+// outputs "embedding" [B, D] and "segments" [B, S, D], ssondo.json in the model's
+// metadata_props) and embeds a batch of windows (its "segments" output).
 //
 // Built against the C/C++ API headers of onnxruntime >= 1.21 and any library at least as new
 // (the C API is a versioned, append-only table): ORT_API_MANUAL_INIT lets us ask the library
@@ -23,7 +24,8 @@
 namespace {
 
 constexpr const char* kInput = "wav";          // pyssondo/onnx_model.py INPUT
-constexpr const char* kOutput = "embedding";   // pyssondo/onnx_model.py OUTPUTS[0]
+constexpr const char* kOutputs[] = {"embedding", "segments"};  // pyssondo/onnx_model.py OUTPUTS
+constexpr const char* kOutput = kOutputs[1];  // the per-window embeddings this app pools
 
 struct OnnxSession {
   Ort::Env env{ORT_LOGGING_LEVEL_ERROR, "ssondo-embed-onnx"};
@@ -76,28 +78,33 @@ ssondo_app::Student load_onnx(const std::string& path, int threads) {
   for (std::size_t i = 0; i < s->session.GetOutputCount(); ++i) {
     outputs.emplace_back(s->session.GetOutputNameAllocated(i, alloc).get());
   }
-  if (inputs.size() != 1 || inputs[0] != kInput || !has_name(outputs, kOutput)) {
+  if (inputs.size() != 1 || inputs[0] != kInput || !has_name(outputs, kOutputs[0]) ||
+      !has_name(outputs, kOutputs[1])) {
     throw std::invalid_argument(path + ": not a ssondo student graph (expected the input '" +
-                                kInput + "' and an output '" + kOutput + "')");
+                                kInput + "' and the outputs '" + kOutputs[0] + "' and '" +
+                                kOutputs[1] + "')");
   }
+  student.window = ssondo_app::checked_window(path, meta ? meta.get() : "");
 
-  student.embed = [s, path](std::vector<float>& mono) {
-    const int64_t shape[2] = {1, static_cast<int64_t>(mono.size())};
-    Ort::Value wav = Ort::Value::CreateTensor<float>(s->cpu, mono.data(), mono.size(), shape, 2);
+  const int window = student.window;
+  student.embed_windows = [s, path, window](std::vector<float>& windows, int n) {
+    const int64_t shape[2] = {n, window};
+    Ort::Value wav =
+        Ort::Value::CreateTensor<float>(s->cpu, windows.data(), windows.size(), shape, 2);
     const char* in[] = {kInput};
     const char* out[] = {kOutput};
     std::vector<Ort::Value> result = s->session.Run(Ort::RunOptions{nullptr}, in, &wav, 1, out, 1);
     const Ort::TensorTypeAndShapeInfo info = result[0].GetTensorTypeAndShapeInfo();
     const std::vector<int64_t> dims = info.GetShape();
-    if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || dims.size() != 2 ||
-        dims[0] != 1) {
+    if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || dims.size() != 3 ||
+        dims[0] != n || dims[1] != 1) {
       std::string got;
       for (int64_t d : dims) got += (got.empty() ? "" : ", ") + std::to_string(d);
       throw std::invalid_argument(path + ": '" + kOutput + "' has shape [" + got +
-                                  "], expected float32 [1, D]");
+                                  "], expected float32 [" + std::to_string(n) + ", 1, D]");
     }
     const float* data = result[0].GetTensorData<float>();
-    return std::vector<float>(data, data + dims[1]);
+    return std::vector<float>(data, data + n * dims[2]);
   };
   return student;
 }

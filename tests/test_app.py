@@ -67,7 +67,16 @@ def test_app_matches_ssondo_embed(app, student_file, wav_files, tmp_path):
     got = np.load(out)
     assert got.shape == expected.shape == (len(wav_files), expected.shape[1])
     assert_same_embeddings(got, expected)
-    assert r.stderr.count(" ms (") == len(wav_files)  # -v: one timing line per file
+    assert r.stderr.count(" ms (") == len(wav_files)  # -v: one line per file as it is done
+    # 5 one-window files and the 3-window one in calls of 3 windows (the last one padded):
+    # the windows of different files share calls, and pool as `ssondo embed` does.
+    r = subprocess.run([str(app), str(student_file), *map(str, wav_files), "--batch", "3",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert_same_embeddings(np.load(out), expected)
+    r = subprocess.run([str(app), str(student_file), str(wav_files[0]), "--batch", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "--batch 0: expected a positive integer" in r.stderr, r.stderr
 
 
 def assert_app_equals_embed(app: Path, model: Path, wav_files: list, tmp_path: Path) -> None:
@@ -129,12 +138,21 @@ def test_bad_audio_fails_with_one_line_and_no_output(app, student_file, wav_file
 def test_a_model_that_is_not_a_ssondo_export_is_refused(app, wav_files, tmp_path):
     import torch
 
-    plain = tmp_path / "plain.pt"
-    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(plain))
+    def saved(name: str, meta=None) -> Path:
+        path = tmp_path / name
+        extra = {} if meta is None else {"ssondo.json": meta}
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path), _extra_files=extra)
+        return path
+
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a zip file at all")
-    for model, problem in ((plain, "not a ssondo export"), (garbage, "not a TorchScript file"),
-                           (tmp_path / "absent.pt", "cannot open")):
+    for model, problem in ((saved("plain.pt"), "not a ssondo export"),
+                           (garbage, "not a TorchScript file"),
+                           (tmp_path / "absent.pt", "cannot open"),
+                           (saved("no_window.pt", '{"sample_rate": 32000}'), "bad ssondo.json"),
+                           (saved("no_segments.pt", '{"sample_rate": 32000, '
+                                                    '"segment_samples": 64000}'),
+                            "no segments method")):
         r = subprocess.run([str(app), str(model), str(wav_files[0])], capture_output=True, text=True)
         assert r.returncode != 0
         assert str(model) in r.stderr and problem in r.stderr, r.stderr

@@ -101,7 +101,7 @@ def test_app_matches_onnxruntime_and_ssondo_embed(app, student_file, wav_files, 
     r = subprocess.run([str(app), str(student_file), *map(str, wav_files), "--threads", "1",
                         "--out", str(out), "-v"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count(" ms (") == len(wav_files)  # -v: one timing line per file
+    assert r.stderr.count(" ms (") == len(wav_files)  # -v: one line per file as it is done
     got = np.load(out)
     assert got.shape[0] == len(wav_files)
     assert_same_embeddings(got, onnxruntime_in_python(student_file, wav_files))
@@ -134,10 +134,11 @@ def test_models_that_are_not_ssondo_onnx_exports_are_refused(app, wav_files, tmp
     from onnx import TensorProto, helper
 
     def identity(path: Path, names, meta=None) -> Path:
+        """A graph copying input names[0] to each output names[1:]."""
         graph = helper.make_graph(
-            [helper.make_node("Identity", [names[0]], [names[1]])], "g",
+            [helper.make_node("Identity", [names[0]], [n]) for n in names[1:]], "g",
             [helper.make_tensor_value_info(names[0], TensorProto.FLOAT, ["B", "T"])],
-            [helper.make_tensor_value_info(names[1], TensorProto.FLOAT, ["B", "T"])])
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "T"]) for n in names[1:]])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
         model.ir_version = 8
         if meta is not None:
@@ -155,6 +156,10 @@ def test_models_that_are_not_ssondo_onnx_exports_are_refused(app, wav_files, tmp
          "bad ssondo.json"),
         (identity(tmp_path / "names.onnx", ("x", "y"), '{"sample_rate": 32000}'),
          "not a ssondo student graph"),
+        (identity(tmp_path / "no_segments.onnx", ("wav", "embedding"), '{"sample_rate": 32000}'),
+         "not a ssondo student graph"),
+        (identity(tmp_path / "no_window.onnx", ("wav", "embedding", "segments"),
+                  '{"sample_rate": 32000}'), "bad ssondo.json"),
     ]
     for model, problem in cases:
         out = tmp_path / f"out_{model.stem}.npy"
