@@ -56,7 +56,7 @@ def embed_files(segments: Callable[[np.ndarray, List[Any]], np.ndarray],
         ValueError: a file has no samples (the message names it), or ``batch`` < 1.
     """
     if batch < 1:
-        raise ValueError(f"embed: --batch {batch} must be >= 1 window per call")
+        raise ValueError(f"batch={batch} must be >= 1 window per call")
     blocks: List[np.ndarray] = []         # pending windows, float32 [n, W] each, in order
     owners: List[Tuple[int, float]] = []  # per pending window: (file number, weight)
     keys: Dict[int, Any] = {}

@@ -72,7 +72,7 @@ def test_an_empty_file_is_named_and_a_bad_batch_refused():
     with pytest.raises(ValueError, match="b.wav: no samples"):
         list(embed_files(Recorder(), [("a.wav", np.ones(3, np.float32)),
                                       ("b.wav", np.zeros(0, np.float32))], W, 4))
-    with pytest.raises(ValueError, match="--batch 0 must be >= 1"):
+    with pytest.raises(ValueError, match="batch=0 must be >= 1"):
         list(embed_files(Recorder(), [("a.wav", np.ones(3, np.float32))], W, 0))
 
 
