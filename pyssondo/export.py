@@ -475,9 +475,10 @@ def format_report(r: ExportReport) -> str:
     else:
         lines.append(f"checked: reloaded {runtime} == eager within {r.max_rel_diff:.1e} relative "
                      f"(tolerance {RELATIVE_TOLERANCE:g})")
+    threads = torch.get_num_threads()
     if r.latency_ms is not None:
         lines.append(f"latency: {r.latency_ms:.1f} ms per 10 s of audio ({runtime}, batch 1, "
-                     f"{torch.get_num_threads()} threads)")
+                     f"{threads} thread{'s' if threads != 1 else ''})")
     if r.int8:
         i = r.int8
         speed = (f", {r.latency_ms:.1f} ms vs fp32 {i['fp32_latency_ms']:.1f} ms "
@@ -488,6 +489,9 @@ def format_report(r: ExportReport) -> str:
                      f"{i['cosine_to_fp32']:.6f} on the test signals; calibrated on "
                      f"{'half of ' if m.int8_check else ''}"
                      f"{m.int8_calibration or 'the given windows'}")
+        if "fp32_latency_ms" in i and r.latency_ms >= i["fp32_latency_ms"]:
+            lines.append(f"int8 is not faster than float32 in {runtime} on this CPU: it buys "
+                         f"size, not speed (the float32 export is the faster one here)")
         c = m.int8_check or {}
         if c:
             lines.append(f"int8 check: {c['float_front']} leading block(s) kept float32 "

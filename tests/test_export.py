@@ -137,6 +137,16 @@ def test_int8_reports_size_and_cosine(module, tmp_path, shared_data):
     kinds = {type(m) for part in (quantized.backbone, quantized.head) for m in part.modules()}
     assert not kinds & {torch.nn.Conv2d, torch.nn.Linear}, kinds
     assert any("quantized" in k.__module__ for k in kinds)
+    # The report states the latency ratio, and says so when int8 is not the faster file.
+    from dataclasses import replace
+
+    from pyssondo.export import format_report
+
+    timed = {**report.int8, "fp32_latency_ms": 4.0}
+    fast = format_report(replace(report, latency_ms=3.0, int8=timed))
+    slow = format_report(replace(report, latency_ms=5.0, int8=timed))
+    assert "(0.75x)" in fast and "not faster" not in fast
+    assert "(1.25x)" in slow and "int8 is not faster than float32" in slow
 
 
 @pytest.mark.parametrize("name", ["micronet-m0", "mobilevitv2-050"])

@@ -32,7 +32,7 @@ examples:
   ssondo export runs/20260101-120000-mn10-teacher -o student-proj.pt --projected
   ssondo export runs/20260101-120000-mn10-teacher -o student-int8.pt --int8 --threads 1
   ssondo export runs/20260101-120000-mn10-teacher -o student-int8.onnx --int8 --calibrate audio/
-  ssondo export runs/20260101-120000-mn10-teacher -o student-int8.pt --int8 \
+  ssondo export runs/20260101-120000-mn10-teacher -o student-int8.pt --int8 \\
       --eval data/labels.csv --label-column digit --split-column split
 """
 
