@@ -25,7 +25,7 @@ struct Options {
   bool csv = false;
   bool verbose = false;
   int threads = 0;
-  int batch = 8;  // windows per call: pyssondo/window_batches.py DEFAULT_BATCH
+  int batch = 8;  // windows per call: pyssondo/window_batches.py DEFAULT_BATCH (tests/test_app.py)
 };
 
 std::string usage(const AppInfo& info) {
@@ -36,7 +36,8 @@ std::string usage(const AppInfo& info) {
          "(path then the embedding), or writes an [N, D] float32 .npy with --out, or CSV with --csv.\n"
          "\n"
          "  --threads N   threads for " + info.runtime + " and the resampler (default: all cores)\n"
-         "  --batch N     windows per model call, the windows of all files sharing calls (default 8)\n"
+         "  --batch N     windows per model call, the windows of all files sharing calls (default " +
+         std::to_string(Options().batch) + ")\n"
          "  --out PATH    write embeddings to PATH (.npy), rows in input order\n"
          "  --csv         print CSV: path,e0,e1,...\n"
          "  -v            print when each file is done to stderr\n";

@@ -77,6 +77,11 @@ def test_app_matches_ssondo_embed(app, student_file, wav_files, tmp_path):
     r = subprocess.run([str(app), str(student_file), str(wav_files[0]), "--batch", "0"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "--batch 0: expected a positive integer" in r.stderr, r.stderr
+    # The app's default is `ssondo embed`'s.
+    from pyssondo.window_batches import DEFAULT_BATCH
+
+    r = subprocess.run([str(app), "--help"], capture_output=True, text=True, check=True)
+    assert f"(default {DEFAULT_BATCH})" in r.stdout, r.stdout
 
 
 def assert_app_equals_embed(app: Path, model: Path, wav_files: list, tmp_path: Path) -> None:
