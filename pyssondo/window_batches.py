@@ -38,6 +38,24 @@ def student_window(meta: Dict[str, Any], module: Any) -> Optional[int]:
     return int(meta["segment_samples"])
 
 
+def student_segments(module: Any, what: str, device: str = "cpu"
+                     ) -> Callable[[np.ndarray, List[Any]], np.ndarray]:
+    """The ``segments`` argument of :func:`embed_files` for a loaded student ``module``: windows
+    float32 [B, W] and the files they come from -> the student's window embeddings float32
+    [B, D], its call checked by :func:`pyssondo.loading.forward_checked` (errors name ``what``,
+    e.g. "model student.pt", and the files)."""
+    import torch
+
+    from .loading import describe_files, forward_checked
+
+    def segments(x: np.ndarray, files: List[Any]) -> np.ndarray:
+        out = forward_checked(module.segments, torch.from_numpy(x).to(device), what=what,
+                              names=describe_files(files))
+        return out.float()[:, 0].cpu().numpy()
+
+    return segments
+
+
 def embed_files(segments: Callable[[np.ndarray, List[Any]], np.ndarray],
                 files: Iterable[Tuple[Any, np.ndarray]], window: int,
                 batch: int = DEFAULT_BATCH) -> Iterator[Tuple[Any, np.ndarray]]:

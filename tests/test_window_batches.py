@@ -85,3 +85,40 @@ def test_only_exported_students_with_segments_have_a_window():
     assert student_window(meta, Student()) == 16000
     assert student_window({"format": "ssondo-teacher"}, Student()) is None
     assert student_window(meta, object()) is None
+
+
+def test_eval_of_a_student_shares_calls_and_equals_its_own_forward(tmp_path, shared_data):
+    """`ssondo eval`'s embeddings of an exported student: each eval window of a file through the
+    student's own windows in shared calls equals the student called on that eval window
+    (its forward, the generic path), on real audio of several lengths: spoken digits shorter
+    than one student window, a note, and a 3.7 s recording cut into 1.5 s eval windows of 0.5 s
+    student windows with tails."""
+    import dataclasses
+
+    import soundfile as sf
+    import torch
+
+    from pyssondo.evaluation.embed import compute_embeddings, open_embedder
+    from pyssondo.export import save_export, wrap
+    from pyssondo.frontend import MelConfig
+    from pyssondo.students import create_student
+
+    torch.manual_seed(0)
+    mel = MelConfig(sample_rate=16000, f_max=8000.0, n_mels=64)
+    path = tmp_path / "student.pt"
+    save_export(wrap(create_student("mn01", n_mels=64), None, mel, 0.5), path, {}, measure=False)
+    digits = sorted((shared_data / "fsdd").glob("*.wav"))[:5]
+    notes = sorted((shared_data / "notes").glob("*.flac"))[:2]
+    joined = np.concatenate([sf.read(p, dtype="float32")[0] for p in notes])
+    joined = joined[: int(3.7 * 16000)] if joined.ndim == 1 else joined[: int(3.7 * 16000), 0]
+    long = tmp_path / "long.wav"
+    sf.write(long, joined, 16000, subtype="FLOAT")
+    files = [*digits, notes[0], long]
+    student = open_embedder(str(path))
+    assert student.window == 8000 and student.embed_windows is not None
+    generic = dataclasses.replace(student, window=None, embed_windows=None)
+    got, ok = compute_embeddings(student, files, window_s=1.5, batch_size=3, progress=False)
+    want, _ = compute_embeddings(generic, files, window_s=1.5, batch_size=3, progress=False)
+    assert ok.all()
+    scale = float(np.abs(want).max())
+    assert scale > 0 and float(np.abs(got - want).max()) <= 1e-5 * scale

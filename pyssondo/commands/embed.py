@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pyssondo.atomic import atomic_write_bytes
     from pyssondo.audio import load_audio
-    from pyssondo.loading import describe_files, forward_checked, load_model
-    from pyssondo.window_batches import embed_files, student_window
+    from pyssondo.loading import forward_checked, load_model
+    from pyssondo.window_batches import embed_files, student_segments, student_window
 
     if args.batch < 1:
         raise ValueError(f"embed: --batch {args.batch} must be >= 1 window per call")
@@ -90,11 +90,6 @@ def run(args: argparse.Namespace) -> int:
             seconds[path] = wav.shape[0] / model.sample_rate
             yield path, wav
 
-    def windows(x, paths):
-        out = forward_checked(model.module.segments, torch.from_numpy(x).to(args.device),
-                              what=what, names=describe_files(paths))
-        return out.float()[:, 0].cpu().numpy()
-
     def per_file():
         for path, wav in decoded():
             out = forward_checked(model.module, torch.from_numpy(wav)[None].to(args.device),
@@ -103,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             yield path, out[0].cpu().numpy()
 
     window = student_window(model.meta, model.module)
-    done = per_file() if window is None else embed_files(windows, decoded(), window, args.batch)
+    done = per_file() if window is None else embed_files(
+        student_segments(model.module, what, args.device), decoded(), window, args.batch)
     rows = []
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -5,7 +5,11 @@ file, ``pkg.mod:fn``): each file is decoded at the model's rate, cut into window
 ``window_s`` seconds (:func:`pyssondo.segments.plan_segments`, hop = window), each window is fed
 at its true length (a short clip is not padded to the window, so a 1 s clip is not 90 %
 silence), frame outputs [B, F, D] are averaged over frames, and the windows of a file are
-averaged into one [D] vector. Windows of equal length from different files share a batch.
+averaged into one [D] vector. Windows of equal length from different files share a batch. An
+exported student embeds each of those windows as it would alone (cut into its own, shorter
+windows, pooled by real samples), but its own windows from all files share calls of
+``batch_size`` (:func:`pyssondo.window_batches.embed_files`): the same numbers, without a call
+per file when the files' lengths differ.
 
 ``logmel`` is the DEAR baseline: the time-averaged log-mel spectrum, [n_mels], of the file
 resampled to 32 kHz with the default :class:`pyssondo.MelConfig`, computed by
@@ -23,7 +27,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +38,7 @@ from ..frontend import MelConfig
 from ..loading import describe_files
 from ..progress import Progress
 from ..segments import plan_segments, seconds_to_samples
+from ..window_batches import embed_files, student_segments, student_window
 
 LOGMEL = "logmel"
 _LOGMEL_ID = "ssondo-eval-logmel-mean-v1"
@@ -53,6 +58,9 @@ class Embedder:
         embed_batch: float32 [B, T] (equal lengths), and optionally the files they come
             from (for messages) -> finite float32 [B, D].
         meta: the model's ``ssondo.json`` (empty when absent).
+        window: an exported student's window W in samples, else None.
+        embed_windows: with ``window``: float32 [B, W] windows and the files they come from
+            -> the student's window embeddings [B, D] (its ``segments``).
     """
 
     name: str
@@ -62,6 +70,8 @@ class Embedder:
     params: int
     embed_batch: Callable[..., np.ndarray]
     meta: Dict[str, Any] = field(default_factory=dict)
+    window: Optional[int] = None
+    embed_windows: Optional[Callable[[np.ndarray, List[Any]], np.ndarray]] = None
 
 
 def logmel_embedding(wav: np.ndarray, cfg: MelConfig = MelConfig()) -> np.ndarray:
@@ -106,9 +116,12 @@ def open_embedder(spec: str, sample_rate: Optional[int] = None, *, device: str =
         return out.float().cpu().numpy()
 
     params = int(sum(p.numel() for p in module.parameters()))
+    window = student_window(model.meta, module)
     return Embedder(name=model.name, source=model.source, fingerprint=model.fingerprint,
                     sample_rate=model.sample_rate, params=params, embed_batch=embed_batch,
-                    meta=model.meta)
+                    meta=model.meta, window=window,
+                    embed_windows=None if window is None else
+                    student_segments(module, f"{role} {spec}", device))
 
 
 def compute_embeddings(embedder: Embedder, paths: Sequence[Path], *, window_s: float = 10.0,
@@ -135,17 +148,21 @@ def compute_embeddings(embedder: Embedder, paths: Sequence[Path], *, window_s: f
     counts = np.zeros(len(paths), dtype=np.int64)
     pending: Dict[int, List[Tuple[int, np.ndarray]]] = {}  # window length -> [(file, samples)]
 
+    def add(i: int, row: np.ndarray) -> None:
+        sums[i] = row.astype(np.float64) if sums[i] is None else sums[i] + row
+        counts[i] += 1
+
     def flush(length: int) -> None:
         items = pending.pop(length)
         out = embedder.embed_batch(np.stack([w for _, w in items]),
                                    describe_files(paths[i] for i, _ in items))
         for (i, _), row in zip(items, out):
-            sums[i] = row.astype(np.float64) if sums[i] is None else sums[i] + row
-            counts[i] += 1
+            add(i, row)
 
     upsampled: Dict[int, int] = {}  # file rate below the model's -> file count
-    with Progress(len(paths), desc=f"embed {embedder.name}", unit="file",
-                  enabled=None if progress else False) as bar:
+
+    def windows(bar: Progress) -> Iterator[Tuple[int, np.ndarray]]:
+        """(file number, samples) of every window of every file that decodes."""
         for i, path in enumerate(paths):
             try:
                 wav, file_sr = load_audio(path)
@@ -158,15 +175,28 @@ def compute_embeddings(embedder: Embedder, paths: Sequence[Path], *, window_s: f
             if file_sr < embedder.sample_rate:
                 upsampled[file_sr] = upsampled.get(file_sr, 0) + 1
             for start, length in plan_segments(len(wav), window, window):
-                pending.setdefault(length, []).append((i, wav[start:start + length]))
-                if len(pending[length]) >= batch_size:
-                    flush(length)
-            if sum(len(v) for v in pending.values()) > 4 * batch_size:
-                for length in list(pending):
-                    flush(length)
+                yield i, wav[start:start + length]
             bar.update(1)
-        for length in list(pending):
-            flush(length)
+
+    with Progress(len(paths), desc=f"embed {embedder.name}", unit="file",
+                  enabled=None if progress else False) as bar:
+        if embedder.embed_windows is not None:
+            def student_windows(x: np.ndarray, files: List[int]) -> np.ndarray:
+                return embedder.embed_windows(x, [paths[i] for i in files])
+
+            for i, row in embed_files(student_windows, windows(bar), embedder.window,
+                                      batch_size):
+                add(i, row)
+        else:
+            for i, samples in windows(bar):
+                pending.setdefault(len(samples), []).append((i, samples))
+                if len(pending[len(samples)]) >= batch_size:
+                    flush(len(samples))
+                if sum(len(v) for v in pending.values()) > 4 * batch_size:
+                    for length in list(pending):
+                        flush(length)
+            for length in list(pending):
+                flush(length)
     for rate, n in sorted(upsampled.items()):
         warnings.warn(f"{embedder.name}: {n} file(s) recorded at {rate} Hz are upsampled to "
                       f"{embedder.sample_rate} Hz; the band above {rate // 2} Hz is empty",
