@@ -127,8 +127,10 @@ def merged_student(parents: Sequence[Parent], base: State, lambdas: Sequence[flo
 
 def module_embedder(name: str, module: torch.nn.Module, sample_rate: int):
     """An :class:`pyssondo.evaluation.embed.Embedder` around an eager waveform -> [B, D]
-    module (an :class:`pyssondo.export.ExportedStudent`), fingerprinted by its weights."""
+    module (an :class:`pyssondo.export.ExportedStudent`), fingerprinted by its weights; its
+    windows of all files share calls (:mod:`pyssondo.window_batches`)."""
     from ..evaluation.embed import Embedder
+    from ..window_batches import student_segments
 
     def embed_batch(x: np.ndarray, names: str = "the given audio") -> np.ndarray:
         with torch.no_grad():
@@ -136,7 +138,9 @@ def module_embedder(name: str, module: torch.nn.Module, sample_rate: int):
 
     params = sum(p.numel() for p in module.parameters())
     return Embedder(name=name, source=name, fingerprint=weights_fingerprint(module.state_dict()),
-                    sample_rate=int(sample_rate), params=params, embed_batch=embed_batch)
+                    sample_rate=int(sample_rate), params=params, embed_batch=embed_batch,
+                    window=int(module.window),
+                    embed_windows=student_segments(module, f"merged student {name}"))
 
 
 def candidate_students(parents: Sequence[Parent], base: State,
