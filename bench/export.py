@@ -6,7 +6,8 @@ windows) the weights are random but the batch-norm statistics are those of real 
 average over training-mode passes on log-mel of ../shared/data/pool), so activations have
 realistic ranges. Each format is exported as float32 with both front ends and as int8 with
 its default front end (pyssondo.export.DEFAULT_FRONTEND), calibrated on 16 pool windows, with
-every block int8: random students are chaotic (a rounding of the first layer moves their
+every block int8 (ONNX: all but the first, pyssondo.onnx_export.ONNX_MIN_FLOAT_FRONT): random
+students are chaotic (a rounding of the first layer moves their
 embedding anywhere), so the export's agreement search (pyssondo.export.choose_int8) would
 refuse them; their agreement with float32 on 8 other pool windows is printed but means little.
 What int8 keeps of a trained student is bench/int8_quality.py's job. Latency: the median of
@@ -132,7 +133,7 @@ def main() -> None:
                   f"({q.stat().st_size / 1e6:.2f} / {fp32.stat().st_size / 1e6:.2f} MB, target "
                   f"<= 0.35), latency at 1 thread {a / b:.3f}x ({a:.1f} / {b:.1f} ms, target "
                   f"<= 0.7); cosine to fp32 {cos:.4f}, agreement {agreement(got, want):.3f} on "
-                  f"{len(held)} held-out windows (every block int8; random weights)")
+                  f"{len(held)} held-out windows (the fewest float32 blocks; random weights)")
         for threads in (1, 2):
             ts = lat[name, ("torchscript", DEFAULT_FRONTEND["torchscript"]), threads]
             ort = lat[name, ("onnx", DEFAULT_FRONTEND["onnx"]), threads]

@@ -168,6 +168,9 @@ def test_int8_keeps_the_float_embedding_on_held_out_audio(student, exports, shar
     onnx8 = save_onnx(module, tmp_path / "int8.onnx", {}, int8=calibration, measure=False)
     assert ts.size_bytes < 0.6 * ts.int8["fp32_size_bytes"]  # mn01: the front end is a big part
     assert onnx8.size_bytes < 0.7 * onnx8.int8["fp32_size_bytes"]
+    # The untrained student needs no float32 block in torch; ONNX keeps its first one float32.
+    assert ts.meta.int8_check["float_units"] == []
+    assert onnx8.meta.int8_check["float_units"] == ["backbone.features.0"]
     with torch.no_grad():
         want = module(held)
         for got in (torch.jit.load(str(ts.path))(held), OnnxStudent(onnx8.path)(held)):
