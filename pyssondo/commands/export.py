@@ -19,11 +19,11 @@ supports (TorchScript: fft, torch.stft; ONNX: dft, 4x faster in onnxruntime than
 and the choice is printed and stored.
 --int8 quantises the convolutions and linears statically (int8 weights and activations),
 calibrated on the run's cached log-mel (ONNX: its segments' audio) or on --calibrate AUDIO_DIR,
-keeping the fewest leading blocks float32 whose embeddings agree with float32 (mean centred
-cosine >= 0.95 on held-out calibration windows; nothing is written otherwise), and prints
-size, latency, that agreement and the cosine to the float32 export (with --eval DATA, also
-the share of the float32 student's probe score that int8 keeps). ONNX needs
-pip install 'ssondo[onnx]'.
+keeping the fewest leading blocks float32 (ONNX: at least the first) whose embeddings agree
+with float32 (mean centred cosine >= 0.95 on held-out calibration windows; nothing is written
+otherwise), and prints size, latency, that agreement and the cosine to the float32 export
+(with --eval DATA, also the share of the float32 student's probe score that int8 keeps). ONNX
+needs pip install 'ssondo[onnx]'.
 
 examples:
   ssondo export runs/20260101-120000-mn10-teacher -o student.pt
