@@ -34,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pyssondo.allocator import keep_freed_memory  # noqa: E402
 from pyssondo.audio import load_audio  # noqa: E402
 from pyssondo.calibration import from_audio_dir  # noqa: E402
 from pyssondo.commands.embed import audio_files  # noqa: E402
@@ -103,6 +104,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    keep_freed_memory()  # as every ssondo command does (pyssondo/allocator.py)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         run(args, args.models or default_exports(Path(tmp)))

@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pyssondo.allocator import keep_freed_memory  # noqa: E402
 from pyssondo.calibration import Calibration, from_audio_dir  # noqa: E402
 from pyssondo.export import (DEFAULT_FRONTEND, agreement, latencies_ms, latency_ms,  # noqa: E402
                              save_export, wrap)
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="/tmp/aisfx.pt",
                     help="aisfx teacher file (built with 'ssondo teacher build aisfx' if absent)")
     args = ap.parse_args()
+    keep_freed_memory()  # as every ssondo command does (pyssondo/allocator.py)
 
     window = int(WINDOW_S * MEL.sample_rate)
     every = from_audio_dir(DATA / "pool", MEL.sample_rate, window, n=24).waveforms
@@ -139,7 +141,7 @@ def main() -> None:
             ort = lat[name, ("onnx", DEFAULT_FRONTEND["onnx"]), threads]
             stft = lat[name, ("onnx", "fft"), threads]
             print(f"  {threads} thread(s): ONNX Runtime / TorchScript latency {ort / ts:.3f}x "
-                  f"({ort:.1f} / {ts:.1f} ms; ONNX with the STFT op {stft:.1f} ms)")
+                  f"({ort:.1f} / {ts:.1f} ms; ONNX with the DFT op {stft:.1f} ms)")
         for fmt in SAVE:
             d, f = lat[name, (fmt, "dft"), 1], lat[name, (fmt, "fft"), 1]
             print(f"  {fmt:11s} DFT / FFT front end latency at 1 thread {d / f:.3f}x "

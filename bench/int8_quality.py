@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pyssondo.allocator import keep_freed_memory  # noqa: E402
 from pyssondo.evaluation.config import EvalConfig  # noqa: E402
 from pyssondo.evaluation.data import load_labeled  # noqa: E402
 from pyssondo.evaluation.embed import open_embedder  # noqa: E402
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--formats", nargs="+", choices=tuple(SUFFIX), default=list(SUFFIX))
     args = ap.parse_args()
+    keep_freed_memory()  # as every ssondo command does (pyssondo/allocator.py)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     labeled = tasks()

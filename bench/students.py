@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pyssondo.allocator import keep_freed_memory  # noqa: E402
 from pyssondo.heads import make_head  # noqa: E402
 from pyssondo.students import (count_macs, count_params, create_student,  # noqa: E402
                                list_students, ten_second_frames)
@@ -195,6 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant (default 4)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as every ssondo command does (pyssondo/allocator.py)
     names = [s for s in args.students.split(",") if s]
     variant_names = [s for s in args.variants.split(",") if s]
     unknown = [s for s in names + variant_names if s not in list_students()]

@@ -9,6 +9,9 @@
 #include <fstream>
 #include <iostream>
 #include <stdexcept>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "metadata.hpp"
 #include "parallel.hpp"
@@ -249,7 +252,21 @@ int checked_window(const std::string& path, const std::string& ssondo_json) {
   return static_cast<int>(window);
 }
 
+namespace {
+
+// glibc malloc keeps freed memory mapped, so that a forward does not page-fault on the
+// intermediate tensors of the previous one (pyssondo/allocator.py: the same numbers and why).
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+#endif
+}
+
+}  // namespace
+
 int run_app(int argc, char** argv, const AppInfo& info, const LoadStudent& load) {
+  keep_freed_memory();
   try {
     return run(parse_args(argc, argv, info), load);
   } catch (const std::invalid_argument& e) {

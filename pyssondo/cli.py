@@ -62,6 +62,7 @@ def _version() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .allocator import keep_freed_memory
     from .errors import MissingExtra
 
     parser = build_parser()
@@ -76,6 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    keep_freed_memory()
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -1,0 +1,37 @@
+"""Keeping freed memory mapped (glibc), so that a model's forward does not page-fault.
+
+glibc's malloc returns memory to the system as soon as a few MB are free at the top of its
+heap, and serves blocks above a threshold that moves with the program's history from fresh
+mappings. torch on CPU allocates every intermediate tensor anew, so the next forward touches
+pages that the kernel must map again: an exported mn04 at 32 kHz took 900-8600 minor page faults
+per 10 s forward, 1-12 ms on top of 5-7 ms (1 thread, this repository's CI machine), with the
+count set by the order of allocations, so it differed between the float32 and int8 files and
+between runs. :func:`keep_freed_memory` fixes both thresholds (no faults after the first
+forward, bench/export.py). ``ssondo`` calls it before every command, the C++ apps in ``main``
+and the benchmarks at their start; a program that loads an exported student itself calls it
+once, or sets ``GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432``
+(see README, "Latency in your own process").
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+TRIM_BYTES = 256 << 20  # free memory kept at the top of the heap (glibc default: 128 KB, moving)
+MMAP_BYTES = 32 << 20   # blocks this large or larger get their own mapping (glibc's maximum)
+_M_TRIM_THRESHOLD = -1  # mallopt parameters, <malloc.h>
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory() -> bool:
+    """Sets glibc malloc's trim threshold to :data:`TRIM_BYTES` and its mmap threshold to
+    :data:`MMAP_BYTES` for this process. Returns whether both took effect (False where the C
+    library is not glibc: nothing is changed there)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # no C library to load, or one without mallopt (musl)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES)) and bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_BYTES))
