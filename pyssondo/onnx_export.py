@@ -3,9 +3,9 @@
 The graph (see :mod:`pyssondo.onnx_model` for its contract) is the TorchScript export's
 :class:`~pyssondo.export.ExportedStudent` traced by ``torch.onnx.export(dynamo=True)`` with a
 dynamic batch and length: the same windowing and weighted mean, every window embedded in one
-call. The log-mel front end becomes the ONNX ``STFT`` op (opset >= 17) with ``frontend="fft"``,
+call. The log-mel front end becomes the ONNX ``DFT`` op (opset >= 17) with ``frontend="fft"``,
 or matrix products of a factored DFT with ``frontend="dft"`` (any opset, runtimes without FFT;
-in onnxruntime 4x faster than its STFT op, hence the default for ONNX).
+in onnxruntime 3x faster than its DFT op, hence the default for ONNX).
 
 int8: onnxruntime's ``quantize_static`` in QDQ format (per-channel int8 weights, uint8
 activations, MinMax ranges) on the nodes of :data:`QDQ_OPS` in the backbone and head; the
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .calibration import Calibration
 
 PathLike = Union[str, "os.PathLike[str]"]
-OPSET = 18             # ONNX opset of the written graph (STFT needs >= 17)
+OPSET = 18             # ONNX opset of the written graph (DFT needs >= 17)
 FRONTEND_SCOPE = "pyssondo.frontend."  # module path of the front end in the nodes' metadata
 # Node types quantised (QDQ). Beyond the weighted ones, the element-wise and pooling ops that
 # onnxruntime runs in int8 (QLinearAdd, QLinearMul, ...): each one left float32 costs a

@@ -236,6 +236,8 @@ def test_logmel_module_interface():
     dense = mel_filterbank(cfg)
     assert m.filterbank_values.numel() == np.count_nonzero(dense) < dense.size // 20
     np.testing.assert_array_equal(m.filterbank().numpy(), dense)
+    # with two terms per bin (a bin's squared real and imaginary parts) each column repeats
+    np.testing.assert_array_equal(m.filterbank(2).numpy(), np.repeat(dense, 2, axis=1))
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(m), buf)
     buf.seek(0)

@@ -77,30 +77,43 @@ class LogMel(nn.Module):
         self.register_buffer("filterbank_index", index)
         self.register_buffer("filterbank_values", flat[index])
 
-    def filterbank(self) -> Tensor:
-        """The mel filterbank, float32 [n_mels, n_fft // 2 + 1], rebuilt from its non-zero
-        entries (about 1% of it: an exported file holds those, not 263 KB of zeros)."""
+    def filterbank(self, per_bin: int = 1) -> Tensor:
+        """The mel filterbank, float32 [n_mels, per_bin * (n_fft // 2 + 1)], each bin's column
+        repeated ``per_bin`` times (2: the weights of a bin's squared real and imaginary parts),
+        rebuilt from its non-zero entries (about 1% of it: an exported file holds those, not
+        263 KB of zeros)."""
         rows, cols = self.fb_shape[0], self.fb_shape[1]
-        dense = torch.zeros(rows * cols, dtype=self.filterbank_values.dtype,
+        band = self.filterbank_index // cols
+        column = self.filterbank_index % cols * per_bin
+        dense = torch.zeros(rows * per_bin * cols, dtype=self.filterbank_values.dtype,
                             device=self.filterbank_values.device)
-        return dense.scatter(0, self.filterbank_index, self.filterbank_values).view(rows, cols)
+        for j in range(per_bin):
+            dense = dense.scatter(0, band * per_bin * cols + column + j, self.filterbank_values)
+        return dense.view(rows, per_bin * cols)
 
     def forward(self, wav: Tensor) -> Tensor:
         if wav.dim() != 2 or wav.size(1) < 1:
             raise ValueError("LogMel expects a [B, T] tensor with T >= 1 samples")
-        power = self._power(self._pad(wav))
-        fb = self.filterbank()
-        mel = torch.cat([torch.matmul(fb[b[0]:b[1], b[2]:b[3]], power[:, b[2]:b[3]])
+        terms = self._power_terms(self._pad(wav))
+        per_bin = terms.size(1) // self.fb_shape[1]
+        fb = self.filterbank(per_bin)
+        mel = torch.cat([torch.matmul(fb[b[0]:b[1], per_bin * b[2]:per_bin * b[3]],
+                                      terms[:, per_bin * b[2]:per_bin * b[3]])
                          for b in self.bands], dim=1)
         return torch.log(mel + self.log_offset)
 
-    def _power(self, x: Tensor) -> Tensor:
-        """Padded signals [B, T'] -> magnitude or power spectrogram [B, n_fft // 2 + 1, frames]."""
-        spec = torch.stft(x, self.n_fft, self.hop_length, win_length=self.n_fft,
-                          window=self.window, center=False, return_complex=True)
+    def _power_terms(self, x: Tensor) -> Tensor:
+        """Padded signals [B, T'] -> [B, K, frames], whose product with
+        :meth:`filterbank` (``K // bins`` terms per bin) is the mel spectrogram: with power 2,
+        each bin's squared real and imaginary parts (K = 2 bins; the product adds them: one
+        pass fewer than the power spectrum), else the magnitudes (K = bins). The frames are
+        transformed frames-first (torch.fft.rfft of the windowed frames, contiguous), the
+        result is a transposed view."""
+        frames = x.unfold(1, self.n_fft, self.hop_length) * self.window
+        squares = torch.view_as_real(torch.fft.rfft(frames)).square_()  # [B, F, bins, 2]
         if self.magnitude:
-            return spec.abs()
-        return spec.real.square() + spec.imag.square()
+            return (squares[:, :, :, 0] + squares[:, :, :, 1]).sqrt_().transpose(1, 2)
+        return squares.flatten(2).transpose(1, 2)
 
     def _pad(self, wav: Tensor) -> Tensor:
         t = wav.size(1)
@@ -124,8 +137,8 @@ class LogMel(nn.Module):
 
 class DftLogMel(LogMel):
     """:class:`LogMel` with the STFT as matrix products of a factored DFT, for runtimes without
-    FFT ops (ONNX opsets < 17, CoreML, TFLite, ExecuTorch); in onnxruntime it is also about 4x
-    faster than the STFT op (bench/export.py).
+    FFT ops (ONNX opsets < 17, CoreML, TFLite, ExecuTorch); in onnxruntime it is also about 3x
+    faster than the DFT op (bench/export.py).
 
     Windowed frames [B, F, n_fft] are cut from the padded signal (slices of hop-length blocks
     when the hop divides n_fft, else a gather) and transformed by
@@ -170,7 +183,7 @@ class DftLogMel(LogMel):
             cut = x.index_select(1, index.flatten()).reshape(b, frames, n)
         return cut * self.window
 
-    def _power(self, x: Tensor) -> Tensor:
+    def _power_terms(self, x: Tensor) -> Tensor:
         frames = self._frames(x)
         b, f = frames.size(0), frames.size(1)
         cols = frames.reshape(b * f, self.n_fft).t().reshape(self.n2, -1)  # [n2, n1 B F]
