@@ -23,6 +23,7 @@ _LAZY = {
     "log_mel": "pyssondo.frontend",
     "set_num_threads": "pyssondo.threads",
     "get_num_threads": "pyssondo.threads",
+    "keep_freed_memory": "pyssondo.allocator",
 }
 
 __all__ = ["AudioError", "ParameterError", "__version__", *_LAZY]

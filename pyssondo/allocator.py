@@ -2,15 +2,17 @@
 
 glibc's malloc returns memory to the system as soon as a few MB are free at the top of its
 heap, and serves blocks above a threshold that moves with the program's history from fresh
-mappings. torch on CPU allocates every intermediate tensor anew, so the next forward touches
-pages that the kernel must map again: an exported mn04 at 32 kHz took 900-8600 minor page faults
-per 10 s forward, 1-12 ms on top of 5-7 ms (1 thread, this repository's CI machine), with the
-count set by the order of allocations, so it differed between the float32 and int8 files and
-between runs. :func:`keep_freed_memory` fixes both thresholds (no faults after the first
-forward, bench/export.py). ``ssondo`` calls it before every command, the C++ apps in ``main``
-and the benchmarks at their start; a program that loads an exported student itself calls it
-once, or sets ``GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432``
-(see README, "Latency in your own process").
+mappings. torch on CPU allocates every intermediate tensor anew, so each forward touches pages
+that the kernel must map again: exported mn04 students (32 kHz, 10 s) took 900-8600 minor page
+faults per forward, 1-12 ms on top of 5-7 ms at 1 thread, with the count set by the order of
+allocations, so it differed between the float32 and int8 files and from run to run.
+:func:`keep_freed_memory` fixes both thresholds: no faults after the first forward.
+
+``ssondo`` calls it before every command, the C++ apps in ``main`` (``cli/app.cpp``) and the
+benchmarks at their start. A program that loads an exported student itself calls
+``pyssondo.keep_freed_memory()`` once, or sets, before it starts,
+``GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432``.
+onnxruntime allocates from its own arena and did not fault.
 """
 from __future__ import annotations
 

