@@ -3,9 +3,10 @@
 glibc's malloc returns memory to the system as soon as a few MB are free at the top of its
 heap, and serves blocks above a threshold that moves with the program's history from fresh
 mappings. torch on CPU allocates every intermediate tensor anew, so each forward touches pages
-that the kernel must map again: exported mn04 students (32 kHz, 10 s) took 900-8600 minor page
-faults per forward, 1-12 ms on top of 5-7 ms at 1 thread, with the count set by the order of
-allocations, so it differed between the float32 and int8 files and from run to run.
+that the kernel must map again: exported mn04 students (32 kHz, 10 s) took up to 2650 minor
+page faults per forward, up to 3.7 ms on top of 5-7 ms at 1 thread, with the count set by the
+order of allocations, so it differed between the float32 and int8 files and from run to run.
+Setting only one of the two thresholds made it worse (8600 faults, 12 ms).
 :func:`keep_freed_memory` fixes both thresholds: no faults after the first forward.
 
 ``ssondo`` calls it before every command, the C++ apps in ``main`` (``cli/app.cpp``) and the
