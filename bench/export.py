@@ -17,8 +17,9 @@ measured in turn (pyssondo.export.latencies_ms).
 Prints per student: int8 / fp32 file size (target <= 0.35) and latency at 1 thread (target
 <= 0.7) for TorchScript and ONNX (QDQ); ONNX Runtime / TorchScript latency at 1 and 2 threads
 (each with its default front end); DFT / FFT front end latency in both; TorchScript float32
-with batch norm folded (what the export writes) over the student scripted as written; and the
-teacher's forward latency (aisfx, built from its wheel into --teacher) over the student's.
+as the export writes it (batch norm folded; MobileNetV3 weights channels-last) over the
+student scripted as written; and the teacher's forward latency (aisfx, built from its wheel
+into --teacher) over the student's.
 
 usage: python bench/export.py [--students mn04 eres2net16] [--repeats 5] [--teacher /tmp/aisfx.pt]
 """
@@ -148,8 +149,8 @@ def main() -> None:
                   f"({d:.1f} / {f:.1f} ms; files {rows[fmt, 'dft'].stat().st_size / 1e6:.2f} / "
                   f"{rows[fmt, 'fft'].stat().st_size / 1e6:.2f} MB)")
         f, u = lat[name, ("torchscript", "fft"), 1], lat[name, ("torchscript", "unfolded"), 1]
-        print(f"  torchscript fp32 batch norm folded / as written: latency at 1 thread "
-              f"{f / u:.3f}x ({f:.1f} / {u:.1f} ms; files "
+        print(f"  torchscript fp32 as exported (batch norm folded, memory format) / as written: "
+              f"latency at 1 thread {f / u:.3f}x ({f:.1f} / {u:.1f} ms; files "
               f"{rows['torchscript', 'fft'].stat().st_size / 1e6:.2f} / "
               f"{rows['torchscript', 'unfolded'].stat().st_size / 1e6:.2f} MB)")
 

@@ -198,9 +198,14 @@ def save_export(module: ExportedStudent, out: PathLike, meta: Dict[str, Any], *,
 
 def script_float32(module: ExportedStudent) -> Any:
     """The float32 TorchScript model of ``module`` as ``ssondo export`` writes it: batch norms
-    folded into the convolutions before them (:func:`pyssondo.folding.fold_batch_norm`),
-    scripted."""
-    return torch.jit.script(fold_batch_norm(module))
+    folded into the convolutions before them (:func:`pyssondo.folding.fold_batch_norm`), the
+    backbone's weights in channels-last memory when its family says it runs faster so
+    (``channels_last_export``; the convolutions then return channels-last maps, which the
+    next ones take without reordering), scripted."""
+    folded = fold_batch_norm(module)  # a copy: ``module`` keeps its memory format
+    if getattr(folded.backbone, "channels_last_export", False):
+        folded.backbone.to(memory_format=torch.channels_last)
+    return torch.jit.script(folded)
 
 
 def export_report(out: Path, size: int, info: ExportMeta, fp32: "ExportedStudent", diff: float,
