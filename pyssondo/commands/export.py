@@ -15,7 +15,7 @@ size, parameters and latency for 10 s of audio are printed.
 
 --frontend dft computes the STFT as matrix products of a factored DFT, for runtimes without
 FFT ops (ONNX opsets < 17, CoreML, TFLite, ExecuTorch); the default is the fastest each format
-supports (TorchScript: fft, torch.stft; ONNX: dft, 4x faster in onnxruntime than its STFT op),
+supports (TorchScript: fft, torch.fft.rfft; ONNX: dft, 3x faster in onnxruntime than its DFT op),
 and the choice is printed and stored.
 --int8 quantises the convolutions and linears statically (int8 weights and activations),
 calibrated on the run's cached log-mel (ONNX: its segments' audio) or on --calibrate AUDIO_DIR,

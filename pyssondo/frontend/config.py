@@ -17,7 +17,7 @@ WINDOWS = ("hann", "hamming", "rectangular")
 MEL_SCALES = ("slaney", "htk")
 MEL_NORMS = ("slaney", "none")
 PAD_MODES = ("reflect", "constant")
-FRONTENDS = ("fft", "dft")  # the torch module's STFT: torch.stft, or factored DFT matrix products
+FRONTENDS = ("fft", "dft")  # the torch module's STFT: torch.fft.rfft, or factored DFT products
 
 
 @dataclass(frozen=True)
