@@ -2,6 +2,7 @@
 log-mel vs LogMel (eager and scripted) vs an independent numpy reference vs librosa."""
 import io
 import json
+from dataclasses import replace
 
 import librosa
 import numpy as np
@@ -14,6 +15,7 @@ from pyssondo import MelConfig, ParameterError, log_mel
 from pyssondo import _core
 from pyssondo.frontend import mel_filterbank, window
 from pyssondo.frontend import LogMel
+from pyssondo.frontend.torch_mel import DftLogMel
 
 TOL = 1e-3  # max abs error on log-mel
 
@@ -231,13 +233,19 @@ def test_logmel_module_interface():
     m = LogMel(cfg)
     assert MelConfig.from_json(m.cfg_json) == cfg
     assert json.loads(torch.jit.script(m).cfg_json) == cfg.to_dict()
-    assert set(dict(m.named_buffers())) == {"window", "filterbank_index", "filterbank_values"}
-    # the filterbank is stored as its non-zero entries and rebuilt exactly
+    assert set(dict(m.named_buffers())) == {"window", "filterbank_slots", "filterbank_values"}
+    # the filterbank is stored as its non-zero entries and rebuilt exactly, block by block:
+    # each block is its bands' filters over its bins, transposed; with two terms per bin (a
+    # bin's squared real and imaginary parts) each bin's row repeats
     dense = mel_filterbank(cfg)
-    assert m.filterbank_values.numel() == np.count_nonzero(dense) < dense.size // 20
-    np.testing.assert_array_equal(m.filterbank().numpy(), dense)
-    # with two terms per bin (a bin's squared real and imaginary parts) each column repeats
-    np.testing.assert_array_equal(m.filterbank(2).numpy(), np.repeat(dense, 2, axis=1))
+    assert m.filterbank_values.numel() == 2 * np.count_nonzero(dense) < dense.size // 20
+    for module, per_bin in ((m, 2), (LogMel(replace(cfg, power=1.0)), 1), (DftLogMel(cfg), 1)):
+        wide = np.repeat(dense, per_bin, axis=1)
+        blocks = module.filterbank_blocks()
+        assert len(blocks) == len(module.bands) == 8
+        for (r0, r1, c0, c1), block in zip(module.bands, blocks):
+            np.testing.assert_array_equal(block.numpy(), wide[r0:r1, per_bin * c0:per_bin * c1].T)
+        assert sum(np.count_nonzero(b.numpy()) for b in blocks) == np.count_nonzero(wide)
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(m), buf)
     buf.seek(0)
