@@ -27,8 +27,10 @@ import operator
 import warnings
 from typing import Dict, Iterable, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
+from torch.ao.quantization.observer import HistogramObserver
 
 def engine() -> str:
     """The torch.backends.quantized engine used: x86 (fbgemm + oneDNN) where this torch build
@@ -124,12 +126,79 @@ def _qconfig():
     bound (255 * 64 * 2 < 32768) and halve the activation rounding, which trained students
     are far more sensitive to (mn04, bench/export.py)."""
     from torch.ao.quantization import QConfig
-    from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-    return QConfig(activation=HistogramObserver.with_args(reduce_range=False),
+    return QConfig(activation=FastHistogramObserver.with_args(reduce_range=False),
                    weight=PerChannelMinMaxObserver.with_args(
                        dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
                        quant_min=-64, quant_max=63))
+
+
+class FastHistogramObserver(HistogramObserver):
+    """torch's ``HistogramObserver`` whose range search (``_non_linear_param_search``) takes
+    the same steps on Python floats and numpy instead of one 0-dim tensor operation per step.
+
+    The search narrows [min, max] by quantiles in steps of 1e-5 until the quantisation error
+    grows; a histogram whose mass sits in one bin (a constant or dead activation) never stops
+    it early, so torch walks all 100,000 steps: 0.12 s per observer, 40 of the 45 s that the
+    int8 export of a MicroNet-m0 spent (340 observers), 0.4 s here. The thresholds are
+    rounded to float32 as torch's comparison of a float32 tensor with a Python float rounds
+    them, the quantisation error is torch's own function, so the ranges are torch's, bit for
+    bit (a test compares both on ordinary and degenerate histograms).
+    """
+
+    def _non_linear_param_search(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.histogram.size()[0] != self.bins:
+            raise AssertionError("bins mismatch")
+        bin_width = (self.max_val - self.min_val) / self.bins
+        total = torch.sum(self.histogram).item()
+        c_sum = torch.cumsum(self.histogram, dim=0).tolist()  # the float32 values, exactly
+        alpha, beta, step = 0.0, 1.0, 1e-5  # the quantile bounds
+        start_bin, end_bin = 0, self.bins - 1
+        norm_min = float("inf")
+        while alpha < beta:
+            next_alpha, next_beta = alpha + step, beta - step
+            low, high = _float32(next_alpha * total), _float32(next_beta * total)
+            left, right = start_bin, end_bin
+            while left < end_bin and c_sum[left] < low:
+                left += 1
+            while right > start_bin and c_sum[right] > high:
+                right -= 1
+            if left == start_bin and right == end_bin:  # neither bin moves: beta steps on
+                top = c_sum[end_bin] if end_bin > start_bin else float("-inf")
+                beta = _stalled_beta(alpha, next_beta, step, total, top)
+                continue
+            if left - start_bin > end_bin - right:
+                alpha, next_end_bin, next_start_bin = next_alpha, end_bin, left
+            else:
+                beta, next_end_bin, next_start_bin = next_beta, right, start_bin
+            if next_start_bin == start_bin and next_end_bin == end_bin:
+                continue
+            norm = self._compute_quantization_error(next_start_bin, next_end_bin)
+            if norm > norm_min:
+                break
+            norm_min = norm
+            start_bin, end_bin = next_start_bin, next_end_bin
+        return self.min_val + bin_width * start_bin, self.min_val + bin_width * (end_bin + 1)
+
+
+def _float32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def _stalled_beta(alpha: float, beta: float, step: float, total: float, top: float,
+                  chunk: int = 4096) -> float:
+    """The upper quantile bound after the steps of :class:`FastHistogramObserver`'s search in
+    which neither bin moves: ``beta -= step`` (sequential doubles, as numpy's accumulate
+    computes them) while ``alpha < beta`` and the end bin's cumulative count ``top`` stays
+    <= the float32 of ``(beta - step) * total``."""
+    while True:
+        betas = np.add.accumulate(np.concatenate([[beta], np.full(chunk, -step)]))
+        stop = (betas[:-1] <= alpha) | (top > (betas[1:] * total).astype(np.float32))
+        first = np.flatnonzero(stop)
+        if first.size:
+            return float(betas[first[0]])
+        beta = float(betas[-1])
 
 
 def _float_products(mapping):

@@ -326,6 +326,36 @@ def test_cat_on_common_range_keeps_every_input_range():
     assert torch.equal(cat_on_common_range([a_f, b_f], 1), torch.cat([a_f, b_f], 1))
 
 
+def test_fast_histogram_observer_finds_torchs_ranges():
+    """FastHistogramObserver against torch's HistogramObserver fed the same batches: the same
+    scale and zero point, bit for bit, on ordinary activations and on degenerate ones (one
+    value, two values, a handful of samples), where torch's search walks all its 100,000
+    steps."""
+    from torch.ao.quantization.observer import HistogramObserver
+
+    from pyssondo.quantize import FastHistogramObserver
+
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.relu(torch.randn(20000, generator=g)), torch.randn(30000, generator=g) ** 3,
+             torch.log(torch.rand(40000, generator=g) ** 4 + 1e-3),
+             torch.exp(5 * torch.randn(20000, generator=g)), torch.randn(64, generator=g),
+             torch.rand(7, generator=g), torch.ones(100), torch.zeros(1000),
+             torch.cat([torch.zeros(10000), torch.ones(3)]),
+             torch.cat([torch.full((5000,), -2.0), torch.full((5000,), 3.0)])]
+    for _ in range(20):
+        n, scale, shift = int(torch.randint(1, 5000, (1,), generator=g)), 10 * float(
+            torch.rand(1, generator=g)), float(torch.randn(1, generator=g))
+        cases += [torch.randn(n, generator=g) * scale + shift,
+                  torch.relu(torch.randn(n, generator=g)) ** (4 * scale / 10)]
+    for data in cases:
+        want, got = HistogramObserver(reduce_range=False), FastHistogramObserver(reduce_range=False)
+        for batch in data.split(3000):
+            want(batch)
+            got(batch)
+        (want_scale, want_zero), (scale, zero) = want.calculate_qparams(), got.calculate_qparams()
+        assert torch.equal(scale, want_scale) and torch.equal(zero, want_zero), data[:4]
+
+
 def test_latency_times_only_calls_after_two_warm_ups():
     """TorchScript optimises a graph on its second call (mn04: 157, 93, then 11 ms): the
     median must come from the calls after it."""
