@@ -46,7 +46,7 @@ def block_entries(fb: np.ndarray, blocks: List[List[int]]
     transposed sub-matrix ``fb[r0:r1, c0:c1].T`` in row-major order, one after the other.
 
     Returns:
-        (offsets: where each block starts in that layout, plus its total size; slots: int64
+        (offsets: where each block starts in that layout, plus its total size; slots: int32
         positions of the non-zero entries in it; values: float32, the entries).
     """
     offsets, slots, values = [0], [], []
@@ -56,7 +56,7 @@ def block_entries(fb: np.ndarray, blocks: List[List[int]]
         slots.append(offsets[-1] + nonzero)
         values.append(sub[nonzero])
         offsets.append(offsets[-1] + sub.size)
-    return (offsets, np.concatenate(slots).astype(np.int64),
+    return (offsets, np.concatenate(slots).astype(np.int32),
             np.concatenate(values).astype(np.float32))
 
 
@@ -97,7 +97,7 @@ class LogMel(nn.Module):
                                                [[r0, r1, p * c0, p * c1]
                                                 for r0, r1, c0, c1 in self.bands])
         self.block_sizes = np.diff(offsets).tolist()
-        self.register_buffer("filterbank_slots", torch.from_numpy(slots.astype(np.int32)))
+        self.register_buffer("filterbank_slots", torch.from_numpy(slots))
         self.register_buffer("filterbank_values", torch.from_numpy(values))
 
     def _terms_per_bin(self) -> int:
